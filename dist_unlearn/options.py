@@ -1,0 +1,199 @@
+"""Options of :func:`dist_unlearn.unlearn`: one validated object shared by every method.
+
+Names every method shares: ``max_steps``, ``M``, ``tol``, ``hvp``, ``batch_size``, ``seed`` (plus ``progress``).
+The others are method specific (``lr``, ``epochs``, ``damping``, ...) or consumed by the distributed engine
+(``workers``, ``zero_stage``, ``deepspeed_config``, ``max_restarts``, ``checkpoint_dir``). Unknown names are
+rejected with the closest allowed name; bad values raise :class:`~dist_unlearn.errors.ConfigError` naming the
+option, the value and what is allowed. Options left at ``None`` whose default depends on the method
+(``max_steps``, ``lr``, ``epochs``, ...) are filled in by the method registry (``MethodSpec.defaults``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dist_unlearn.errors import ConfigError, reject_unknown
+
+
+def _format(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(options)"
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        given = e.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        parts.append(f"option {loc}: {msg}{shown}")
+    return "invalid unlearning options: " + "; ".join(parts)
+
+
+class UnlearnOptions(BaseModel):
+    """Validated options of an unlearning run (see the module docstring for the groups).
+
+    Construct with keyword arguments: ``UnlearnOptions(M=10.0, max_steps=5)``. Unknown names and bad values
+    raise :class:`~dist_unlearn.errors.ConfigError` (never a pydantic ``ValidationError``).
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+
+    # ---- shared by every method -------------------------------------------------------------------------
+    max_steps: int | None = Field(default=None, ge=0)
+    """Outer steps (curvature methods: accepted updates) or optimizer steps (first-order; None = all epochs).
+    None = the method's default (cure_newton 20, damped/pinv Newton 1)."""
+    M: float | None = None
+    """Cubic regularisation constant (a Hessian-Lipschitz bound), > 0. None = automatic ARC adaptation."""
+    tol: float = Field(default=1e-6, ge=0)
+    """Stop when the retain-gradient norm |g| <= tol (curvature methods)."""
+    hvp: Literal["exact", "fd", "ggn"] = "exact"
+    """Curvature products: exact double backward, central finite differences, or Gauss-Newton."""
+    batch_size: int | None = Field(default=None, ge=1)
+    """Chunk size of full-batch oracle passes; mini-batch size of first-order methods (None: their default)."""
+    seed: int = 0
+    progress: bool = False
+    """Show tqdm progress bars."""
+    device: str | None = None
+    """Device to run on (None: where the model is)."""
+    collate_fn: Callable | None = None
+    """Collate function of the data loaders (None: default collation)."""
+
+    # ---- CureNewton and ARC -----------------------------------------------------------------------------
+    M_init: float | None = Field(default=None, gt=0)
+    """First M of the automatic ARC adaptation (None: 2 rho^2/|g| from a Lanczos estimate of rho = |lambda|_max)."""
+    M_min: float = Field(default=1e-10, gt=0)
+    """Lower bound of the adapted M."""
+    arc_eta1: float = Field(default=0.1, gt=0, lt=1)
+    """Accept a step when rho = actual / predicted decrease >= arc_eta1."""
+    arc_eta2: float = Field(default=0.9, gt=0, lt=1)
+    """A step with rho >= arc_eta2 is very successful: M shrinks."""
+    arc_shrink: float = Field(default=0.25, gt=0, le=1)
+    """M <- max(M_min, arc_shrink * M) after a very successful step."""
+    arc_grow: float = Field(default=4.0, gt=1)
+    """M <- arc_grow * M after a rejected step."""
+    max_rejections: int = Field(default=20, ge=1)
+    """Stop after this many consecutive rejected steps."""
+    eig_iterations: int = Field(default=10, ge=1)
+    """Lanczos iterations of the |lambda|_max estimate behind the initial M."""
+    krylov_tol: float = Field(default=1e-6, gt=0)
+    """Relative residual |beta_k y_k| / |g| at which the Krylov (Lanczos) solve stops."""
+    krylov_max_iter: int = Field(default=100, ge=1)
+    """Most Lanczos iterations (= HVPs) per solve."""
+    reorthogonalize: bool = True
+    store_basis: bool = True
+    """Keep the Lanczos basis (False: rebuild the step with a second Lanczos pass, O(1) vectors)."""
+
+    # ---- stochastic variant -----------------------------------------------------------------------------
+    grad_batch_size: int | None = Field(default=None, ge=1)
+    """Gradient mini-batch of cure_newton_stochastic (None: 128, the paper's)."""
+    hvp_batch_size: int | None = Field(default=None, ge=1)
+    """HVP mini-batch of cure_newton_stochastic (None: 64, the paper's)."""
+    cubic_solver: Literal["krylov", "gd"] = "krylov"
+    """Subproblem solver of cure_newton_stochastic: Krylov (Lanczos) or gradient descent on the cubic model."""
+    cubic_lr: float | None = Field(default=None, gt=0)
+    """Step size of the gradient-descent cubic solver (None: its own choice)."""
+
+    # ---- Newton baselines -------------------------------------------------------------------------------
+    damping: float = Field(default=1e-3, ge=0)
+    """lambda of damped Newton, d = -(H + lambda I)^-1 g."""
+    rank: int | None = Field(default=None, ge=1)
+    """pinv Newton: number of Lanczos eigenpairs kept (None: all the Krylov space gives)."""
+    threshold: float | None = Field(default=None, ge=0)
+    """pinv Newton: eigenvalues with |lambda| <= threshold are treated as zero."""
+
+    # ---- first-order methods and retraining -------------------------------------------------------------
+    lr: float | None = Field(default=None, gt=0)
+    epochs: int | None = Field(default=None, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float | None = Field(default=None, gt=0)
+    """Clip the gradient norm of first-order steps to this value."""
+    forget_weight: float = Field(default=1.0, ge=0)
+    """Weight of the forget term (grad_ascent, grad_diff, npo)."""
+    retain_weight: float = Field(default=1.0, ge=0)
+    """Weight of the retain loss term (grad_diff, npo, scrub's gamma)."""
+    beta: float = Field(default=0.1, gt=0)
+    """NPO inverse temperature."""
+    kl_weight: float = Field(default=1.0, ge=0)
+    """SCRUB's alpha: weight of the teacher-student KL on the retain set."""
+    temperature: float = Field(default=4.0, gt=0)
+    """SCRUB distillation temperature."""
+    forget_epochs: int | None = Field(default=None, ge=0)
+    """SCRUB: epochs that start with a max-step on the forget set (None: half the epochs, at least 1)."""
+    output_fn: Callable | None = None
+    """SCRUB: ``output_fn(model, batch) -> logits`` (None: inferred from the batch, see methods.first_order)."""
+    reference_model: Any = None
+    """NPO reference / SCRUB teacher (None: a frozen copy of the model as given)."""
+    model_init: Callable | None = None
+    """retrain: ``model_init() -> nn.Module`` giving the starting point (None: re-initialised copy)."""
+
+    # ---- distributed engine (dist_unlearn.distributed) --------------------------------------------------
+    workers: int | None = Field(default=None, ge=1)
+    """None: run in this process; N: run curvature methods on N Ray workers."""
+    zero_stage: int = Field(default=0, ge=0, le=3)
+    deepspeed_config: dict[str, Any] | str | None = None
+    max_restarts: int = Field(default=3, ge=0)
+    checkpoint_dir: str | None = None
+
+    def __init__(self, **data: Any) -> None:
+        reject_unknown("option", data.keys(), type(self).model_fields.keys())
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise ConfigError(_format(err)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in type(self).model_fields and not name.startswith("_"):
+            reject_unknown("option", [name], type(self).model_fields.keys())
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as err:
+            raise ConfigError(_format(err)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            reject_unknown("option", data.keys(), cls.model_fields.keys())
+        return data
+
+    @field_validator("M")
+    @classmethod
+    def _positive_M(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:
+            raise ValueError(
+                "M is the cubic regularisation constant (a Hessian-Lipschitz bound) and must be > 0; "
+                "use M=None for the automatic (ARC) choice"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UnlearnOptions:
+        if self.arc_eta2 < self.arc_eta1:
+            raise ValueError(f"arc_eta2={self.arc_eta2} must be >= arc_eta1={self.arc_eta1}")
+        return self
+
+    def with_defaults(self, defaults: dict[str, Any]) -> UnlearnOptions:
+        """A copy where each option still None takes the value from ``defaults`` (method defaults)."""
+        update = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        if not update:
+            return self
+        data = {k: getattr(self, k) for k in type(self).model_fields}
+        data.update(update)
+        return type(self)(**data)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The options as JSON-friendly values (callables and models shown by type name)."""
+        out: dict[str, Any] = {}
+        for k in type(self).model_fields:
+            v = getattr(self, k)
+            if v is None or isinstance(v, bool | int | float | str):
+                out[k] = v
+            elif isinstance(v, dict):
+                out[k] = dict(v)
+            else:
+                out[k] = f"<{type(v).__name__}>"
+        return out
