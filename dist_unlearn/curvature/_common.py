@@ -13,9 +13,13 @@ def check_loss(loss: torch.Tensor, where: str) -> torch.Tensor:
     """Raise unless ``loss`` is a finite scalar tensor."""
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise NumericalError(f"loss_fn returned {shape} for {where}; it must return a scalar tensor (the batch mean).")
+        raise NumericalError(
+            f"loss_fn returned {shape} for {where}; it must return a scalar tensor (the batch mean)."
+        )
     if not bool(torch.isfinite(loss.detach())):
-        raise NumericalError(f"the loss is {float(loss.detach())} (non-finite) on {where}; it must be finite.")
+        raise NumericalError(
+            f"the loss is {float(loss.detach())} (non-finite) on {where}; it must be finite."
+        )
     return loss.reshape(())
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-
 from torch import nn
 
 _TWICE_DIFFERENTIABLE = ("eager",)
@@ -66,5 +65,3 @@ def math_sdpa() -> Iterator[None]:
         return
     with sdpa_kernel([SDPBackend.MATH]):
         yield
-
-

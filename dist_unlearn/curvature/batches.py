@@ -47,7 +47,9 @@ class ExampleSource:
             collate_fn = collate_fn or data.collate_fn
             data = data.dataset
         if isinstance(data, IterableDataset):
-            raise DataError("the oracle needs a map-style dataset (len and indexing); got an IterableDataset.")
+            raise DataError(
+                "the oracle needs a map-style dataset (len and indexing); got an IterableDataset."
+            )
         try:
             import datasets
 
@@ -55,11 +57,13 @@ class ExampleSource:
         except ImportError:  # pragma: no cover
             is_hf = False
         if is_hf and collate_fn is None and data.format["type"] != "torch":
-            data = data.with_format("torch")
+            data = data.with_format("torch")  # note: datasets casts float columns to float32 by default
         try:
             n = len(data)
         except TypeError as e:
-            raise DataError(f"cannot take len() of the data ({type(data).__name__}); give a map-style dataset.") from e
+            raise DataError(
+                f"cannot take len() of the data ({type(data).__name__}); give a map-style dataset."
+            ) from e
         if n == 0:
             raise DataError("the retain data is empty (0 examples); the retain loss is undefined.")
         self.data, self.n, self.device = data, n, device
@@ -74,7 +78,8 @@ class ExampleSource:
         return to_device(self.collate_fn([self.data[i] for i in idx]), self.device)
 
     def chunks(self, indices: Sequence[int], chunk_size: int) -> Iterator[tuple[Any, float]]:
-        """Yield ``(batch, weight)`` with weight = len(chunk) / len(indices), so sum_w mean_chunk = mean_all."""
+        """Yield ``(batch, weight)`` with weight = len(chunk) / len(indices), so sum_w mean_chunk =
+        mean_all."""
         total = len(indices)
         for start in range(0, total, chunk_size):
             part = indices[start : start + chunk_size]

@@ -1,8 +1,8 @@
 """Exact Hessian-vector products by double backward (Pearlmutter's R-operator through reverse mode).
 
 For a batch loss l(w), Hv = d/dw <grad_w l(w), v>: one backward with ``create_graph=True`` gives g(w) as a
-differentiable function, a second backward of <g, v> gives H v. Cost: about two gradients; memory: the graph of
-the first backward. Needs twice-differentiable kernels (see :mod:`.attention`).
+differentiable function, a second backward of <g, v> gives H v. Cost: about two gradients; memory: the
+graph of the first backward. Needs twice-differentiable kernels (see :mod:`.attention`).
 """
 
 from __future__ import annotations

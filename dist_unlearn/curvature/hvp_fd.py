@@ -1,8 +1,8 @@
-"""Finite-difference Hessian-vector products from two gradients (works where double backward does not: ZeRO-3).
+"""Finite-difference Hessian-vector products from two gradients (for ZeRO-3, where double backward fails).
 
 Central difference  H v ~= (g(w + eps v) - g(w - eps v)) / (2 eps),  error O(eps^2 |D^3 L| |v|^3) from
-truncation plus O(u |g| / eps) from rounding of the gradients (u = unit roundoff of the compute dtype). The two
-balance at eps ~ u^(1/3) in relative terms, so
+truncation plus O(u |g| / eps) from rounding of the gradients (u = unit roundoff of the compute dtype).
+The two balance at eps ~ u^(1/3) in relative terms, so
 
     eps = u^(1/3) * (1 + |w|) / |v|
 
@@ -36,7 +36,9 @@ def _norm(xs: Sequence[torch.Tensor]) -> float:
 
 
 @torch.no_grad()
-def _set(params: Sequence[torch.Tensor], base: Sequence[torch.Tensor], v: Sequence[torch.Tensor], step: float) -> None:
+def _set(
+    params: Sequence[torch.Tensor], base: Sequence[torch.Tensor], v: Sequence[torch.Tensor], step: float
+) -> None:
     for p, b, vi in zip(params, base, v, strict=True):
         p.copy_((b + step * vi.to(b.dtype)).to(p.dtype))
 

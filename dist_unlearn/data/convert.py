@@ -15,7 +15,9 @@ from dist_unlearn.errors import DataError
 
 def _to_plain(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray) and x.ndim == 0:
+        return x.item()  # a scalar column, not a list of one value
     return x
 
 
@@ -29,7 +31,8 @@ def _row_dict(row: Any, i: int) -> dict[str, Any]:
     if isinstance(row, torch.Tensor | np.ndarray):
         return {"input": _to_plain(row)}
     raise DataError(
-        f"row {i} of the dataset is a {type(row).__name__}; rows must be dicts, (input, label) tuples or tensors."
+        f"row {i} of the dataset is a {type(row).__name__}; rows must be dicts, (input, label) tuples "
+        f"or tensors."
     )
 
 
@@ -58,7 +61,8 @@ def as_dataset(x: Any) -> datasets.Dataset:
         rows = [_row_dict(x[i], i) for i in range(n)]
         return datasets.Dataset.from_list(rows).with_format("torch")
     raise DataError(
-        f"cannot use a {type(x).__name__} as a dataset; give a datasets.Dataset, a torch Dataset or DataLoader."
+        f"cannot use a {type(x).__name__} as a dataset; give a datasets.Dataset, a torch Dataset or "
+        f"DataLoader."
     )
 
 
@@ -89,3 +93,35 @@ def make_loader(
     return DataLoader(
         data, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last, **kwargs
     )
+
+
+def pad_collate(pad_token_id: int = 0) -> Callable[[list], dict]:
+    """A collate_fn for token rows of different lengths: right-pads to the longest row of the batch.
+
+    ``input_ids`` are padded with ``pad_token_id``, ``attention_mask`` with 0 (created from the lengths when
+    absent), ``labels`` with -100 (ignored by the losses); other keys go through torch's default_collate.
+    """
+    from torch.utils.data._utils.collate import default_collate
+
+    def collate(rows: list[Mapping]) -> dict[str, Any]:
+        seqs = [torch.as_tensor(r["input_ids"]) for r in rows]
+        width = max(len(s) for s in seqs)
+        out: dict[str, Any] = {}
+
+        def pad(key: str, value: int, fallback: Callable[[int], torch.Tensor] | None = None) -> None:
+            padded = []
+            for r, s in zip(rows, seqs, strict=True):
+                t = torch.as_tensor(r[key]) if key in r else fallback(len(s))
+                padded.append(torch.cat([t, t.new_full((width - len(t),), value)]))
+            out[key] = torch.stack(padded)
+
+        pad("input_ids", pad_token_id)
+        pad("attention_mask", 0, lambda n: torch.ones(n, dtype=torch.long))
+        if "labels" in rows[0]:
+            pad("labels", -100)
+        rest = [k for k in rows[0] if k not in out]
+        if rest:
+            out.update(default_collate([{k: r[k] for k in rest} for r in rows]))
+        return out
+
+    return collate

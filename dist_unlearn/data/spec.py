@@ -36,9 +36,7 @@ class ForgetSpec:
         given = tuple(k for k in _KINDS if getattr(self, k) is not None)
         if len(given) != 1:
             what = "none" if not given else ", ".join(given)
-            raise DataError(
-                f"a forget specification needs exactly one of {', '.join(_KINDS)}; got {what}."
-            )
+            raise DataError(f"a forget specification needs exactly one of {', '.join(_KINDS)}; got {what}.")
         object.__setattr__(self, "_given", given)
         if self.ids is not None:
             if isinstance(self.ids, str | bytes) or not hasattr(self.ids, "__iter__"):
@@ -49,7 +47,9 @@ class ForgetSpec:
         if self.fraction is not None:
             f = self.fraction
             if isinstance(f, bool) or not isinstance(f, int | float) or not math.isfinite(f) or not 0 < f < 1:
-                raise DataError(f"forget fraction={f!r} is invalid; it must be a number with 0 < fraction < 1.")
+                raise DataError(
+                    f"forget fraction={f!r} is invalid; it must be a number with 0 < fraction < 1."
+                )
             object.__setattr__(self, "fraction", float(f))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise DataError(f"forget seed={self.seed!r} must be an integer.")

@@ -77,7 +77,8 @@ def split_forget(
     ``numpy.random.default_rng(seed)``.
 
     Args:
-        dataset: ``datasets.Dataset``, torch ``Dataset``/``DataLoader``, list of rows (see :func:`as_dataset`).
+        dataset: ``datasets.Dataset``, torch ``Dataset``/``DataLoader``, list of rows (see
+        :func:`as_dataset`).
         spec: a :class:`ForgetSpec` or a mapping for :meth:`ForgetSpec.from_dict`.
         id_column: the column holding example ids.
         label_column: the column compared with ``spec.label``.
@@ -100,21 +101,29 @@ def split_forget(
         if id_column in ds.column_names:
             forget_idx = _match_ids(wanted, _column(ds, id_column), f"dataset's {id_column!r} column")
         else:
-            forget_idx = _match_ids(wanted, list(range(n)), f"dataset (no {id_column!r} column, ids = row positions 0..{n - 1})")
+            forget_idx = _match_ids(
+                wanted, list(range(n)), f"dataset (no {id_column!r} column, ids = row positions 0..{n - 1})"
+            )
     elif spec.kind == "label":
         if label_column not in ds.column_names:
             raise DataError(
-                f"forget label={spec.label!r} needs a {label_column!r} column; the dataset has {ds.column_names}."
+                f"forget label={spec.label!r} needs a {label_column!r} column; the dataset has "
+                f"{ds.column_names}."
             )
         labels = _column(ds, label_column)
         forget_idx = [i for i, v in enumerate(labels) if v == spec.label]
         if not forget_idx:
             present = sorted(set(labels), key=repr)
-            raise DataError(f"forget label={spec.label!r} is not present in column {label_column!r}; labels present: {_short(present)}.")
+            raise DataError(
+                f"forget label={spec.label!r} is not present in column {label_column!r}; labels "
+                f"present: {_short(present)}."
+            )
     else:
         k = int(round(spec.fraction * n))
         if k == 0:
-            raise DataError(f"the forget set is empty: fraction={spec.fraction} of {n} rows rounds to 0 rows.")
+            raise DataError(
+                f"the forget set is empty: fraction={spec.fraction} of {n} rows rounds to 0 rows."
+            )
         rng = np.random.default_rng(spec.seed)
         forget_idx = sorted(int(i) for i in rng.choice(n, size=k, replace=False))
     if not forget_idx:

@@ -1,0 +1,279 @@
+"""The in-process curvature oracle: a model, a loss and the retain data on one device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dist_unlearn.curvature._common import accumulate_dtype, check_loss, fill_none
+from dist_unlearn.curvature.attention import ensure_double_backward_attention, math_sdpa
+from dist_unlearn.curvature.batches import ExampleSource
+from dist_unlearn.curvature.ggn import check_ggn_loss, ggn_vp_batch
+from dist_unlearn.curvature.hvp_exact import exact_hvp_batch
+from dist_unlearn.curvature.hvp_fd import fd_hvp
+from dist_unlearn.errors import ConfigError, ModelError, reject_unknown
+from dist_unlearn.linalg import TensorSpace
+
+HVP_MODES = ("exact", "fd", "ggn")
+DEFAULT_BATCH_SIZE = 64
+
+
+def _positive(name: str, value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{name}={value!r} must be a positive integer or None.")
+    return value
+
+
+class LocalOracle:
+    """:class:`~dist_unlearn.curvature.oracle.CurvatureOracle` over a model's trainable parameters.
+
+    L(w) = (1/|S|) sum_{i in S} loss_i(w), with S the whole retain set (default) or the mini-batches drawn by
+    :meth:`resample` when ``grad_batch_size`` / ``hvp_batch_size`` are set (the stochastic variant: the
+    gradient
+    and the HVP use independent samples, fixed until the next :meth:`resample`). Sums run over chunks of
+    ``batch_size`` examples, each chunk weighted by its size, so the result is the exact mean over S for any
+    chunking (``loss_fn`` must return the mean over its batch). The model is put in eval mode (dropout off)
+    and
+    HF attention is switched to ``eager`` for ``exact`` and ``ggn``.
+
+    Vectors are tuples of per-parameter tensors (:class:`~dist_unlearn.linalg.TensorSpace`) in fp32 or wider;
+    for models stored in a lower precision the oracle keeps fp32 master weights that :meth:`apply_update`
+    and the
+    finite differences work on.
+
+    Args:
+        model: the ``nn.Module`` (HF, peft or plain).
+        loss_fn: ``loss_fn(model, batch) -> scalar`` batch mean; None -> ``models.default_loss_fn(model)``.
+            ``hvp="ggn"`` needs ``.outputs`` / ``.from_outputs`` on it.
+        data: torch ``Dataset`` / ``DataLoader`` / ``datasets.Dataset`` of retain examples.
+        hvp: "exact" (double backward), "fd" (central difference of gradients) or "ggn" (Gauss-Newton).
+        batch_size: examples per chunk (memory bound); default the DataLoader's batch size, else 64.
+        grad_batch_size: gradient/loss sample size for the stochastic variant (None: all examples).
+        hvp_batch_size: HVP sample size for the stochastic variant (None: all examples).
+        seed: seed of the first sample; :meth:`resample` draws new ones.
+        collate_fn: list of rows -> batch (default: the DataLoader's, or torch's default_collate).
+        params: parameters to differentiate (default: those with ``requires_grad``, e.g. only LoRA adapters).
+        device: move the model and batches there (default: the device of the first parameter).
+        progress: show a tqdm bar over chunks.
+        fd_eps: fixed finite-difference step (default: chosen from precision and norms, see :mod:`.hvp_fd`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None,
+        data: Any,
+        *,
+        hvp: str = "exact",
+        batch_size: int | None = None,
+        grad_batch_size: int | None = None,
+        hvp_batch_size: int | None = None,
+        seed: int = 0,
+        collate_fn: Callable | None = None,
+        params: Sequence[torch.Tensor] | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+        fd_eps: float | None = None,
+    ):
+        if hvp not in HVP_MODES:
+            reject_unknown("hvp mode", [hvp], HVP_MODES)
+        for name, value in (
+            ("batch_size", batch_size),
+            ("grad_batch_size", grad_batch_size),
+            ("hvp_batch_size", hvp_batch_size),
+        ):
+            _positive(name, value)
+        if fd_eps is not None and not fd_eps > 0:
+            raise ConfigError(f"fd_eps={fd_eps!r} must be a positive number or None.")
+        if device is not None:
+            model.to(device)
+        model.eval()
+        if loss_fn is None:
+            from dist_unlearn.models.losses import default_loss_fn
+
+            loss_fn = default_loss_fn(model)
+        if hvp == "ggn":
+            check_ggn_loss(loss_fn)
+        self.attn_implementation = ensure_double_backward_attention(model) if hvp != "fd" else None
+        self.params = (
+            list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+        )
+        if not self.params:
+            raise ModelError("the model has no trainable parameters (none with requires_grad=True).")
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.parameter_names = [names.get(id(p), f"param{i}") for i, p in enumerate(self.params)]
+        self.device = torch.device(device) if device is not None else self.params[0].device
+        self.model, self.loss_fn, self.hvp_mode = model, loss_fn, hvp
+        self.source = ExampleSource(data, collate_fn, self.device)
+        self.batch_size = batch_size or self.source.default_batch_size or DEFAULT_BATCH_SIZE
+        self.grad_batch_size, self.hvp_batch_size = grad_batch_size, hvp_batch_size
+        self.progress, self.fd_eps, self.last_fd_eps = progress, fd_eps, None
+        self.space = TensorSpace()
+        self.counters: dict[str, int] = {
+            "gradients": 0,
+            "hvps": 0,
+            "losses": 0,
+            "fd_gradients": 0,
+            "examples": 0,
+        }
+        low = [p for p in self.params if accumulate_dtype(p) != p.dtype]
+        self._master = [p.detach().to(accumulate_dtype(p)).clone() for p in self.params] if low else None
+        self._seed, self._draws = int(seed), 0
+        self.resample(self._seed)
+
+    # ---- samples -------------------------------------------------------------------------------------------
+    @property
+    def stochastic(self) -> bool:
+        """True when the gradient or the HVP uses a mini-batch sample."""
+        return self.grad_batch_size is not None or self.hvp_batch_size is not None
+
+    @property
+    def num_examples(self) -> int:
+        """Number of retain examples."""
+        return self.source.n
+
+    def resample(self, seed: int | None) -> None:
+        """Draw the gradient and HVP samples (no-op for full-batch). seed=None -> the next seed in
+        sequence."""
+        if seed is None:
+            self._draws += 1
+            seed = self._seed + self._draws
+        n = self.source.n
+        gen = torch.Generator().manual_seed(int(seed))
+
+        def draw(size: int | None) -> list[int]:
+            if size is None or size >= n:
+                return list(range(n))
+            return sorted(torch.randperm(n, generator=gen)[:size].tolist())
+
+        self.grad_indices = draw(self.grad_batch_size)
+        self.hvp_indices = draw(self.hvp_batch_size)
+
+    def _chunks(self, indices: list[int], what: str) -> Iterator[tuple[Any, float, str]]:
+        it = self.source.chunks(indices, self.batch_size)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(it, total=-(-len(indices) // self.batch_size), desc=what, leave=False)
+        for k, (batch, weight) in enumerate(it):
+            self.counters["examples"] += round(weight * len(indices))
+            yield batch, weight, f"{what} chunk {k} (examples {k * self.batch_size}..)"
+
+    # ---- loss and gradient ---------------------------------------------------------------------------------
+    def _acc(self) -> list[torch.Tensor]:
+        return [torch.zeros(p.shape, dtype=accumulate_dtype(p), device=p.device) for p in self.params]
+
+    def _loss_grad(self, indices: list[int], what: str) -> tuple[float, tuple[torch.Tensor, ...]]:
+        total, acc = 0.0, self._acc()
+        with math_sdpa():
+            for batch, w, where in self._chunks(indices, what):
+                loss = check_loss(self.loss_fn(self.model, batch), where)
+                grads = fill_none(torch.autograd.grad(loss, self.params, allow_unused=True), self.params)
+                total += w * float(loss.detach().double())
+                for a, g in zip(acc, grads, strict=True):
+                    a.add_(g.to(a.dtype), alpha=w)
+        self.space.check_finite(tuple(acc), f"the gradient of the retain loss ({what})")
+        return total, tuple(acc)
+
+    def loss(self) -> float:
+        """L(w) on the gradient sample (mean over its examples)."""
+        self.counters["losses"] += 1
+        total = 0.0
+        with torch.no_grad():
+            for batch, w, where in self._chunks(self.grad_indices, "loss"):
+                total += w * float(check_loss(self.loss_fn(self.model, batch), where).double())
+        return total
+
+    def loss_and_gradient(self) -> tuple[float, tuple[torch.Tensor, ...]]:
+        """(L(w), grad L(w)) on the gradient sample, in one pass."""
+        self.counters["losses"] += 1
+        self.counters["gradients"] += 1
+        return self._loss_grad(self.grad_indices, "gradient")
+
+    def gradient(self) -> tuple[torch.Tensor, ...]:
+        """grad L(w) on the gradient sample."""
+        return self.loss_and_gradient()[1]
+
+    # ---- curvature -----------------------------------------------------------------------------------------
+    def _check_vector(self, v: Any, what: str) -> tuple[torch.Tensor, ...]:
+        v = (
+            (v,)
+            if isinstance(v, torch.Tensor) and len(self.params) == 1 and v.shape == self.params[0].shape
+            else v
+        )
+        if not isinstance(v, tuple | list) or len(v) != len(self.params):
+            raise ValueError(
+                f"{what} must be a tuple of {len(self.params)} tensors (one per trainable parameter)."
+            )
+        for i, (vi, p) in enumerate(zip(v, self.params, strict=True)):
+            if vi.shape != p.shape:
+                raise ValueError(
+                    f"{what}[{i}] ({self.parameter_names[i]}) has shape {tuple(vi.shape)}, "
+                    f"expected {tuple(p.shape)}."
+                )
+        self.space.check_finite(tuple(v), what)
+        return tuple(vi.to(self.device) for vi in v)
+
+    def hvp(self, v: Any) -> tuple[torch.Tensor, ...]:
+        """H v on the HVP sample: exact Hessian, finite-difference Hessian or Gauss-Newton, by ``hvp``
+        mode."""
+        v = self._check_vector(v, "the HVP direction v")
+        self.counters["hvps"] += 1
+        if self.hvp_mode == "fd":
+
+            def grad() -> tuple[torch.Tensor, ...]:
+                self.counters["fd_gradients"] += 1
+                return self._loss_grad(self.hvp_indices, "fd-hvp gradient")[1]
+
+            hv, self.last_fd_eps = fd_hvp(grad, self.params, v, master=self._master, eps=self.fd_eps)
+        else:
+            batch_hvp = exact_hvp_batch if self.hvp_mode == "exact" else ggn_vp_batch
+            acc = self._acc()
+            with math_sdpa():
+                for batch, w, where in self._chunks(self.hvp_indices, "hvp"):
+                    _, hvb = batch_hvp(self.loss_fn, self.model, batch, self.params, v, where)
+                    for a, h in zip(acc, hvb, strict=True):
+                        a.add_(h.to(a.dtype), alpha=w)
+            hv = tuple(acc)
+        self.space.check_finite(hv, f"the Hessian-vector product ({self.hvp_mode})")
+        return hv
+
+    # ---- weights -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def apply_update(self, d: Any, scale: float = 1.0) -> None:
+        """w <- w + scale * d (in the fp32 master weights when the model is stored in lower precision)."""
+        d = self._check_vector(d, "the update d")
+        if self._master is None:
+            for p, di in zip(self.params, d, strict=True):
+                p.add_(di.to(p.dtype), alpha=float(scale))
+        else:
+            for p, m, di in zip(self.params, self._master, d, strict=True):
+                m.add_(di.to(m.dtype), alpha=float(scale))
+                p.copy_(m.to(p.dtype))
+
+    def snapshot(self) -> tuple[torch.Tensor, ...]:
+        """A copy of the current weights (the master copy when there is one)."""
+        src = self._master if self._master is not None else self.params
+        return tuple(t.detach().clone() for t in src)
+
+    @torch.no_grad()
+    def restore(self, snap: tuple[torch.Tensor, ...]) -> None:
+        """Set the weights back to a :meth:`snapshot`, bit-exactly."""
+        if self._master is None:
+            for p, s in zip(self.params, snap, strict=True):
+                p.copy_(s)
+        else:
+            for p, m, s in zip(self.params, self._master, snap, strict=True):
+                m.copy_(s)
+                p.copy_(m.to(p.dtype))
+
+    def parameters_vector(self) -> tuple[torch.Tensor, ...]:
+        """A copy of the current weights as a vector of :attr:`space` (fp32 or wider)."""
+        src = self._master if self._master is not None else self.params
+        return tuple(t.detach().to(accumulate_dtype(t)).clone() for t in src)
+
+
+__all__ = ["LocalOracle", "HVP_MODES"]
