@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 from dist_unlearn.errors import ConfigError, DataError
 
@@ -30,7 +29,9 @@ def _vector(x: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
     return a
 
 
-def auc_score(member_scores: Sequence[float] | np.ndarray, nonmember_scores: Sequence[float] | np.ndarray) -> float:
+def auc_score(
+    member_scores: Sequence[float] | np.ndarray, nonmember_scores: Sequence[float] | np.ndarray
+) -> float:
     """ROC AUC of separating members from non-members by score (higher = member), via the rank statistic.
 
     Args:
@@ -43,12 +44,16 @@ def auc_score(member_scores: Sequence[float] | np.ndarray, nonmember_scores: Seq
     """
     m = _vector(member_scores, "member_scores")
     n = _vector(nonmember_scores, "nonmember_scores")
-    ranks = rankdata(np.concatenate([m, n]))  # mid-ranks: ties count one half
+    # mid-ranks of the pooled sample (1-based; tied values share the mean of their ranks)
+    _, group, counts = np.unique(np.concatenate([m, n]), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[group]
     u = ranks[: m.size].sum() - m.size * (m.size + 1) / 2.0
     return float(u / (m.size * n.size))
 
 
-def loss_mia_auc(member_losses: Sequence[float] | np.ndarray, nonmember_losses: Sequence[float] | np.ndarray) -> float:
+def loss_mia_auc(
+    member_losses: Sequence[float] | np.ndarray, nonmember_losses: Sequence[float] | np.ndarray
+) -> float:
     """Loss attack (Yeom et al.): score = -loss, members being fitted better. open-unlearning ``mia_loss``."""
     return auc_score(-_vector(member_losses, "member_losses"), -_vector(nonmember_losses, "nonmember_losses"))
 

@@ -18,9 +18,7 @@ ParamSource = torch.nn.Module | Mapping[str, torch.Tensor] | Sequence[torch.Tens
 def named_tensors(source: ParamSource, *, trainable_only: bool = False) -> dict[str, torch.Tensor]:
     """``name -> tensor`` of a module's parameters, a state dict, or a tuple of tensors (named by index)."""
     if isinstance(source, torch.nn.Module):
-        return {
-            n: p.detach() for n, p in source.named_parameters() if p.requires_grad or not trainable_only
-        }
+        return {n: p.detach() for n, p in source.named_parameters() if p.requires_grad or not trainable_only}
     if isinstance(source, Mapping):
         return {str(n): torch.as_tensor(t).detach() for n, t in source.items()}
     if isinstance(source, torch.Tensor):
@@ -55,20 +53,28 @@ def parameter_distance(a: ParamSource, b: ParamSource, *, trainable_only: bool =
     for name, x in ta.items():
         y = tb[name]
         if x.shape != y.shape:
-            raise ModelError(f"parameter {name!r} has shape {tuple(x.shape)} in one model, {tuple(y.shape)} in the other.")
+            raise ModelError(
+                f"parameter {name!r} has shape {tuple(x.shape)} in one model, {tuple(y.shape)} in the other."
+            )
         diff = x.to("cpu", torch.float64) - y.to("cpu", torch.float64)
         total += float(torch.sum(diff * diff))
     return total**0.5
 
 
 def update_norm(model: ParamSource, original: ParamSource, *, trainable_only: bool = False) -> float:
-    """Norm of the total update ``||theta_unlearned - theta_original||_2`` (see :func:`parameter_distance`)."""
+    """Size of the total update ``||theta_unlearned - theta_original||_2`` (:func:`parameter_distance`)."""
     return parameter_distance(model, original, trainable_only=trainable_only)
 
 
 def parameter_norm(source: ParamSource, *, trainable_only: bool = False) -> float:
     """``||theta||_2`` of a parameter set, to put distances in scale."""
-    return sum(float(torch.sum(t.to("cpu", torch.float64) ** 2)) for t in named_tensors(source, trainable_only=trainable_only).values()) ** 0.5
+    return (
+        sum(
+            float(torch.sum(t.to("cpu", torch.float64) ** 2))
+            for t in named_tensors(source, trainable_only=trainable_only).values()
+        )
+        ** 0.5
+    )
 
 
 def comparable(a: ParamSource, b: ParamSource) -> bool:

@@ -65,9 +65,7 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def iterate_batches(
-    data: Any, batch_size: int, *, collate_fn: Callable | None = None
-) -> Iterator[Any]:
+def iterate_batches(data: Any, batch_size: int, *, collate_fn: Callable | None = None) -> Iterator[Any]:
     """Yield batches of ``data`` in order (no shuffling).
 
     Args:
@@ -83,8 +81,27 @@ def iterate_batches(
         return
     if hasattr(data, "with_format") and hasattr(data, "column_names"):  # datasets.Dataset
         data = data.with_format("torch")
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=batch_size, shuffle=False, collate_fn=collate_fn or tolerant_collate
+    )
     yield from loader
+
+
+def tolerant_collate(rows: list[Any]) -> Any:
+    """``default_collate``, except that a dict entry it cannot stack (ragged lists, lists of strings) is
+    kept as the plain list of the rows' values."""
+    from torch.utils.data import default_collate
+
+    if rows and isinstance(rows[0], dict):
+        out = {}
+        for key in rows[0]:
+            values = [r[key] for r in rows]
+            try:
+                out[key] = default_collate(values)
+            except (RuntimeError, TypeError):
+                out[key] = values
+        return out
+    return default_collate(rows)
 
 
 def _forward_parameters(model: torch.nn.Module) -> set[str] | None:
@@ -126,6 +143,8 @@ def default_logits(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
     if isinstance(inputs, dict):
         if hasattr(model, "config") and hasattr(model, "forward"):
             accepted = _forward_parameters(model)
+            if accepted is None and hasattr(model, "get_base_model"):  # peft wrappers take **kwargs
+                accepted = _forward_parameters(model.get_base_model())
             kwargs = {k: v for k, v in inputs.items() if accepted is None or k in accepted}
             kwargs.pop("id", None)
             out = model(**kwargs)
@@ -145,7 +164,7 @@ def default_logits(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
 
 
 def logits_of(out: Any) -> torch.Tensor:
-    """Logits from a model output: a tensor, an object with ``.logits``, or a tuple whose first item is one."""
+    """Logits of a model output: a tensor, an object with ``.logits``, or a tuple starting with one."""
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "logits"):
@@ -205,9 +224,15 @@ def predict(
         for batch in iterate_batches(data, batch_size, collate_fn=collate_fn):
             batch = _to_device(batch, device)
             inputs, y = split_batch(batch)
-            logits = logits_of(predict_fn(model, batch)) if predict_fn is not None else default_logits(model, inputs)
+            logits = (
+                logits_of(predict_fn(model, batch))
+                if predict_fn is not None
+                else default_logits(model, inputs)
+            )
             if logits.ndim != 2:
-                raise ModelError(f"classifier logits must have shape [batch, classes], got {tuple(logits.shape)}.")
+                raise ModelError(
+                    f"classifier logits must have shape [batch, classes], got {tuple(logits.shape)}."
+                )
             logp = F.log_softmax(logits.detach().to(torch.float64), dim=-1)
             probs.append(logp.exp().cpu().numpy())
             if y is not None:
@@ -242,8 +267,10 @@ def token_logprobs(
     """Log-probabilities a causal LM gives each target token of each sequence.
 
     For sequence ``t_0..t_{n-1}`` with targets starting at ``s`` (``1 <= s < n``), returns
-    ``[log p(t_i | t_<i) for i in s..n-1]`` in float64 (log-softmax of the logits in float64). Sequences are
-    right-padded with ``pad_token_id`` under an attention mask, so positions are unaffected.
+    ``[log p(t_i | t_<i) for i in s..n-1]`` as float64 (``z_t - logsumexp(z)``, in float32 or the
+    logits' float64).
+    Sequences are batched by length and right-padded with ``pad_token_id`` under an attention mask, so
+    positions are unaffected.
 
     Args:
         model: a causal LM whose forward takes ``input_ids`` and ``attention_mask`` and returns logits
@@ -271,10 +298,12 @@ def token_logprobs(
         if longest > limit:
             raise DataError(f"a sequence has {longest} tokens, more than the model's {limit} positions.")
     device = torch.device(device) if device is not None else model_device(model)
-    out: list[np.ndarray] = []
+    out: list[np.ndarray | None] = [None] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths: less padding
     with _EvalMode(model):
-        for lo in range(0, len(sequences), batch_size):
-            chunk = sequences[lo : lo + batch_size]
+        for lo in range(0, len(order), batch_size):
+            index = order[lo : lo + batch_size]
+            chunk = [sequences[i] for i in index]
             width = max(len(s) for s in chunk)
             ids = torch.full((len(chunk), width), int(pad_token_id), dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -282,12 +311,14 @@ def token_logprobs(
                 ids[r, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
                 mask[r, : len(seq)] = 1
             ids, mask = ids.to(device), mask.to(device)
-            logits = logits_of(model(input_ids=ids, attention_mask=mask))
-            logp = F.log_softmax(logits[:, :-1].to(torch.float64), dim=-1)
-            picked = logp.gather(2, ids[:, 1:, None])[..., 0].cpu().numpy()
-            for r, seq in enumerate(chunk):
-                s = target_starts[lo + r]
-                out.append(picked[r, s - 1 : len(seq) - 1].copy())
+            logits = logits_of(model(input_ids=ids, attention_mask=mask))[:, :-1]
+            if logits.dtype != torch.float64:
+                logits = logits.float()
+            # log p = z_target - logsumexp(z): no [B, T, V] float64 copy of the logits
+            target = logits.gather(2, ids[:, 1:, None])[..., 0].double()
+            picked = (target - torch.logsumexp(logits, dim=-1).double()).cpu().numpy()
+            for r, (i, seq) in enumerate(zip(index, chunk, strict=True)):
+                out[i] = picked[r, target_starts[i] - 1 : len(seq) - 1].copy()
     return out
 
 
