@@ -1,6 +1,6 @@
 """Options of :func:`dist_unlearn.unlearn`: one validated object shared by every method.
 
-Names every method shares: ``max_steps``, ``M``, ``tol``, ``hvp``, ``batch_size``, ``seed`` (plus ``progress``).
+Names every method shares: ``max_steps``, ``M``, ``tol``, ``hvp``, ``batch_size``, ``seed``, ``progress``.
 The others are method specific (``lr``, ``epochs``, ``damping``, ...) or consumed by the distributed engine
 (``workers``, ``zero_stage``, ``deepspeed_config``, ``max_restarts``, ``checkpoint_dir``). Unknown names are
 rejected with the closest allowed name; bad values raise :class:`~dist_unlearn.errors.ConfigError` naming the
@@ -51,7 +51,7 @@ class UnlearnOptions(BaseModel):
     hvp: Literal["exact", "fd", "ggn"] = "exact"
     """Curvature products: exact double backward, central finite differences, or Gauss-Newton."""
     batch_size: int | None = Field(default=None, ge=1)
-    """Chunk size of full-batch oracle passes; mini-batch size of first-order methods (None: their default)."""
+    """Chunk size of full-batch oracle passes; mini-batch of first-order methods (None: their default)."""
     seed: int = 0
     progress: bool = False
     """Show tqdm progress bars."""
@@ -62,14 +62,14 @@ class UnlearnOptions(BaseModel):
 
     # ---- CureNewton and ARC -----------------------------------------------------------------------------
     M_init: float | None = Field(default=None, gt=0)
-    """First M of the automatic ARC adaptation (None: 2 rho^2/|g| from a Lanczos estimate of rho = |lambda|_max)."""
+    """First M of the ARC adaptation (None: 2 rho^2/|g|, rho = |lambda|_max estimated by Lanczos)."""
     M_min: float = Field(default=1e-10, gt=0)
     """Lower bound of the adapted M."""
     arc_eta1: float = Field(default=0.1, gt=0, lt=1)
     """Accept a step when rho = actual / predicted decrease >= arc_eta1."""
     arc_eta2: float = Field(default=0.9, gt=0, lt=1)
     """A step with rho >= arc_eta2 is very successful: M shrinks."""
-    arc_shrink: float = Field(default=0.25, gt=0, le=1)
+    arc_shrink: float = Field(default=0.1, gt=0, le=1)
     """M <- max(M_min, arc_shrink * M) after a very successful step."""
     arc_grow: float = Field(default=4.0, gt=1)
     """M <- arc_grow * M after a rejected step."""
@@ -91,7 +91,7 @@ class UnlearnOptions(BaseModel):
     hvp_batch_size: int | None = Field(default=None, ge=1)
     """HVP mini-batch of cure_newton_stochastic (None: 64, the paper's)."""
     cubic_solver: Literal["krylov", "gd"] = "krylov"
-    """Subproblem solver of cure_newton_stochastic: Krylov (Lanczos) or gradient descent on the cubic model."""
+    """Subproblem solver of cure_newton_stochastic: Krylov (Lanczos) or gradient descent on the model."""
     cubic_lr: float | None = Field(default=None, gt=0)
     """Step size of the gradient-descent cubic solver (None: its own choice)."""
 
@@ -124,7 +124,7 @@ class UnlearnOptions(BaseModel):
     forget_epochs: int | None = Field(default=None, ge=0)
     """SCRUB: epochs that start with a max-step on the forget set (None: half the epochs, at least 1)."""
     output_fn: Callable | None = None
-    """SCRUB: ``output_fn(model, batch) -> logits`` (None: inferred from the batch, see methods.first_order)."""
+    """SCRUB: ``output_fn(model, batch) -> logits`` (None: inferred, see methods.first_order)."""
     reference_model: Any = None
     """NPO reference / SCRUB teacher (None: a frozen copy of the model as given)."""
     model_init: Callable | None = None

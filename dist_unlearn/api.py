@@ -1,0 +1,258 @@
+"""The Python entry point: ``dist_unlearn.unlearn(model, loss_fn, retain, forget, method, **options)``.
+
+Example::
+
+    import dist_unlearn
+    res = dist_unlearn.unlearn(model, loss_fn, retain, forget, method="cure_newton", max_steps=5)
+    res.model                      # the unlearned model (the given one, updated in place; retrain: a new one)
+    res.steps[0].step_norm         # per-step records (loss, |g|, |d|, M, HVPs, time, ...)
+    res.stats["update_norm"]       # |w_final - w_initial|, wall time, peak memory, HVP / gradient counts
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dist_unlearn.errors import DataError, ModelError
+from dist_unlearn.methods import OuterLoopState, StepRecord, curvature_stats, get_method, run_curvature_method
+from dist_unlearn.methods._training import model_device, to_device
+from dist_unlearn.options import UnlearnOptions
+
+
+@dataclass
+class UnlearnResult:
+    """The unlearned model, one record per step, and summary statistics.
+
+    ``stats`` keys: method, wall_time (s), peak_memory_mb (peak CUDA allocation on GPU, else the peak resident
+    set size of the process during the run), peak_memory_source, total_hvps, total_gradients, final_loss and
+    final_grad_norm (full retain loss and |gradient| at the returned weights; None without a retain set),
+    update_norm (|w_final - w_initial| over the trainable parameters), num_steps, accepted_steps, stop_reason,
+    final_M, options; plus method-specific entries.
+    """
+
+    model: nn.Module
+    steps: list[StepRecord]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def unlearn(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    retain: Any = None,
+    forget: Any = None,
+    method: str = "cure_newton",
+    **options: Any,
+) -> UnlearnResult:
+    """Remove the influence of ``forget`` from ``model`` with the unlearning ``method``.
+
+    Args:
+        model: a trained ``nn.Module`` (plain, transformers, or peft/LoRA: only trainable parameters move).
+            Updated in place and returned as ``result.model`` (``retrain`` returns a new model).
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``, the mean loss over the batch. None for
+            transformers classification / causal-LM models (``models.default_loss_fn``).
+        retain: the retain set (torch ``Dataset``, ``DataLoader`` or ``datasets.Dataset``). Curvature methods
+            (``cure_newton``, ...) minimise the retain loss from the trained weights and need only this.
+        forget: the forget set (same types), read by grad_ascent, grad_diff, npo and scrub.
+        method: a registered name (``dist_unlearn.methods.available_methods()``).
+        **options: see :class:`~dist_unlearn.options.UnlearnOptions`; shared names: ``max_steps``, ``M``
+            (None = automatic ARC), ``tol``, ``hvp`` ("exact" | "fd" | "ggn"), ``batch_size``, ``seed``.
+
+    Returns:
+        UnlearnResult(model, steps, stats).
+
+    Raises:
+        ConfigError: unknown method or option (with the closest name), bad option value (e.g. M <= 0).
+        DataError: a data set the method needs is missing.
+        ModelError: not an nn.Module, no trainable parameters, no default loss for the model.
+        NumericalError: NaN/inf loss or gradient; the last good weights are restored first.
+    """
+    spec = get_method(method)
+    opts = UnlearnOptions(**options).with_defaults(spec.defaults)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model is a {type(model).__name__}; unlearn needs a torch nn.Module.")
+    for name, data in (("retain", retain), ("forget", forget)):
+        if name in spec.needs and data is None:
+            raise DataError(
+                f"method {method!r} needs the {name} set: pass {name}=<Dataset, DataLoader or "
+                "datasets.Dataset>."
+            )
+    if opts.workers is not None:
+        if not spec.curvature:
+            opts.workers = None  # first-order baselines and retraining always run in-process
+        else:
+            from dist_unlearn.distributed import run_distributed
+
+            return run_distributed(model, loss_fn, retain, forget, method, opts)
+    if loss_fn is None:
+        from dist_unlearn.models import default_loss_fn
+
+        loss_fn = default_loss_fn(model)
+    if opts.device is not None:
+        model.to(opts.device)
+
+    initial = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    if not initial:
+        raise ModelError("the model has no trainable parameters (none with requires_grad=True).")
+    stats: dict[str, Any] = {"method": method}
+    with PeakMemory(model_device(model)) as mem:
+        t0 = time.perf_counter()
+        if spec.curvature:
+            out_model, steps, extra = _run_curvature(method, model, loss_fn, retain, opts)
+        else:
+            run = spec.run(model, loss_fn, retain, forget, opts)
+            out_model, steps, extra = run.model, run.steps, dict(run.stats)
+            extra.setdefault("total_hvps", 0)
+            extra.setdefault("total_gradients", sum(s.gradients for s in steps))
+        stats["wall_time"] = time.perf_counter() - t0
+    stats["peak_memory_mb"] = mem.peak_mb
+    stats["peak_memory_source"] = mem.source
+    if not spec.curvature:
+        extra.update(_final_retain_metrics(out_model, loss_fn, retain, opts))
+        extra.setdefault(
+            "stop_reason",
+            "max_steps" if opts.max_steps is not None and len(steps) >= opts.max_steps else "epochs",
+        )
+    stats.update(extra)
+    stats["update_norm"] = _distance(initial, out_model)
+    stats["num_steps"] = len(steps)
+    stats["accepted_steps"] = sum(1 for s in steps if s.accepted)
+    stats.setdefault("final_M", None)
+    stats["options"] = opts.public_dict()
+    return UnlearnResult(model=out_model, steps=steps, stats=stats)
+
+
+def _run_curvature(
+    method: str, model: nn.Module, loss_fn: Any, retain: Any, opts: UnlearnOptions
+) -> tuple[nn.Module, list[StepRecord], dict[str, Any]]:
+    from dist_unlearn.curvature import LocalOracle
+
+    stochastic = method == "cure_newton_stochastic"
+    oracle = LocalOracle(
+        model,
+        loss_fn,
+        retain,
+        hvp=opts.hvp,
+        batch_size=opts.batch_size,
+        grad_batch_size=opts.grad_batch_size if stochastic else None,
+        hvp_batch_size=opts.hvp_batch_size if stochastic else None,
+        seed=opts.seed,
+        collate_fn=opts.collate_fn,
+        device=opts.device,
+        progress=False,
+    )
+    state = OuterLoopState(seed=opts.seed)
+    steps = run_curvature_method(method, oracle, opts, state=state)
+    extra = curvature_stats(oracle, state)
+    if stochastic:  # the loop's final values are on a mini-batch: report the full retain loss too
+        extra["final_minibatch_loss"] = state.final_loss
+        extra.update(_final_retain_metrics(model, loss_fn, retain, opts))
+    return model, steps, extra
+
+
+def _final_retain_metrics(
+    model: nn.Module, loss_fn: Any, retain: Any, opts: UnlearnOptions
+) -> dict[str, Any]:
+    """Full retain loss and |gradient| at the returned weights (eval mode), for comparable stats."""
+    if retain is None:
+        return {"final_loss": None, "final_grad_norm": None}
+    from dist_unlearn.data import make_loader
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    acc = [torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for p in params]
+    try:
+        for batch in make_loader(retain, int(opts.batch_size or 64), collate_fn=opts.collate_fn):
+            batch = to_device(batch, device)
+            n = _batch_len(batch)
+            loss = loss_fn(model, batch)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            total += n * float(loss.detach())
+            count += n
+            for a, g in zip(acc, grads, strict=True):
+                if g is not None:
+                    a.add_(g.to(a.dtype), alpha=n)
+    finally:
+        model.train(was_training)
+    gnorm = math.sqrt(sum(float(a.double().pow(2).sum()) for a in acc)) / max(count, 1)
+    return {"final_loss": total / max(count, 1), "final_grad_norm": gnorm}
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, dict):
+        for v in batch.values():
+            if isinstance(v, torch.Tensor) and v.dim() > 0:
+                return int(v.shape[0])
+            if isinstance(v, list):
+                return len(v)
+    if isinstance(batch, tuple | list) and batch:
+        return _batch_len(batch[0])
+    return 1
+
+
+def _distance(initial: dict[str, torch.Tensor], model: nn.Module) -> float | None:
+    """|w_final - w_initial| over the initially trainable parameters (None when the shapes differ)."""
+    final = dict(model.named_parameters())
+    sq = 0.0
+    for name, p0 in initial.items():
+        p = final.get(name)
+        if p is None or p.shape != p0.shape:
+            return None
+        sq += float((p.detach().to("cpu").double() - p0.double()).pow(2).sum())
+    return math.sqrt(sq)
+
+
+class PeakMemory:
+    """Peak memory over a block: CUDA peak allocation on a GPU, else the sampled peak RSS of the process."""
+
+    def __init__(self, device: torch.device, interval: float = 0.01):
+        self.device, self.interval = device, interval
+        self.peak_mb: float | None = None
+        self.source = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.source = "torch.cuda.max_memory_allocated"
+            return self
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover - psutil ships with deepspeed
+            self.source = "unavailable"
+            return self
+        proc = psutil.Process()
+        self._peak = proc.memory_info().rss
+        self.source = "process RSS (sampled)"
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval):
+                self._peak = max(self._peak, proc.memory_info().rss)
+
+        self._proc = proc
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+            self.peak_mb = self._peak / 2**20
