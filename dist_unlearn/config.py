@@ -75,6 +75,8 @@ class TrainConfig(_Section):
 class ForgetConfig(_Section):
     """What to forget: exactly one of ``ids``, ``label``, ``fraction`` or ``ids_file``.
 
+    ``label_column`` names the column ``label`` is compared with. With ``group_column``, ``fraction`` draws that
+    fraction of the groups (e.g. 10% of the authors) and forgets all their rows.
     ``rounds`` > 1 is sequential unlearning: the forget set is cut into ``rounds`` disjoint chunks (for a label:
     the label's examples) and each round forgets one more chunk, starting from the previous round's model.
     """
@@ -84,6 +86,8 @@ class ForgetConfig(_Section):
     label: int | str | None = None
     fraction: float | None = Field(default=None, gt=0, lt=1)
     ids_file: str | None = None
+    label_column: str = "label"
+    group_column: str | None = None
     seed: int = 0
     rounds: int = Field(default=1, ge=1, le=100)
 
@@ -94,6 +98,8 @@ class ForgetConfig(_Section):
             raise ValueError(
                 f"give exactly one of ids, label, fraction, ids_file (got {given or 'none'})"
             )
+        if self.group_column is not None and self.fraction is None:
+            raise ValueError("group_column needs fraction (the fraction of groups to forget)")
         return self
 
     @property

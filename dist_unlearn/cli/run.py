@@ -1,14 +1,100 @@
-"""`dist-unlearn run`."""
+"""`dist-unlearn run`: one experiment from a YAML config (see ``dist_unlearn.config`` and ``configs/``)."""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import click
 
 from dist_unlearn.cli import cli
 
 
-@cli.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def run_command() -> None:
-    """Not yet implemented."""
-    click.echo("dist-unlearn run: not yet implemented", err=True)
-    raise SystemExit(2)
+@cli.command("run")
+@click.option("--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="YAML experiment config, e.g. configs/demo.yaml.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Run curvature methods on N distributed workers (Ray + DeepSpeed); overrides the config.")
+@click.option("--zero-stage", type=click.IntRange(0, 3), default=None, help="DeepSpeed ZeRO stage (with --workers).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output directory (default: the config's output_dir).")
+@click.option("--no-cache", is_flag=True, help="Retrain the original model and oracle even if cached.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines; only the table.")
+def run_command(config_path: str, workers: int | None, zero_stage: int | None, out_dir: str | None,
+                no_cache: bool, threads: int | None, quiet: bool) -> None:
+    """Train, retrain without the forget set, unlearn with every configured method, evaluate, report."""
+    from dist_unlearn.config import load_config
+    from dist_unlearn.errors import DistUnlearnError
+
+    overrides: dict[str, Any] = {"workers": workers, "zero_stage": zero_stage}
+    if quiet:
+        overrides["progress"] = False
+    try:
+        cfg = load_config(config_path, overrides)
+        _set_threads(threads)
+        from dist_unlearn.pipeline import run_experiment
+
+        log = (lambda msg: None) if quiet else None
+        results = run_experiment(cfg, out_dir=out_dir, use_cache=not no_cache, log=log)
+    except DistUnlearnError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    out = out_dir or cfg.output_dir
+    if cfg.eval.table:
+        print_results_table(results, title=f"{cfg.name}: {cfg.task.name}, {cfg.forget.level}-level forgetting")
+    click.echo(f"results: {os.path.join(out, 'results.json')}")
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if spec == "sci":
+            return f"{x:.2e}"
+        return format(x, spec)
+    return str(x)
+
+
+def print_results_table(results: dict, *, title: str = "results") -> None:
+    """Print one row per method (``original`` and ``retrain`` are the references) with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from dist_unlearn.pipeline import _get
+
+    lm = (results.get("experiment") or {}).get("kind") == "causal_lm"
+    cols = (["forget_quality", "model_utility", "ppl_forget", "ppl_retain"] if lm else
+            ["tow", "acc_retain", "acc_forget", "acc_test", "js"])
+    cols += ["mia_auc" if not lm else "mia_loss", "update_norm", "param_dist"]
+    table = Table(title=title, title_justify="left")
+    table.add_column("method")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for c in ("steps", "HVPs", "time s", "% retrain", "% retrain cpu"):
+        table.add_column(c, justify="right")
+    for name, rec in (results.get("methods") or {}).items():
+        metrics = rec.get("metrics", {})
+        stats = rec.get("stats") or {}
+        frac = metrics.get("time_fraction_of_retrain")
+        cpu = metrics.get("cpu_time_fraction_of_retrain")
+        ref = name in ("original", "retrain")
+        table.add_row(
+            f"[dim]{name}[/dim]" if ref else name,
+            *[_fmt(_get(metrics, c), "sci" if c == "update_norm" else ".3f") for c in cols],
+            _fmt(len(rec.get("steps") or []) or None),
+            _fmt(stats.get("total_hvps")),
+            _fmt((rec.get("resources") or {}).get("wall_time_s"), ".2f"),
+            _fmt(None if frac is None or name == "original" else 100 * frac, ".1f"),
+            _fmt(None if cpu is None or name == "original" else 100 * cpu, ".1f"),
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)

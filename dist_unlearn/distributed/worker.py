@@ -33,39 +33,21 @@ class _Timer:
 
 
 class DistWorker:
-    """The Ray actor body (wrapped with ``ray.remote`` by :class:`~dist_unlearn.distributed.group.WorkerGroup`).
+    """The Ray actor body (``ray.remote``-wrapped by :class:`~dist_unlearn.distributed.group.WorkerGroup`).
 
     Args:
         rank: torch.distributed rank of this actor.
         world_size: number of ranks.
-        master_addr: rendezvous address (the driver's choice).
-        master_port: rendezvous port (a free port chosen by the driver).
         use_gpu: nccl + CUDA when True, gloo + CPU otherwise.
         num_threads: torch intra-op threads for this rank (its CPU slot).
     """
 
-    def __init__(
-        self,
-        rank: int,
-        world_size: int,
-        master_addr: str,
-        master_port: int,
-        use_gpu: bool = False,
-        num_threads: int = 1,
-    ) -> None:
+    def __init__(self, rank: int, world_size: int, use_gpu: bool = False, num_threads: int = 1) -> None:
         self.rank, self.world_size = rank, world_size
         self.use_gpu = use_gpu
-        # DeepSpeed reads these when it is imported / initialised: set them first.
+        # DeepSpeed picks its accelerator when it is first imported: set it before anything imports it.
         if not use_gpu:
             os.environ["DS_ACCELERATOR"] = "cpu"
-        os.environ.update(
-            MASTER_ADDR=master_addr,
-            MASTER_PORT=str(master_port),
-            RANK=str(rank),
-            WORLD_SIZE=str(world_size),
-            LOCAL_RANK="0" if use_gpu else str(rank),
-            LOCAL_SIZE=str(world_size),
-        )
         import torch
 
         torch.set_num_threads(max(1, int(num_threads)))
@@ -79,7 +61,26 @@ class DistWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def setup(self, spec: dict[str, Any], model_blob: Any, loss_blob: Any, data_blob: Any) -> dict[str, Any]:
+    def address(self) -> tuple[str, int]:
+        """(node IP, a free TCP port on it): the rendezvous point when this actor is rank 0."""
+        import socket
+
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ip, int(s.getsockname()[1])
+
+    def setup(
+        self,
+        master_addr: str,
+        master_port: int,
+        spec: dict[str, Any],
+        model_blob: Any,
+        loss_blob: Any,
+        data_blob: Any,
+    ) -> dict[str, Any]:
         """Rendezvous, build the model and the DeepSpeed engine, and shard the retain data.
 
         Must be called on all ranks concurrently (``init_distributed`` is a rendezvous).
@@ -87,10 +88,22 @@ class DistWorker:
         Returns:
             a small dict: number of trainable parameters, local shard length, local rows.
         """
+        # torch.distributed (env://) and DeepSpeed read these: set them before deepspeed is imported.
+        os.environ.update(
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK="0" if self.use_gpu else str(self.rank),
+            LOCAL_SIZE=str(self.world_size),
+        )
         import cloudpickle
         import deepspeed
         import torch
 
+        # DeepSpeed would JIT-compile its shared-memory CPU all-reduce (tens of seconds per rank); we call
+        # torch.distributed directly, so skip it.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(
             dist_backend="nccl" if self.use_gpu else "gloo",
             timeout=timedelta(seconds=float(spec.get("timeout_s", 300))),
@@ -125,7 +138,9 @@ class DistWorker:
         if not params:
             from dist_unlearn.errors import ModelError
 
-            raise ModelError("the model has no trainable parameters (requires_grad=True); nothing to unlearn.")
+            raise ModelError(
+                "the model has no trainable parameters (requires_grad=True); nothing to unlearn."
+            )
         optimizer = torch.optim.SGD(params, lr=0.0)  # never stepped: ZeRO needs one to partition grads
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=spec["ds_config"])
         self.engine = engine
@@ -307,21 +322,28 @@ class DistWorker:
         """Store a shard given as numpy (tests only)."""
         import torch
 
-        self.vecs[out] = torch.as_tensor(np.asarray(arr), dtype=torch.float32, device=self.device).clone()
+        self.vecs[out] = torch.as_tensor(np.array(arr), dtype=torch.float32, device=self.device).clone()
 
     def layout(self) -> dict[str, Any]:
-        """What the driver needs to scatter/gather test vectors: stage, offsets or per-param partition info."""
+        """What the driver needs to scatter/gather test vectors: stage, offsets or partition sizes."""
         if self.stage == 3:
             return {
                 "stage": 3,
                 "parts": [(int(p.ds_tensor.numel()), int(p.ds_numel)) for p in self.params],
                 "shapes": [tuple(p.ds_shape) for p in self.params],
             }
-        return {"stage": self.stage, "lo": self.lo, "hi": self.hi, "chunk": self.chunk, "n": self.n}
+        return {
+            "stage": self.stage,
+            "lo": self.lo,
+            "hi": self.hi,
+            "chunk": self.chunk,
+            "shapes": [tuple(p.shape) for p in self.params],
+        }
 
     # ------------------------------------------------------------------ weights
     def _local_weights(self) -> list[Any]:
         if self.stage == 3:
+            self._release_z3()
             return [p.ds_tensor for p in self.params]
         return [p.data for p in self.params]
 
@@ -330,6 +352,7 @@ class DistWorker:
         import torch
 
         if self.stage == 3:
+            self._release_z3()
             offs = 0
             for p, size in zip(self.params, self.sizes, strict=True):
                 p.ds_tensor.add_(local_vec[offs : offs + size].to(p.ds_tensor.dtype), alpha=alpha)
@@ -342,6 +365,12 @@ class DistWorker:
                 k = p.numel()
                 p.data.add_(full[offs : offs + k].view_as(p).to(p.dtype), alpha=alpha)
                 offs += k
+
+    def _release_z3(self) -> None:
+        """ZeRO-3 keeps gathered parameters alive between passes (reuse distance); partition them all so the
+        next forward re-gathers from ``ds_tensor`` and sees the weights we wrote there."""
+        if self.stage == 3:
+            self.engine.optimizer.parameter_offload.partition_all_parameters()
 
     def _sync_master(self) -> None:
         """ZeRO-3: keep the optimizer's fp32 partition equal to the compute partition (never stepped)."""
@@ -397,6 +426,7 @@ class DistWorker:
                     )
                 g = torch.cat(pieces) * self.mask
                 self.engine.optimizer.zero_grad()
+            self._release_z3()
         else:
             acc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params] if need_grad else None
             for batch, w in self._batches(rows):
@@ -464,10 +494,11 @@ class DistWorker:
         return self._my_chunk(full)
 
     def fd_step(self, v_local) -> float:
-        """Finite-difference step: eps = eps_mach^(1/3) * (1 + rms(w) sqrt(n)) / |v| ... scaled to |v|.
+        """The central-difference step: eps = eps_mach^(1/3) * max(1, rms(w)) / |v| (fp32 eps_mach).
 
-        Central differences have truncation error O(eps^2) and rounding error O(eps_mach / eps); the
-        optimum is eps ~ eps_mach^(1/3) relative to the size of the weights along v.
+        Central differences have truncation error O(eps^2 |v|^2) and rounding error O(eps_mach / eps), so the
+        perturbation eps |v| is taken ~ eps_mach^(1/3) times the typical weight size. ``fd_eps`` overrides
+        the perturbation size eps |v|.
         """
         import torch
 
@@ -508,9 +539,10 @@ class DistWorker:
 
     # ------------------------------------------------------------------ checkpoint / output
     def save_shard(self, path: str) -> None:
-        """Write this rank's weights to ``path`` (temp file + rename); the driver commits the checkpoint."""
+        """Write this rank's weights to ``path`` ('{rank}' is filled in; temp file + rename)."""
         import torch
 
+        path = path.format(rank=self.rank)
         tmp = f"{path}.tmp{os.getpid()}"
         torch.save([w.detach().cpu() for w in self._local_weights()], tmp)
         os.replace(tmp, path)
@@ -518,7 +550,7 @@ class DistWorker:
     def load_shard(self, path: str) -> None:
         import torch
 
-        saved = torch.load(path, map_location=self.device)
+        saved = torch.load(path.format(rank=self.rank), map_location=self.device)
         for w, s in zip(self._local_weights(), saved, strict=True):
             w.copy_(s)
         self._sync_master()
@@ -548,13 +580,15 @@ class DistWorker:
 
             model = load_model(self._model_spec["model_path"], **self._model_spec.get("model_kwargs", {}))
         model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
-        from dist_unlearn.distributed.saving import save_model_atomic
+        from dist_unlearn.models import save_model
 
-        save_model_atomic(model, out_dir)
-        return out_dir
+        return str(save_model(model, out_dir))
 
     def stats(self) -> dict[str, Any]:
+        import resource
+
         return {
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "compute_s": self.timer.compute,
             "allreduce_s": self.timer.comm,
             "counters": dict(self.counters),

@@ -117,8 +117,15 @@ class Task:
         """Logits of a batch (classification tasks)."""
         raise NotImplementedError
 
+    def reference(self, oracle, *, retain, forget, test, batch_size=256) -> Any:
+        """The oracle's outputs on the splits, computed once and passed as ``oracle=`` to :meth:`evaluate`."""
+        from dist_unlearn.eval import classifier_reference
+
+        return classifier_reference(oracle, retain=retain, forget=forget, test=test, predict_fn=self.predict_fn,
+                                    batch_size=batch_size)
+
     def evaluate(self, model, *, retain, forget, test, oracle, original=None, batch_size=256) -> dict:
-        """Metrics of ``model`` against the retrained ``oracle`` (``dist_unlearn.eval``)."""
+        """Metrics of ``model`` against the retrained ``oracle`` (a model or :meth:`reference`)."""
         from dist_unlearn.eval import evaluate_classifier
 
         return evaluate_classifier(

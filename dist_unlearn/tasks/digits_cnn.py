@@ -48,10 +48,34 @@ def digits_logits(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     return model(torch.as_tensor(batch["pixels"]))
 
 
+class LogitsCrossEntropy:
+    """``loss(model, batch) = mean CE(logits, label) + (l2 / 2) |w|^2`` (w: trainable parameters).
+
+    The L2 term makes the training objective the regularised ERM of certified / Newton unlearning: at the
+    original optimum the weight decay balances the forget examples' gradient, so the retain objective's gradient
+    is not zero after they are removed and a Newton-type step can move towards the retain optimum.
+    ``outputs`` / ``from_outputs`` (logits, then the CE part) let the Gauss-Newton HVP and SCRUB use it.
+    """
+
+    def __init__(self, logits_fn: Any = digits_logits, l2: float = 0.0):
+        self.logits_fn, self.l2 = logits_fn, float(l2)
+
+    def outputs(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return self.logits_fn(model, batch)
+
+    def from_outputs(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, torch.as_tensor(batch["label"]).to(logits.device))
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        loss = self.from_outputs(self.outputs(model, batch), batch)
+        if self.l2 > 0:
+            loss = loss + 0.5 * self.l2 * sum((p * p).sum() for p in model.parameters() if p.requires_grad)
+        return loss
+
+
 def digits_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """Mean cross-entropy of a batch."""
-    logits = digits_logits(model, batch)
-    return nn.functional.cross_entropy(logits, torch.as_tensor(batch["label"]).to(logits.device))
+    """Mean cross-entropy of a batch (no regularisation)."""
+    return LogitsCrossEntropy(digits_logits)(model, batch)
 
 
 class DigitsParams(TaskParams):
@@ -60,6 +84,7 @@ class DigitsParams(TaskParams):
     activation: Literal["relu", "tanh", "silu", "gelu"] = "relu"
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     n_samples: int | None = Field(default=None, ge=20, description="use only the first n digits (tests)")
+    l2: float = Field(default=0.0, ge=0, description="L2 coefficient in the loss (training and unlearning)")
 
 
 @register_task("digits_cnn")
@@ -104,7 +129,9 @@ class DigitsCNNTask(Task):
         p = self.params
         return DigitsCNN(channels=p.channels, hidden=p.hidden, activation=p.activation)
 
-    # module-level functions (not bound methods) so they pickle small for Ray workers
-    predict_fn = staticmethod(digits_logits)
-    loss_fn = staticmethod(digits_loss)
+    predict_fn = staticmethod(digits_logits)  # module-level: pickles small for Ray workers
+
+    @property
+    def loss_fn(self) -> LogitsCrossEntropy:
+        return LogitsCrossEntropy(digits_logits, self.params.l2)
 
