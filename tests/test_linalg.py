@@ -53,3 +53,16 @@ def test_reject_unknown_suggests_close_key() -> None:
     with pytest.raises(ConfigError, match="'max_stpes'.*Did you mean 'max_steps'"):
         reject_unknown("option", ["max_stpes"], ["max_steps", "tol"])
     reject_unknown("option", ["tol"], ["max_steps", "tol"])
+
+
+@pytest.mark.parametrize("kind", ["flat", "tuple"])
+def test_fast_paths_match_numpy(kind: str) -> None:
+    a, b, x, y = _pair(kind)
+    space = TensorSpace()
+    z = space.lincomb([2.0, -0.5], [x, y])
+    assert space.dot(z, z) == pytest.approx(float((2 * a - 0.5 * b) @ (2 * a - 0.5 * b)), rel=1e-5)
+    assert space.dots(x, [x, y]) == pytest.approx([float(a @ a), float(a @ b)], rel=1e-6)
+    r1, r2 = space.random_like(x, seed=3), space.random_like(x, seed=3)
+    assert space.dot(r1, r2) == pytest.approx(space.norm(r1) ** 2) and space.norm(r1) > 0
+    rad = space.random_like(x, seed=1, kind="rademacher")
+    assert space.norm(rad) == pytest.approx(7**0.5)
