@@ -1,0 +1,397 @@
+"""``unlearn(..., workers=N)``: a curvature method run over a Ray worker group, with checkpoints and restarts.
+
+The driver process is the coordinator. It builds a :class:`WorkerGroup` (one DeepSpeed ZeRO rank per actor),
+wraps it in a :class:`RayOracle` and runs the method through the same seam as the local engine,
+:func:`dist_unlearn.methods.run_curvature_method`. After each outer step every rank writes its weight shard to
+the checkpoint folder and the driver keeps the small loop state; when a worker dies the whole group is torn
+down, a new one is started from the last checkpoint, and the method continues (at most ``max_restarts``
+times). At the end the consolidated weights are gathered once (rank 0) into the caller's model and, when an
+output folder is given, saved from rank 0 atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from dist_unlearn.distributed.group import WorkerDiedError, WorkerGroup
+from dist_unlearn.distributed.oracle import RayOracle
+from dist_unlearn.errors import ConfigError, DataError, DistributedError, ModelError
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "DIST_UNLEARN_TEST_KILL"
+"""Fault injection for tests: ``hvps=K`` kills rank 1 just before the K-th HVP of the first attempt;
+``hvps=K,always`` does it on every attempt (restarts are then exhausted)."""
+
+
+def make_ds_config(zero_stage: int = 0, deepspeed_config: dict | str | None = None) -> dict[str, Any]:
+    """The DeepSpeed config the workers use: the user's (dict or JSON file) with what the engine needs.
+
+    ZeRO-3 forces ``stage3_param_persistence_threshold: 0`` so every parameter is partitioned and the
+    finite-difference HVP can perturb it through its shard.
+
+    Raises:
+        ConfigError: unreadable JSON file, or a ZeRO stage in the file that contradicts ``zero_stage``.
+    """
+    if isinstance(deepspeed_config, str | Path):
+        try:
+            cfg = json.loads(Path(deepspeed_config).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"deepspeed_config={str(deepspeed_config)!r} is not a readable JSON file: {e}"
+            ) from e
+    else:
+        cfg = copy.deepcopy(dict(deepspeed_config or {}))
+    zero = dict(cfg.get("zero_optimization") or {})
+    file_stage = zero.get("stage")
+    stage = int(zero_stage or 0)
+    if file_stage is not None and stage == 0:
+        stage = int(file_stage)
+    elif file_stage is not None and int(file_stage) != stage:
+        raise ConfigError(
+            f"zero_stage={zero_stage} but deepspeed_config sets zero_optimization.stage={file_stage}; "
+            "give one of them (or the same value)."
+        )
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"ZeRO stage {stage} is not one of 0, 1, 2, 3.")
+    zero["stage"] = stage
+    if stage == 3:
+        zero["stage3_param_persistence_threshold"] = 0
+    cfg["zero_optimization"] = zero
+    cfg.setdefault("train_micro_batch_size_per_gpu", 1)
+    cfg.setdefault("gradient_accumulation_steps", 1)
+    cfg["zero_allow_untested_optimizer"] = True
+    cfg.setdefault("steps_per_print", 1 << 30)
+    return cfg
+
+
+def hvp_mode(hvp: str, zero_stage: int) -> str:
+    """The HVP the workers compute: exact (double backward) under ZeRO 0-2 when asked, FD otherwise.
+
+    ZeRO-3 releases parameters between layers, so double backward is impossible there: ``exact`` falls back
+    to the finite-difference product on the shards (logged). GGN is not implemented on the workers.
+    """
+    if hvp not in ("exact", "fd", "ggn"):
+        raise ConfigError(f"hvp={hvp!r}; allowed: 'exact', 'fd' ('ggn' only without workers).")
+    if hvp == "ggn":
+        raise ConfigError("hvp='ggn' is not available with workers=N; use hvp='exact' (ZeRO 0-2) or 'fd'.")
+    if zero_stage == 3 and hvp == "exact":
+        log.warning("ZeRO-3 partitions parameters: using the finite-difference HVP on the shards (hvp='fd').")
+        return "fd"
+    return hvp
+
+
+def ensure_ray(num_cpus: int, num_gpus: int = 0) -> bool:
+    """Connect to a running Ray (RAY_ADDRESS or already initialised) or start a local one.
+
+    Returns:
+        True when this call started Ray (the caller shuts it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        return True
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def build_group(
+    num_workers: int,
+    model: Any,
+    loss_fn: Any,
+    retain: Any,
+    *,
+    zero_stage: int = 0,
+    hvp: str = "exact",
+    deepspeed_config: dict | str | None = None,
+    batch_size: int | None = None,
+    grad_batch_size: int | None = None,
+    hvp_batch_size: int | None = None,
+    seed: int = 0,
+    collate_fn: Any = None,
+    model_kwargs: dict | None = None,
+    use_gpu: bool = False,
+    cpus_per_worker: float = 1,
+    fd_eps: float | None = None,
+) -> tuple[WorkerGroup, RayOracle]:
+    """Start ``num_workers`` ranks holding ``model`` and their shard of ``retain``; return (group, oracle).
+
+    Ray must be initialised (see :func:`ensure_ray`). ``model`` is a live ``nn.Module`` (cloudpickled to the
+    workers) or a model name/path each worker loads itself with ``dist_unlearn.models.load_model``.
+    The caller owns the group: call ``group.shutdown()``.
+    """
+    import cloudpickle
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    if retain is None:
+        raise DataError("the distributed engine needs the retain set: pass retain=<Dataset or DataLoader>.")
+    if isinstance(retain, DataLoader):
+        collate_fn = collate_fn or retain.collate_fn
+        retain = retain.dataset
+    try:
+        num_rows = len(retain)
+    except TypeError as e:
+        raise DataError(f"the retain set ({type(retain).__name__}) must be map-style (have a length).") from e
+    if num_rows < num_workers:
+        raise DataError(f"the retain set has {num_rows} rows, fewer than workers={num_workers}.")
+    if isinstance(model, nn.Module):
+        model_blob, model_path = cloudpickle.dumps(model), None
+    elif isinstance(model, str | Path):
+        model_blob, model_path = None, str(model)
+    else:
+        raise ModelError(f"model is a {type(model).__name__}; give an nn.Module or a model name/path.")
+    spec = {
+        "zero_stage": zero_stage,
+        "hvp": hvp_mode(hvp, zero_stage),
+        "ds_config": make_ds_config(zero_stage, deepspeed_config),
+        "batch_size": batch_size,
+        "seed": seed,
+        "collate_fn": cloudpickle.dumps(collate_fn) if collate_fn is not None else None,
+        "model_path": model_path,
+        "model_kwargs": dict(model_kwargs or {}),
+        "fd_eps": fd_eps,
+    }
+    spec["zero_stage"] = spec["ds_config"]["zero_optimization"]["stage"]
+    loss_blob = cloudpickle.dumps(loss_fn) if loss_fn is not None else None
+    group = WorkerGroup(num_workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker)
+    try:
+        group.setup(spec, model_blob, loss_blob, cloudpickle.dumps(retain))
+    except BaseException:
+        group.shutdown()
+        raise
+    group.spec = spec
+    oracle = RayOracle(
+        group, num_rows=num_rows, grad_batch_size=grad_batch_size, hvp_batch_size=hvp_batch_size
+    )
+    return group, oracle
+
+
+def _fault_hook(group: WorkerGroup, attempt: int):
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec.startswith("hvps="):
+        return None
+    parts = spec[len("hvps=") :].split(",")
+    k, always = int(parts[0]), "always" in parts[1:]
+    if attempt > 0 and not always:
+        return None
+
+    def hook(count: int) -> None:
+        if count == k:
+            group.kill(min(1, group.num_workers - 1))
+
+    return hook
+
+
+def run_distributed(
+    model: Any,
+    loss_fn: Any,
+    retain: Any,
+    forget: Any,
+    method: str,
+    options: Any,
+    *,
+    output_dir: str | Path | None = None,
+    use_gpu: bool | None = None,
+    cpus_per_worker: float = 1,
+):
+    """Run the curvature ``method`` on ``options.workers`` Ray workers; ``dist_unlearn.unlearn(workers=N)``.
+
+    Args:
+        model: a trained ``nn.Module`` (updated in place with the final weights and returned) or a model
+            name/path that each worker loads itself (the driver then loads it once at the end).
+        loss_fn: ``loss_fn(model, batch) -> mean loss``; None: ``models.default_loss_fn``.
+        retain: the retain set (torch Dataset / DataLoader / datasets.Dataset), sharded row-wise over ranks.
+        forget: unused by curvature methods (accepted for the common signature).
+        method: ``cure_newton``, ``cure_newton_stochastic``, ``damped_newton`` or ``pinv_newton``.
+        options: :class:`~dist_unlearn.options.UnlearnOptions` (or a dict of them); reads workers,
+            zero_stage, deepspeed_config, max_restarts, checkpoint_dir, hvp, batch_size, seed, ...
+        output_dir: when given, the final model is saved there (rank 0, atomically).
+        use_gpu: one GPU per worker with nccl (None: when CUDA is available).
+        cpus_per_worker: CPUs reserved per worker.
+
+    Returns:
+        ``UnlearnResult(model, steps, stats)``; stats add ``coordinator_bytes_per_lanczos_iteration``,
+        ``time_breakdown`` (compute / allreduce / coordinator seconds), ``restarts``, ``workers``,
+        ``zero_stage``, ``hvp_mode``.
+
+    Raises:
+        DistributedError: a worker died more than ``max_restarts`` times (no output is written).
+    """
+    import torch
+    from torch import nn
+
+    from dist_unlearn.api import UnlearnResult
+    from dist_unlearn.methods import OuterLoopState, get_method, run_curvature_method
+    from dist_unlearn.options import UnlearnOptions
+
+    opts = options if isinstance(options, UnlearnOptions) else UnlearnOptions(**dict(options or {}))
+    spec = get_method(method)
+    if not spec.curvature:
+        raise ConfigError(f"method {method!r} is not a curvature method; it cannot run with workers=N.")
+    opts = opts.with_defaults(spec.defaults)
+    n = int(opts.workers or 1)
+    if use_gpu is None:
+        use_gpu = torch.cuda.is_available()
+    stochastic = method == "cure_newton_stochastic"
+
+    initial = (
+        {k: p.detach().to("cpu", copy=True) for k, p in model.named_parameters() if p.requires_grad}
+        if isinstance(model, nn.Module)
+        else None
+    )
+    started_ray = ensure_ray(int(max(1, n * cpus_per_worker)), n if use_gpu else 0)
+    own_ckpt = opts.checkpoint_dir is None
+    ckpt = Path(opts.checkpoint_dir or tempfile.mkdtemp(prefix="dist_unlearn_ckpt_"))
+    ckpt.mkdir(parents=True, exist_ok=True)
+    committed: OuterLoopState | None = None
+    restarts = 0
+    totals = {"hvps": 0, "gradients": 0, "losses": 0}
+    times = {"compute_s": 0.0, "allreduce_s": 0.0, "coordinator_s": 0.0, "setup_s": 0.0, "gather_s": 0.0}
+    t_start = time.perf_counter()
+    try:
+        while True:
+            group = oracle = None
+            try:
+                t0 = time.perf_counter()
+                group, oracle = build_group(
+                    n,
+                    model,
+                    loss_fn,
+                    retain,
+                    zero_stage=opts.zero_stage,
+                    hvp=opts.hvp,
+                    deepspeed_config=opts.deepspeed_config,
+                    batch_size=opts.batch_size,
+                    grad_batch_size=opts.grad_batch_size if stochastic else None,
+                    hvp_batch_size=opts.hvp_batch_size if stochastic else None,
+                    seed=opts.seed,
+                    collate_fn=opts.collate_fn,
+                    use_gpu=use_gpu,
+                    cpus_per_worker=cpus_per_worker,
+                )
+                if committed is not None:
+                    group.execute_all("load_shard", str(ckpt / "weights-rank{rank}.pt"))
+                times["setup_s"] += time.perf_counter() - t0
+                bytes0, wait0, t_run = group.bytes_received, group.wait_s, time.perf_counter()
+                oracle.hvp_hook = _fault_hook(group, restarts)
+                state = copy.deepcopy(committed) if committed is not None else OuterLoopState(seed=opts.seed)
+
+                def on_step(record: Any, st: OuterLoopState, group: WorkerGroup = group) -> None:
+                    nonlocal committed
+                    group.execute_all("save_shard", str(ckpt / "weights-rank{rank}.pt.next"))
+                    for r in range(group.num_workers):  # commit: all shards of this step are on disk
+                        os.replace(ckpt / f"weights-rank{r}.pt.next", ckpt / f"weights-rank{r}.pt")
+                    committed = copy.deepcopy(st)
+                    tmp = ckpt / "state.pkl.tmp"
+                    tmp.write_bytes(pickle.dumps(committed))
+                    os.replace(tmp, ckpt / "state.pkl")
+
+                run_curvature_method(method, oracle, opts, state=state, on_step=on_step)
+                run_s = time.perf_counter() - t_run
+                run_bytes, run_wait = group.bytes_received - bytes0, group.wait_s - wait0
+                run_hvps = max(1, oracle.counters["hvps"])
+                t0 = time.perf_counter()
+                final_loss = None
+                if stochastic:
+                    oracle.resample(None)
+                    final_loss = oracle.loss()
+                sd = group.execute_all("state_dict_numpy")[0]
+                saved = None
+                if output_dir is not None:
+                    saved = group.execute_all("save_output", str(output_dir))[0]
+                worker_stats = group.execute_all("stats")
+                times["gather_s"] += time.perf_counter() - t0
+                break
+            except WorkerDiedError as e:
+                if restarts >= opts.max_restarts:
+                    raise DistributedError(
+                        f"a worker failed and max_restarts={opts.max_restarts} restarts are used up; no "
+                        f"output was written. Last error: {e}"
+                    ) from e
+                restarts += 1
+                log.warning(
+                    "worker failure (%s); restart %d/%d from the last checkpoint",
+                    e,
+                    restarts,
+                    opts.max_restarts,
+                )
+            finally:
+                if group is not None:
+                    group.shutdown()
+                if oracle is not None:
+                    for k in ("hvps", "gradients", "losses"):
+                        totals[k] += oracle.counters.get(k, 0)
+    finally:
+        if own_ckpt:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+    # The final weights go into the caller's model (a path: loaded once here).
+    if isinstance(model, nn.Module):
+        out_model = model
+    else:
+        from dist_unlearn.models import load_model
+
+        out_model = load_model(str(model))
+    with torch.no_grad():
+        own = out_model.state_dict()
+        for k, v in sd.items():
+            if k in own:
+                own[k].copy_(torch.from_numpy(v.copy()).to(own[k].dtype))
+
+    steps = list(state.history)
+    update_norm = None
+    if initial is not None:
+        final = dict(out_model.named_parameters())
+        sq = sum(float((final[k].detach().double() - v.double()).pow(2).sum()) for k, v in initial.items())
+        update_norm = sq**0.5
+    stats: dict[str, Any] = {
+        "method": method,
+        "wall_time": time.perf_counter() - t_start,
+        "workers": n,
+        "zero_stage": group.spec["zero_stage"],
+        "hvp_mode": group.spec["hvp"],
+        "restarts": restarts,
+        "total_hvps": totals["hvps"],
+        "total_gradients": totals["gradients"],
+        "total_losses": totals["losses"],
+        "final_M": state.M,
+        "stop_reason": state.stop_reason,
+        "final_loss": final_loss if final_loss is not None else state.final_loss,
+        "final_grad_norm": state.final_grad_norm,
+        "update_norm": update_norm,
+        "peak_memory_mb": max(w["peak_rss_mb"] for w in worker_stats),
+        "peak_memory_source": "peak RSS of the worker processes (max over ranks)",
+        "num_steps": len(steps),
+        "accepted_steps": sum(1 for s in steps if s.accepted),
+        "coordinator_bytes_total": run_bytes,
+        "coordinator_bytes_per_lanczos_iteration": run_bytes / run_hvps,
+        "time_breakdown": {
+            "compute_s": max(w["compute_s"] for w in worker_stats),
+            "allreduce_s": max(w["allreduce_s"] for w in worker_stats),
+            "coordinator_s": max(run_s - run_wait, 0.0),
+            "worker_wait_s": run_wait,
+            "setup_s": times["setup_s"],
+            "gather_s": times["gather_s"],
+        },
+        "output_dir": saved,
+        "options": opts.public_dict() if hasattr(opts, "public_dict") else {},
+    }
+    return UnlearnResult(model=out_model, steps=steps, stats=stats)
