@@ -2,7 +2,8 @@
 
 A config names a task (data + model + how the original model is trained), a forget specification, the
 unlearning methods to compare (each with its own options, passed to :func:`dist_unlearn.api.unlearn`), how to
-evaluate, where to write, and how to distribute. Every section rejects unknown keys with the closest allowed key
+evaluate, where to write, and how to distribute. Every section rejects unknown keys with the closest
+allowed key
 (``dist_unlearn.errors.reject_unknown``), so a typo never silently falls back to a default.
 
 Example::
@@ -75,9 +76,11 @@ class TrainConfig(_Section):
 class ForgetConfig(_Section):
     """What to forget: exactly one of ``ids``, ``label``, ``fraction`` or ``ids_file``.
 
-    ``label_column`` names the column ``label`` is compared with. With ``group_column``, ``fraction`` draws that
+    ``label_column`` names the column ``label`` is compared with. With ``group_column``, ``fraction`` draws
+    that
     fraction of the groups (e.g. 10% of the authors) and forgets all their rows.
-    ``rounds`` > 1 is sequential unlearning: the forget set is cut into ``rounds`` disjoint chunks (for a label:
+    ``rounds`` > 1 is sequential unlearning: the forget set is cut into ``rounds`` disjoint chunks (for a
+    label:
     the label's examples) and each round forgets one more chunk, starting from the previous round's model.
     """
 
@@ -95,9 +98,7 @@ class ForgetConfig(_Section):
     def _exactly_one(self) -> ForgetConfig:
         given = [k for k in ("ids", "label", "fraction", "ids_file") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of ids, label, fraction, ids_file (got {given or 'none'})"
-            )
+            raise ValueError(f"give exactly one of ids, label, fraction, ids_file (got {given or 'none'})")
         if self.group_column is not None and self.fraction is None:
             raise ValueError("group_column needs fraction (the fraction of groups to forget)")
         return self
@@ -238,5 +239,3 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
         raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return parse_config(data, source=repr(str(path)))
-
-

@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import click
 
 from dist_unlearn.cli import cli
 
+Log = Callable[[str], None]
+
 
 @cli.command("eval")
-@click.option("--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="The YAML config the run used.")
-@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
-              help="Output directory of the run (default: the config's output_dir).")
-@click.option("--model", "models", multiple=True, metavar="NAME=PATH",
-              help="Evaluate this saved model (repeatable); default: every folder in <run-dir>/models.")
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The YAML config the run used.",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output directory of the run (default: the config's output_dir).",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="Evaluate this saved model (repeatable); default: every folder in <run-dir>/models.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def eval_cmd_command(config_path: str, run_dir: str | None, models: tuple[str, ...], quiet: bool) -> None:
     """Metrics of saved models vs the oracle retrained without the forget set; writes <run-dir>/eval.json."""
@@ -29,10 +51,85 @@ def eval_cmd_command(config_path: str, run_dir: str | None, models: tuple[str, .
             if not sep or not name or not path:
                 raise click.BadParameter(f"{item!r} is not NAME=PATH", param_hint="--model")
             named[name] = path
-        from dist_unlearn.pipeline import evaluate_saved
-
-        out = evaluate_saved(cfg, run_dir or cfg.output_dir, named or None,
-                             log=(lambda msg: None) if quiet else None)
+        out = evaluate_saved(
+            cfg, run_dir or cfg.output_dir, named or None, log=(lambda msg: None) if quiet else None
+        )
     except DistUnlearnError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     print_results_table(out, title=f"{cfg.name}: saved models vs retrained oracle")
+
+
+def evaluate_saved(
+    cfg: Any,
+    run_dir: str | Path,
+    models: dict[str, str | Path] | None = None,
+    *,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """Re-evaluate saved models of a run (``<run_dir>/models/*`` or ``models``) against the last round's
+    oracle.
+
+    The oracle comes from the run's cache (retrained when absent). Writes ``<run_dir>/eval.json`` atomically.
+    """
+    from tqdm.auto import tqdm
+
+    from dist_unlearn.errors import DataError
+    from dist_unlearn.pipeline import ModelCache, _jsonable, plan_rounds, staged_output
+    from dist_unlearn.tasks import get_task
+
+    log = log or (lambda msg: tqdm.write(msg))
+    run_dir = Path(run_dir)
+    if models is None:
+        mdir = run_dir / "models"
+        if not mdir.is_dir():
+            raise DataError(
+                f"no saved models in {str(mdir)!r}: give --model NAME=PATH or run with save_models"
+            )
+        models = {p.name: p for p in sorted(mdir.iterdir()) if p.is_dir()}
+    task = get_task(cfg.task.name)(cfg.task.params, seed=cfg.seed)
+    recipe = task.recipe(cfg.train.model_dump())
+    data = task.data()
+    rnd = plan_rounds(data.train, cfg.forget)[-1]
+    cache = ModelCache(run_dir / "cache")
+    original, _ = cache.get_or_train(
+        f"original-{cfg.task.name}-{cfg.hash('task', 'train')}",
+        task,
+        data.train,
+        recipe,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        desc="train original",
+        log=log,
+    )
+    oracle, t_retrain = cache.get_or_train(
+        f"oracle-{cfg.task.name}-{cfg.hash('task', 'train', 'forget')}-r{rnd.index}",
+        task,
+        rnd.retain,
+        recipe,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        desc="retrain oracle",
+        log=log,
+    )
+    splits = {"retain": rnd.retain, "forget": rnd.forgotten, "test": data.test}
+    reference = task.reference(oracle, **splits, batch_size=cfg.eval.batch_size)
+    kw = dict(**splits, oracle=reference, original=original, batch_size=cfg.eval.batch_size)
+    out: dict[str, Any] = {
+        "experiment": {
+            "name": cfg.name,
+            "task": cfg.task.name,
+            "kind": task.kind,
+            "retrain": t_retrain,
+            "evaluated": "saved models",
+        },
+        "methods": {
+            "original": {"metrics": task.evaluate(original, **kw)},
+            "retrain": {"metrics": task.evaluate(oracle, **kw), "resources": t_retrain},
+        },
+    }
+    for name, path in tqdm(models.items(), desc="evaluate", disable=not cfg.progress, leave=False):
+        out["methods"][name] = {"metrics": task.evaluate(task.load(path), **kw), "stats": {"path": str(path)}}
+    out = _jsonable(out)
+    with staged_output(run_dir) as stage:
+        (stage / "eval.json").write_text(json.dumps(out, indent=2))
+    return out

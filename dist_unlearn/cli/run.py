@@ -11,18 +11,42 @@ from dist_unlearn.cli import cli
 
 
 @cli.command("run")
-@click.option("--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="YAML experiment config, e.g. configs/demo.yaml.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Run curvature methods on N distributed workers (Ray + DeepSpeed); overrides the config.")
-@click.option("--zero-stage", type=click.IntRange(0, 3), default=None, help="DeepSpeed ZeRO stage (with --workers).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Output directory (default: the config's output_dir).")
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="YAML experiment config, e.g. configs/demo.yaml.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run curvature methods on N distributed workers (Ray + DeepSpeed); overrides the config.",
+)
+@click.option(
+    "--zero-stage", type=click.IntRange(0, 3), default=None, help="DeepSpeed ZeRO stage (with --workers)."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output directory (default: the config's output_dir).",
+)
 @click.option("--no-cache", is_flag=True, help="Retrain the original model and oracle even if cached.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines; only the table.")
-def run_command(config_path: str, workers: int | None, zero_stage: int | None, out_dir: str | None,
-                no_cache: bool, threads: int | None, quiet: bool) -> None:
+def run_command(
+    config_path: str,
+    workers: int | None,
+    zero_stage: int | None,
+    out_dir: str | None,
+    no_cache: bool,
+    threads: int | None,
+    quiet: bool,
+) -> None:
     """Train, retrain without the forget set, unlearn with every configured method, evaluate, report."""
     from dist_unlearn.config import load_config
     from dist_unlearn.errors import DistUnlearnError
@@ -41,7 +65,9 @@ def run_command(config_path: str, workers: int | None, zero_stage: int | None, o
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     out = out_dir or cfg.output_dir
     if cfg.eval.table:
-        print_results_table(results, title=f"{cfg.name}: {cfg.task.name}, {cfg.forget.level}-level forgetting")
+        print_results_table(
+            results, title=f"{cfg.name}: {cfg.task.name}, {cfg.forget.level}-level forgetting"
+        )
     click.echo(f"results: {os.path.join(out, 'results.json')}")
 
 
@@ -67,11 +93,12 @@ def print_results_table(results: dict, *, title: str = "results") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from dist_unlearn.pipeline import _get
-
     lm = (results.get("experiment") or {}).get("kind") == "causal_lm"
-    cols = (["forget_quality", "model_utility", "ppl_forget", "ppl_retain"] if lm else
-            ["tow", "acc_retain", "acc_forget", "acc_test", "js"])
+    cols = (
+        ["forget_quality", "model_utility", "ppl_forget", "ppl_retain"]
+        if lm
+        else ["tow", "acc_retain", "acc_forget", "acc_test", "js"]
+    )
     cols += ["mia_auc" if not lm else "mia_loss", "update_norm", "param_dist"]
     table = Table(title=title, title_justify="left")
     table.add_column("method")
@@ -98,3 +125,34 @@ def print_results_table(results: dict, *, title: str = "results") -> None:
     if not console.is_terminal:
         console = Console(width=160)
     console.print(table)
+
+
+#: metric names as tried in order (eval may name them e.g. "tow" or "tug_of_war")
+METRIC_ALIASES = {
+    "tow": ("tow", "tug_of_war", "ToW"),
+    "acc_retain": ("acc_retain", "retain_acc", "accuracy_retain"),
+    "acc_forget": ("acc_forget", "forget_acc", "accuracy_forget"),
+    "acc_test": ("acc_test", "test_acc", "accuracy_test"),
+    "js": ("js_forget", "js_divergence", "js"),
+    "param_dist": ("param_distance", "parameter_distance", "param_dist"),
+    "update_norm": ("update_norm",),
+    "mia_auc": ("mia_auc", "mia"),
+    "mia_loss": ("mia_loss",),
+    "forget_quality": ("forget_quality",),
+    "model_utility": ("model_utility",),
+    "ppl_forget": ("forget_ppl", "ppl_forget", "forget_perplexity"),
+    "ppl_retain": ("retain_ppl", "ppl_retain", "retain_perplexity"),
+}
+
+
+def _get(metrics: dict, name: str) -> Any:
+    """A metric by canonical name, looked up through :data:`METRIC_ALIASES` and one level of nesting."""
+    for alias in METRIC_ALIASES.get(name, (name,)):
+        if alias in metrics:
+            return metrics[alias]
+    for v in metrics.values():
+        if isinstance(v, dict):
+            got = _get(v, name)
+            if got is not None:
+                return got
+    return None

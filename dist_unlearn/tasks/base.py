@@ -82,7 +82,8 @@ class TrainRecipe:
 
 
 class Task:
-    """Base class. Subclasses set ``name``, ``kind``, ``Params``, ``default_recipe`` and implement the hooks."""
+    """Base class. Subclasses set ``name``, ``kind``, ``Params``, ``default_recipe`` and implement the
+    hooks."""
 
     name: ClassVar[str] = "task"
     kind: ClassVar[str] = "classification"  # or "causal_lm"
@@ -121,16 +122,23 @@ class Task:
         """The oracle's outputs on the splits, computed once and passed as ``oracle=`` to :meth:`evaluate`."""
         from dist_unlearn.eval import classifier_reference
 
-        return classifier_reference(oracle, retain=retain, forget=forget, test=test, predict_fn=self.predict_fn,
-                                    batch_size=batch_size)
+        return classifier_reference(
+            oracle, retain=retain, forget=forget, test=test, predict_fn=self.predict_fn, batch_size=batch_size
+        )
 
     def evaluate(self, model, *, retain, forget, test, oracle, original=None, batch_size=256) -> dict:
         """Metrics of ``model`` against the retrained ``oracle`` (a model or :meth:`reference`)."""
         from dist_unlearn.eval import evaluate_classifier
 
         return evaluate_classifier(
-            model, retain=retain, forget=forget, test=test, oracle=oracle, original=original,
-            predict_fn=self.predict_fn, batch_size=batch_size,
+            model,
+            retain=retain,
+            forget=forget,
+            test=test,
+            oracle=oracle,
+            original=original,
+            predict_fn=self.predict_fn,
+            batch_size=batch_size,
         )
 
     def tokenizer(self) -> Any:
@@ -149,8 +157,14 @@ class Task:
         return TrainRecipe(**base)
 
     def train(
-        self, model: torch.nn.Module, dataset: Any, recipe: TrainRecipe, *, seed: int = 0,
-        progress: bool = True, desc: str = "train",
+        self,
+        model: torch.nn.Module,
+        dataset: Any,
+        recipe: TrainRecipe,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        desc: str = "train",
     ) -> torch.nn.Module:
         """Train ``model`` on ``dataset`` with AdamW (the original model and the retrained oracle).
 

@@ -1,6 +1,7 @@
 """The CureNewton paper's small-CNN setting on scikit-learn's bundled ``load_digits``.
 
-The paper uses FashionMNIST; no data can be downloaded here, so the 1,797 8x8 handwritten digits that ship with
+The paper uses FashionMNIST; no data can be downloaded here, so the 1,797 8x8 handwritten digits that ship
+with
 scikit-learn stand in for it. The network keeps the paper's shape (two 3x3 conv layers, pooling, two dense
 layers), scaled to 8x8 inputs so that full-batch gradients and Hessian-vector products take milliseconds.
 """
@@ -28,10 +29,17 @@ class DigitsCNN(nn.Module):
     def __init__(self, channels: int = 8, hidden: int = 32, n_classes: int = 10, activation: str = "relu"):
         super().__init__()
         act = _ACTS[activation]
-        self.config = {"channels": channels, "hidden": hidden, "n_classes": n_classes, "activation": activation}
+        self.config = {
+            "channels": channels,
+            "hidden": hidden,
+            "n_classes": n_classes,
+            "activation": activation,
+        }
         self.features = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1), act(),
-            nn.Conv2d(channels, 2 * channels, 3, padding=1), act(),
+            nn.Conv2d(1, channels, 3, padding=1),
+            act(),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1),
+            act(),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
@@ -52,7 +60,8 @@ class LogitsCrossEntropy:
     """``loss(model, batch) = mean CE(logits, label) + (l2 / 2) |w|^2`` (w: trainable parameters).
 
     The L2 term makes the training objective the regularised ERM of certified / Newton unlearning: at the
-    original optimum the weight decay balances the forget examples' gradient, so the retain objective's gradient
+    original optimum the weight decay balances the forget examples' gradient, so the retain objective's
+    gradient
     is not zero after they are removed and a Newton-type step can move towards the retain optimum.
     ``outputs`` / ``from_outputs`` (logits, then the CE part) let the Gauss-Newton HVP and SCRUB use it.
     """
@@ -134,4 +143,3 @@ class DigitsCNNTask(Task):
     @property
     def loss_fn(self) -> LogitsCrossEntropy:
         return LogitsCrossEntropy(digits_logits, self.params.l2)
-
