@@ -8,6 +8,7 @@ layers), scaled to 8x8 inputs so that full-batch gradients and Hessian-vector pr
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Literal
 
 import numpy as np
@@ -18,6 +19,36 @@ from torch import nn
 from dist_unlearn.tasks.base import Task, TaskData, TaskParams, TrainRecipe, register_task
 
 _ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU}
+
+
+_SQUARED_NORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _SquaredNormMixin:
+    """Records the squared norm of the layer's own parameters while its forward runs.
+
+    Under DeepSpeed ZeRO-3 a parameter is only materialised (gathered from its shards) inside the forward of
+    the module that owns it; outside, ``p`` is an empty placeholder. The L2 term of the loss is therefore
+    computed here, where the weights exist on every stage, and read back by :class:`LogitsCrossEntropy`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # kept outside the module's own state so copies and pickles of the model never carry a graph
+        _SQUARED_NORMS[self] = sum((p * p).sum() for p in self.parameters(recurse=False) if p.requires_grad)
+        return super().forward(x)
+
+
+class _Conv2d(_SquaredNormMixin, nn.Conv2d):
+    pass
+
+
+class _Linear(_SquaredNormMixin, nn.Linear):
+    pass
+
+
+def squared_parameter_norm(model: nn.Module) -> torch.Tensor:
+    """|w|^2 of the trainable parameters, as recorded by the layers during the last forward pass."""
+    return sum(_SQUARED_NORMS.pop(m) for m in model.modules() if isinstance(m, _SquaredNormMixin))
 
 
 class DigitsCNN(nn.Module):
@@ -36,14 +67,14 @@ class DigitsCNN(nn.Module):
             "activation": activation,
         }
         self.features = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1),
+            _Conv2d(1, channels, 3, padding=1),
             act(),
-            nn.Conv2d(channels, 2 * channels, 3, padding=1),
+            _Conv2d(channels, 2 * channels, 3, padding=1),
             act(),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * channels * 16, hidden), act(), nn.Linear(hidden, n_classes)
+            nn.Flatten(), _Linear(2 * channels * 16, hidden), act(), _Linear(hidden, n_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,8 +109,15 @@ class LogitsCrossEntropy:
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         loss = self.from_outputs(self.outputs(model, batch), batch)
         if self.l2 > 0:
-            loss = loss + 0.5 * self.l2 * sum((p * p).sum() for p in model.parameters() if p.requires_grad)
+            loss = loss + 0.5 * self.l2 * self._squared_norm(model)
         return loss
+
+    @staticmethod
+    def _squared_norm(model: nn.Module) -> torch.Tensor:
+        """|w|^2 recorded during the forward (ZeRO-3 safe) for DigitsCNN, else read from the parameters."""
+        if any(isinstance(m, _SquaredNormMixin) for m in model.modules()):
+            return squared_parameter_norm(model)
+        return sum((p * p).sum() for p in model.parameters() if p.requires_grad)
 
 
 def digits_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
