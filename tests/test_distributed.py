@@ -115,7 +115,6 @@ def test_zero3_gradient_fd_hvp_and_space_ops_match_local(ray_local):
         group.shutdown()
 
 
-@pytest.mark.slow
 def test_zero0_zero2_exact_hvp_and_bytes_independent_of_model_size(ray_local):
     """Exact gradient/HVP within 1e-5 for ZeRO 0 and 2; FD within its error; coordinator bytes per Lanczos
     iteration identical for a 66- and a 12k-parameter model."""
@@ -172,7 +171,6 @@ def _delta(m, m0):
     return tuple(p.detach() - q.detach() for p, q in zip(m.parameters(), m0.parameters(), strict=True))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_cure_newton_step_matches_local(ray_local, stage, tmp_path):
     from safetensors.torch import load_file
@@ -189,7 +187,6 @@ def test_cure_newton_step_matches_local(ray_local, stage, tmp_path):
     assert set(res.stats["time_breakdown"]) >= {"compute_s", "allreduce_s", "coordinator_s"}
 
 
-@pytest.mark.slow
 def test_killed_worker_restarts_and_matches_undisturbed_run(ray_local, monkeypatch):
     import dist_unlearn
 
@@ -210,7 +207,6 @@ def test_killed_worker_restarts_and_matches_undisturbed_run(ray_local, monkeypat
     assert [s.step for s in hurt.steps] == [s.step for s in clean.steps]
 
 
-@pytest.mark.slow
 def test_restarts_exhausted_raise_and_write_nothing(ray_local, monkeypatch, tmp_path):
     from dist_unlearn.distributed import run_distributed
     from dist_unlearn.options import UnlearnOptions

@@ -273,7 +273,6 @@ def ray_head():
         assert not left, f"processes of the test head outlived its shutdown: {left}"
 
 
-@pytest.mark.slow
 def test_ray_job_submit_runs_the_cli_on_a_loopback_head(ray_head):
     address, env = ray_head
     r = _submit(
@@ -293,7 +292,6 @@ def test_ray_job_submit_runs_the_cli_on_a_loopback_head(ray_head):
     assert "succeeded" in out
 
 
-@pytest.mark.slow
 def test_ray_job_submit_reports_a_failing_job(ray_head):
     address, env = ray_head
     r = _submit(
@@ -303,7 +301,6 @@ def test_ray_job_submit_reports_a_failing_job(ray_head):
     assert "failed" in (r.stdout + r.stderr).lower()
 
 
-@pytest.mark.slow
 def test_ray_job_submit_runs_a_distributed_unlearning_job(ray_head, tmp_path):
     """A real `run --workers 2` job: the driver joins the head's Ray, places 2 rank actors, writes results."""
     yaml = pytest.importorskip("yaml")
