@@ -5,7 +5,7 @@ a local tensor (:class:`TensorSpace`) or a handle to shards living on Ray worker
 (``dist_unlearn.distributed.ShardedSpace``) without the solver code changing.
 """
 
-from dist_unlearn.linalg.space import VectorSpace, Vector
+from dist_unlearn.linalg.space import Vector, VectorSpace
 from dist_unlearn.linalg.tensor_space import TensorSpace
 
 __all__ = ["VectorSpace", "Vector", "TensorSpace"]
