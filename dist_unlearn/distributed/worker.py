@@ -172,6 +172,10 @@ class DistWorker:
                 m = torch.zeros(ps, dtype=torch.bool)
                 m[:valid] = True
                 mask.append(m)
+                # DeepSpeed allocates the partition with torch.empty: the padding past ds_numel on the last
+                # rank holds uninitialised memory (it may be inf/NaN). Zero it so no norm ever sees it.
+                with torch.no_grad():
+                    p.ds_tensor.data[valid:].zero_()
             self.mask = torch.cat(mask).to(self.device)
             self.local_len = int(self.mask.numel())
         else:
@@ -504,7 +508,12 @@ class DistWorker:
 
         if self.fd_eps is not None:
             return float(self.fd_eps) / max(self.scalar_norm(v_local), 1e-30)
-        wsq = sum(float((w.double() ** 2).sum()) for w in self._local_weights())
+        if self.stage == 3:
+            # only the real entries: the partition padding is not a weight (see _layout)
+            local = torch.cat([w.detach().reshape(-1) for w in self._local_weights()])
+            wsq = float((local.double()[self.mask] ** 2).sum())
+        else:
+            wsq = sum(float((w.double() ** 2).sum()) for w in self._local_weights())
         if self.stage != 3:
             wsq /= self.world_size  # replicated weights: each rank holds the full norm
         wnorm = math.sqrt(self.scalar(wsq))
