@@ -13,20 +13,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data._utils.collate import default_collate
 
+from dist_unlearn.data.device import to_device
 from dist_unlearn.errors import DataError
-
-
-def to_device(batch: Any, device: torch.device | None) -> Any:
-    """Move every tensor in a (nested) batch to ``device``."""
-    if device is None:
-        return batch
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 class ExampleSource:

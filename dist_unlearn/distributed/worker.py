@@ -215,26 +215,15 @@ class DistWorker:
         """Yield (batch, weight) for this rank's part of ``rows``; weight = rows in batch / len(rows)."""
         from torch.utils.data import default_collate
 
+        from dist_unlearn.data.device import to_device
+
         mine = rows[self.rank :: self.world_size]
         bs = int(self.batch_size or max(1, len(mine)))
         collate = self.collate_fn or default_collate
         for i in range(0, len(mine), bs):
             idx = mine[i : i + bs]
             batch = collate([self.data[int(j)] for j in idx])
-            yield self._to_device(batch), len(idx) / len(rows)
-
-    def _to_device(self, batch: Any) -> Any:
-        import torch
-
-        if self.device.type == "cpu":
-            return batch
-        if isinstance(batch, torch.Tensor):
-            return batch.to(self.device)
-        if isinstance(batch, dict):
-            return {k: self._to_device(v) for k, v in batch.items()}
-        if isinstance(batch, list | tuple):
-            return type(batch)(self._to_device(v) for v in batch)
-        return batch
+            yield to_device(batch, None if self.device.type == "cpu" else self.device), len(idx) / len(rows)
 
     # ------------------------------------------------------------------ collectives
     def _allreduce(self, t):

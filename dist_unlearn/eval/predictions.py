@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dist_unlearn.data.device import model_device, to_device
 from dist_unlearn.errors import DataError, ModelError
 
 LABEL_KEYS = ("labels", "label", "y")
@@ -46,23 +47,6 @@ class Predictions:
 
     def __len__(self) -> int:
         return int(self.probs.shape[0])
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a parameter-free module)."""
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 def iterate_batches(data: Any, batch_size: int, *, collate_fn: Callable | None = None) -> Iterator[Any]:
@@ -222,7 +206,7 @@ def predict(
     probs, labels, losses = [], [], []
     with _EvalMode(model):
         for batch in iterate_batches(data, batch_size, collate_fn=collate_fn):
-            batch = _to_device(batch, device)
+            batch = to_device(batch, device)
             inputs, y = split_batch(batch)
             logits = (
                 logits_of(predict_fn(model, batch))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from dist_unlearn.data.device import model_device, to_device
 from dist_unlearn.errors import ModelError, NumericalError
 from dist_unlearn.methods.base import StepRecord
 from dist_unlearn.options import UnlearnOptions
@@ -28,23 +29,6 @@ class ModelRun:
     model: nn.Module
     steps: list[StepRecord]
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor of a (nested) batch to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple | list):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 def trainable(model: nn.Module, what: str) -> list[nn.Parameter]:
