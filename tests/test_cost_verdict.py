@@ -19,7 +19,8 @@ def test_cost_counter_hand_count():
     assert merged.example_passes == pytest.approx(420.0)
     before = c.snapshot()
     c.add("hvp_exact", 10)
-    assert cost_between(before, c.snapshot())["example_passes"] == pytest.approx(10 * PASS_WEIGHTS["hvp_exact"])
+    spent = cost_between(before, c.snapshot())["example_passes"]
+    assert spent == pytest.approx(10 * PASS_WEIGHTS["hvp_exact"])
     assert percent_of({"example_passes": 25.0}, {"example_passes": 200.0}) == pytest.approx(12.5)
     assert percent_of({"example_passes": 1.0}, None) is None
     with pytest.raises(KeyError, match="unknown cost kind"):

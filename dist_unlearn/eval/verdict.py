@@ -44,7 +44,7 @@ class VerdictThresholds:
     ks_alpha: float = 0.05
     """KS p-value below this means the distributions differ."""
     unchanged_rtol: float = 1e-6
-    """Mean forget loss moved by less than this (relative) between before and after: the run changed nothing."""
+    """Mean forget loss moved by less than this (relative) from before to after: the run changed nothing."""
 
 
 def loss_evidence(
@@ -136,5 +136,5 @@ def decide(
         record["sentence"] = f"The forget set is still {how} unseen data and stays recognisable: {desc}."
     else:
         record["status"] = "partially_forgotten"
-        record["sentence"] = f"The forget set is closer to unseen data but still partly distinguishable: {desc}."
+        record["sentence"] = f"The forget set is closer to unseen data but partly distinguishable: {desc}."
     return record
