@@ -15,7 +15,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,22 +24,7 @@ from dist_unlearn.errors import DataError, ModelError
 from dist_unlearn.methods import OuterLoopState, StepRecord, curvature_stats, get_method, run_curvature_method
 from dist_unlearn.methods._training import model_device, to_device
 from dist_unlearn.options import UnlearnOptions
-
-
-@dataclass
-class UnlearnResult:
-    """The unlearned model, one record per step, and summary statistics.
-
-    ``stats`` keys: method, wall_time (s), peak_memory_mb (peak CUDA allocation on GPU, else the peak resident
-    set size of the process during the run), peak_memory_source, total_hvps, total_gradients, final_loss and
-    final_grad_norm (full retain loss and |gradient| at the returned weights; None without a retain set),
-    update_norm (|w_final - w_initial| over the trainable parameters), num_steps, accepted_steps, stop_reason,
-    final_M, options; plus method-specific entries.
-    """
-
-    model: nn.Module
-    steps: list[StepRecord]
-    stats: dict[str, Any] = field(default_factory=dict)
+from dist_unlearn.result import UnlearnResult
 
 
 def unlearn(

@@ -234,9 +234,9 @@ def run_distributed(
     import torch
     from torch import nn
 
-    from dist_unlearn.api import UnlearnResult
     from dist_unlearn.methods import OuterLoopState, get_method, run_curvature_method
     from dist_unlearn.options import UnlearnOptions
+    from dist_unlearn.result import UnlearnResult
 
     opts = options if isinstance(options, UnlearnOptions) else UnlearnOptions(**dict(options or {}))
     spec = get_method(method)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from dist_unlearn.cost import CostCounter
 from dist_unlearn.distributed.group import WorkerGroup
 from dist_unlearn.distributed.space import ShardedSpace, ShardedVector
 from dist_unlearn.errors import NumericalError
@@ -68,6 +69,54 @@ class RayOracle:
         out = self.space.new_handle()
         self.group.execute_all("hvp", v.id, out.id)
         return out
+
+    def lanczos_step(
+        self,
+        q: ShardedVector,
+        q_prev: ShardedVector | None,
+        beta_prev: float,
+        others: list[ShardedVector],
+        tnorm: float,
+        breakdown_tol: float,
+    ) -> dict[str, Any]:
+        """One fused Lanczos iteration on the workers (:mod:`dist_unlearn.distributed.fused`): one round trip.
+
+        :class:`~dist_unlearn.solvers.LanczosProcess` calls this instead of ``hvp`` + dots + lincombs when
+        the matvec it was given is this oracle's :meth:`hvp`.
+
+        Returns:
+            ``{"alpha", "beta", "coeffs", "breakdown", "next"}`` with ``next`` the handle of q_{j+1} (None on
+            breakdown or a non-finite beta).
+        """
+        if self.hvp_hook is not None:
+            self.hvp_hook(self.counters["hvps"])
+        self.counters["hvps"] += 1
+        out = self.space.new_handle()
+        reply = dict(
+            self.group.execute_all(
+                "lanczos_step",
+                q.id,
+                None if q_prev is None else q_prev.id,
+                float(beta_prev),
+                [o.id for o in others],
+                out.id,
+                float(tnorm),
+                float(breakdown_tol),
+            )[0]
+        )
+        stored = reply["breakdown"] is False and np.isfinite(reply["beta"]) and np.isfinite(reply["alpha"])
+        reply["next"] = out if stored else None
+        if not stored:
+            self.space.release(out)
+        return reply
+
+    @property
+    def cost(self) -> CostCounter:
+        """Examples processed per kind of work, summed over the ranks (each rank counts its own shard)."""
+        total = CostCounter()
+        for s in self.group.execute_all("stats"):
+            total.merge(s["cost"])
+        return total
 
     def apply_update(self, d: ShardedVector, scale: float = 1.0) -> None:
         self.group.execute_all("apply_update", d.id, float(scale))

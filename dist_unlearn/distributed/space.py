@@ -88,6 +88,12 @@ class ShardedSpace:
         self.group.execute_all("lincomb", [float(c) for c in coeffs], [v.id for v in vectors], out.id)
         return out
 
+    def random_like(self, x: ShardedVector, seed: int = 0, kind: str = "normal") -> ShardedVector:
+        """A new random vector (standard normal or Rademacher entries), each shard drawn on its rank."""
+        out = self.new_handle()
+        self.group.execute_all("random_like", out.id, int(seed), str(kind))
+        return out
+
     def is_finite(self, x: ShardedVector) -> bool:
         return bool(self.group.execute_all("is_finite", x.id)[0])
 

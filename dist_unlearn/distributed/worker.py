@@ -10,20 +10,23 @@ this rank's *shard* of a parameter-space vector (one flat float32 tensor):
 
 Dot products are a local float64 dot plus an all-reduce, so only scalars ever leave a worker.
 
-The retain loss is L(w) = (1/N) sum_i l_i(w) over all N retain rows; rank r holds rows r, r + W, ... and
-computes the partial sum (1/N) sum_{i in shard} l_i, so the all-reduced (summed) partials are exactly L and
-its derivatives.
+The actor is assembled from one module per seam: engine setup, data shard, checkpoints (here); the vector
+store (:mod:`~dist_unlearn.distributed.vectors`); weights, loss, gradient and the HVP kinds
+(:mod:`~dist_unlearn.distributed.hvp`); the fused Lanczos iteration (:mod:`~dist_unlearn.distributed.fused`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
+
+from dist_unlearn.distributed.fused import FusedLanczos
+from dist_unlearn.distributed.hvp import GradHVP
+from dist_unlearn.distributed.vectors import VectorStore
 
 
 class _Timer:
@@ -32,7 +35,7 @@ class _Timer:
         self.comm = 0.0
 
 
-class DistWorker:
+class DistWorker(VectorStore, GradHVP, FusedLanczos):
     """The Ray actor body (``ray.remote``-wrapped by :class:`~dist_unlearn.distributed.group.WorkerGroup`).
 
     Args:
@@ -55,6 +58,9 @@ class DistWorker:
         self.snaps: dict[int, list[Any]] = {}
         self.timer = _Timer()
         self.counters = {"gradients": 0, "hvps": 0, "losses": 0}
+        from dist_unlearn.cost import CostCounter
+
+        self.cost = CostCounter()  # this rank's examples per kind of work (the driver sums the ranks')
         self.engine = None
 
     # ------------------------------------------------------------------ setup
@@ -225,316 +231,6 @@ class DistWorker:
             batch = collate([self.data[int(j)] for j in idx])
             yield to_device(batch, None if self.device.type == "cpu" else self.device), len(idx) / len(rows)
 
-    # ------------------------------------------------------------------ collectives
-    def _allreduce(self, t):
-        t0 = time.perf_counter()
-        self.dist.all_reduce(t)
-        self.timer.comm += time.perf_counter() - t0
-        return t
-
-    def _allgather_flat(self, local):
-        """ZeRO 0-2: the full flat vector (length n) from every rank's chunk."""
-        import torch
-
-        t0 = time.perf_counter()
-        out = torch.empty(self.chunk * self.world_size, dtype=local.dtype, device=local.device)
-        self.dist.all_gather_into_tensor(out, local.contiguous())
-        self.timer.comm += time.perf_counter() - t0
-        return out[: self.n]
-
-    def _my_chunk(self, full):
-        """ZeRO 0-2: this rank's (padded) chunk of a full flat vector."""
-        import torch
-
-        out = torch.zeros(self.chunk, dtype=torch.float32, device=self.device)
-        out[: self.hi - self.lo] = full[self.lo : self.hi]
-        return out
-
-    # ------------------------------------------------------------------ vector ops (VectorSpace)
-    def scalar(self, x: float) -> float:
-        import torch
-
-        t = torch.tensor([x], dtype=torch.float64, device=self.device)
-        return float(self._allreduce(t)[0])
-
-    def dot(self, a: int, b: int) -> float:
-        import torch
-
-        x, y = self.vecs[a], self.vecs[b]
-        return self.scalar(float(torch.dot(x.double(), y.double())))
-
-    def dots(self, a: int, bs: list[int]) -> list[float]:
-        """Several dot products with one all-reduce (for re-orthogonalisation)."""
-        import torch
-
-        x = self.vecs[a].double()
-        t = torch.stack([torch.dot(x, self.vecs[b].double()) for b in bs])
-        return [float(v) for v in self._allreduce(t)]
-
-    def axpy(self, a: float, x: int, y: int) -> None:
-        self.vecs[y].add_(self.vecs[x], alpha=float(a))
-
-    def scale(self, a: float, x: int) -> None:
-        self.vecs[x].mul_(float(a))
-
-    def copy(self, x: int, out: int) -> None:
-        self.vecs[out] = self.vecs[x].clone()
-
-    def zeros(self, out: int) -> None:
-        import torch
-
-        self.vecs[out] = torch.zeros(self.local_len, dtype=torch.float32, device=self.device)
-
-    def lincomb(self, coeffs: list[float], xs: list[int], out: int) -> None:
-        import torch
-
-        acc = torch.zeros(self.local_len, dtype=torch.float64, device=self.device)
-        for c, x in zip(coeffs, xs, strict=True):
-            acc.add_(self.vecs[x].double(), alpha=float(c))
-        self.vecs[out] = acc.float()
-
-    def is_finite(self, x: int) -> bool:
-        import torch
-
-        bad = float(not bool(torch.isfinite(self.vecs[x]).all()))
-        return self.scalar(bad) == 0.0
-
-    def release(self, ids: list[int]) -> None:
-        for i in ids:
-            self.vecs.pop(i, None)
-
-    def num_vectors(self) -> int:
-        return len(self.vecs)
-
-    def fetch(self, x: int) -> np.ndarray:
-        """This rank's shard as numpy (tests and debugging only: the solver never calls it)."""
-        v = self.vecs[x]
-        return v[self.mask].cpu().numpy() if self.stage != 3 else v.cpu().numpy()
-
-    def put(self, arr: np.ndarray, out: int) -> None:
-        """Store a shard given as numpy (tests only)."""
-        import torch
-
-        self.vecs[out] = torch.as_tensor(np.array(arr), dtype=torch.float32, device=self.device).clone()
-
-    def layout(self) -> dict[str, Any]:
-        """What the driver needs to scatter/gather test vectors: stage, offsets or partition sizes."""
-        if self.stage == 3:
-            return {
-                "stage": 3,
-                "parts": [(int(p.ds_tensor.numel()), int(p.ds_numel)) for p in self.params],
-                "shapes": [tuple(p.ds_shape) for p in self.params],
-            }
-        return {
-            "stage": self.stage,
-            "lo": self.lo,
-            "hi": self.hi,
-            "chunk": self.chunk,
-            "shapes": [tuple(p.shape) for p in self.params],
-        }
-
-    # ------------------------------------------------------------------ weights
-    def _local_weights(self) -> list[Any]:
-        if self.stage == 3:
-            self._release_z3()
-            return [p.ds_tensor for p in self.params]
-        return [p.data for p in self.params]
-
-    def _add_to_weights(self, local_vec, alpha: float) -> None:
-        """w <- w + alpha * v for this rank's view of the weights (v given as a local shard)."""
-        import torch
-
-        if self.stage == 3:
-            self._release_z3()
-            offs = 0
-            for p, size in zip(self.params, self.sizes, strict=True):
-                p.ds_tensor.add_(local_vec[offs : offs + size].to(p.ds_tensor.dtype), alpha=alpha)
-                offs += size
-            return
-        full = self._allgather_flat(local_vec)
-        offs = 0
-        with torch.no_grad():
-            for p in self.params:
-                k = p.numel()
-                p.data.add_(full[offs : offs + k].view_as(p).to(p.dtype), alpha=alpha)
-                offs += k
-
-    def _release_z3(self) -> None:
-        """ZeRO-3 keeps gathered parameters alive between passes (reuse distance); partition them all so the
-        next forward re-gathers from ``ds_tensor`` and sees the weights we wrote there."""
-        if self.stage == 3:
-            self.engine.optimizer.parameter_offload.partition_all_parameters()
-
-    def _sync_master(self) -> None:
-        """ZeRO-3: keep the optimizer's fp32 partition equal to the compute partition (never stepped)."""
-        if self.stage != 3:
-            return
-        from deepspeed.utils import safe_set_local_fp32_param
-
-        for p in self.params:
-            safe_set_local_fp32_param(p, p.ds_tensor.float())
-
-    def apply_update(self, d: int, scale: float = 1.0) -> None:
-        t0 = time.perf_counter()
-        self._add_to_weights(self.vecs[d], float(scale))
-        self._sync_master()
-        self.timer.compute += time.perf_counter() - t0
-
-    def snapshot(self, sid: int) -> None:
-        self.snaps[sid] = [w.detach().clone() for w in self._local_weights()]
-
-    def restore(self, sid: int) -> None:
-        for w, s in zip(self._local_weights(), self.snaps[sid], strict=True):
-            w.copy_(s)
-        self._sync_master()
-
-    def drop_snapshot(self, sid: int) -> None:
-        self.snaps.pop(sid, None)
-
-    # ------------------------------------------------------------------ loss / gradient / HVP
-    def _loss_and_local_grad(self, rows: np.ndarray, need_grad: bool = True):
-        """(L on ``rows``, this rank's shard of grad L) with every collective done."""
-        import torch
-
-        t0 = time.perf_counter()
-        comm0 = self.timer.comm
-        loss = torch.zeros(1, dtype=torch.float64, device=self.device)
-        if self.stage == 3:
-            # Forward/backward through the engine: ZeRO-3 gathers parameters and reduce-scatters gradients.
-            # DeepSpeed averages gradients over ranks, hence the factor W on the local loss.
-            for batch, w in self._batches(rows):
-                out = self.loss_fn(self.engine, batch) * (w * self.world_size)
-                loss += out.detach().double() / self.world_size
-                if need_grad:
-                    self.engine.backward(out)
-            g = None
-            if need_grad:
-                from deepspeed.utils import safe_get_local_grad
-
-                pieces = []
-                for p, size in zip(self.params, self.sizes, strict=True):
-                    gp = safe_get_local_grad(p)
-                    pieces.append(
-                        gp.reshape(-1).float() if gp is not None else torch.zeros(size, device=self.device)
-                    )
-                g = torch.cat(pieces) * self.mask
-                self.engine.optimizer.zero_grad()
-            self._release_z3()
-        else:
-            acc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params] if need_grad else None
-            for batch, w in self._batches(rows):
-                out = self.loss_fn(self.module, batch) * w
-                loss += out.detach().double()
-                if need_grad:
-                    gs = torch.autograd.grad(out, self.params, allow_unused=True)
-                    for a, gi in zip(acc, gs, strict=True):
-                        if gi is not None:
-                            a.add_(gi.float())
-            g = None
-            if need_grad:
-                full = torch.cat([a.reshape(-1) for a in acc])
-                self._allreduce(full)
-                g = self._my_chunk(full)
-        self._allreduce(loss)
-        self.timer.compute += time.perf_counter() - t0 - (self.timer.comm - comm0)
-        return float(loss[0]), g
-
-    def loss(self) -> float:
-        import torch
-
-        self.counters["losses"] += 1
-        with torch.no_grad() if self.stage != 3 else _nullctx():
-            value, _ = self._loss_and_local_grad(self.grad_rows, need_grad=False)
-        return value
-
-    def loss_and_gradient(self, out: int) -> float:
-        self.counters["gradients"] += 1
-        value, g = self._loss_and_local_grad(self.grad_rows)
-        self.vecs[out] = g
-        return value
-
-    def hvp(self, v: int, out: int) -> None:
-        self.counters["hvps"] += 1
-        if self.hvp_mode == "fd":
-            self.vecs[out] = self._hvp_fd(self.vecs[v])
-        else:
-            self.vecs[out] = self._hvp_exact(self.vecs[v])
-
-    def _hvp_exact(self, v_local):
-        """H v by double backward on the replicated module (ZeRO 0-2), all-reduced, then sharded."""
-        import torch
-
-        full_v = self._allgather_flat(v_local)
-        t0 = time.perf_counter()
-        comm0 = self.timer.comm
-        vs, offs = [], 0
-        for p in self.params:
-            vs.append(full_v[offs : offs + p.numel()].view_as(p).to(p.dtype))
-            offs += p.numel()
-        acc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
-        for batch, w in self._batches(self.hvp_rows):
-            out = self.loss_fn(self.module, batch) * w
-            gs = torch.autograd.grad(out, self.params, create_graph=True, allow_unused=True)
-            pairs = [(g, x) for g, x in zip(gs, vs, strict=True) if g is not None]
-            gv = sum((g * x).sum() for g, x in pairs)
-            hv = torch.autograd.grad(gv, self.params, allow_unused=True)
-            for a, h in zip(acc, hv, strict=True):
-                if h is not None:
-                    a.add_(h.detach().float())
-        full = torch.cat([a.reshape(-1) for a in acc])
-        self.timer.compute += time.perf_counter() - t0 - (self.timer.comm - comm0)
-        self._allreduce(full)
-        return self._my_chunk(full)
-
-    def fd_step(self, v_local) -> float:
-        """The central-difference step: eps = eps_mach^(1/3) * max(1, rms(w)) / |v| (fp32 eps_mach).
-
-        Central differences have truncation error O(eps^2 |v|^2) and rounding error O(eps_mach / eps), so the
-        perturbation eps |v| is taken ~ eps_mach^(1/3) times the typical weight size. ``fd_eps`` overrides
-        the perturbation size eps |v|.
-        """
-        import torch
-
-        if self.fd_eps is not None:
-            return float(self.fd_eps) / max(self.scalar_norm(v_local), 1e-30)
-        if self.stage == 3:
-            # only the real entries: the partition padding is not a weight (see _layout)
-            local = torch.cat([w.detach().reshape(-1) for w in self._local_weights()])
-            wsq = float((local.double()[self.mask] ** 2).sum())
-        else:
-            wsq = sum(float((w.double() ** 2).sum()) for w in self._local_weights())
-        if self.stage != 3:
-            wsq /= self.world_size  # replicated weights: each rank holds the full norm
-        wnorm = math.sqrt(self.scalar(wsq))
-        vnorm = self.scalar_norm(v_local)
-        if vnorm == 0.0:
-            return 0.0
-        rel = float(torch.finfo(torch.float32).eps) ** (1.0 / 3.0)
-        return rel * max(1.0, wnorm / math.sqrt(self.n)) / vnorm
-
-    def scalar_norm(self, v_local) -> float:
-        return math.sqrt(max(self.scalar(float((v_local.double() ** 2).sum())), 0.0))
-
-    def _hvp_fd(self, v_local):
-        """H v ~ (grad L(w + eps v) - grad L(w - eps v)) / (2 eps) on fp32 weights, shard by shard."""
-        import torch
-
-        eps = self.fd_step(v_local)
-        if eps == 0.0:
-            return torch.zeros_like(v_local)
-        saved = [w.detach().clone() for w in self._local_weights()]
-        try:
-            self._add_to_weights(v_local, eps)
-            _, gp = self._loss_and_local_grad(self.hvp_rows)
-            for w, s in zip(self._local_weights(), saved, strict=True):
-                w.copy_(s)
-            self._add_to_weights(v_local, -eps)
-            _, gm = self._loss_and_local_grad(self.hvp_rows)
-        finally:
-            for w, s in zip(self._local_weights(), saved, strict=True):
-                w.copy_(s)
-        return (gp - gm) / (2.0 * eps)
-
     # ------------------------------------------------------------------ checkpoint / output
     def save_shard(self, path: str) -> None:
         """Write this rank's weights to ``path`` ('{rank}' is filled in; temp file + rename)."""
@@ -590,6 +286,7 @@ class DistWorker:
             "compute_s": self.timer.compute,
             "allreduce_s": self.timer.comm,
             "counters": dict(self.counters),
+            "cost": self.cost.as_dict(),
             "vectors": len(self.vecs),
         }
 
@@ -602,11 +299,3 @@ class DistWorker:
                 self.dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - best effort during teardown
             pass
-
-
-class _nullctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

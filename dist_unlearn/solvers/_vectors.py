@@ -126,6 +126,33 @@ class TimedMatvec:
         return out
 
 
+def fused_lanczos_step(matvec: Matvec) -> Callable[..., dict] | None:
+    """The fused Lanczos iteration offered by the matvec's owner, or None.
+
+    A matvec that is the ``hvp`` method of an object with a ``lanczos_step(q, q_prev, beta_prev, others,
+    tnorm, breakdown_tol)`` method (the sharded :class:`~dist_unlearn.distributed.RayOracle`) lets
+    :class:`~dist_unlearn.solvers.LanczosProcess` do a whole iteration (H q, the dots, the linear
+    combinations) in one call. Wrapped in :class:`TimedMatvec`, the call is counted and timed as one matvec.
+    """
+    timed = matvec if isinstance(matvec, TimedMatvec) else None
+    fn = timed.fn if timed is not None else matvec
+    owner = getattr(fn, "__self__", None)
+    step = getattr(owner, "lanczos_step", None) if getattr(fn, "__name__", "") == "hvp" else None
+    if step is None:
+        return None
+    if timed is None:
+        return step
+
+    def counted(*args: Any) -> dict:
+        start = time.perf_counter()
+        out = step(*args)
+        timed.time += time.perf_counter() - start
+        timed.calls += 1
+        return out
+
+    return counted
+
+
 def random_like(space: VectorSpace, x: Vector, seed: int, kind: str = "normal") -> Vector:
     """A new random vector shaped like ``x`` (standard normal or Rademacher entries).
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from dist_unlearn.errors import ConfigError, NumericalError
 from dist_unlearn.linalg import Vector, VectorSpace
@@ -32,6 +32,7 @@ from dist_unlearn.solvers._vectors import (
     check_positive,
     checked_dot,
     combine,
+    fused_lanczos_step,
     many_dots,
     release_all,
     resolve_space,
@@ -118,6 +119,10 @@ class LanczosProcess:
             raise NumericalError("Lanczos step after breakdown: the Krylov space is already invariant.")
         space, q = self.space, self.q
         j = len(self.alphas) + 1
+        fused = fused_lanczos_step(self.matvec)
+        if fused is not None:
+            self._fused_step(fused, j)
+            return
         w = self.matvec(q)
         if w is q:
             w = space.copy(w)
@@ -150,6 +155,32 @@ class LanczosProcess:
         if not self.keep_basis and self.q_prev is not None:
             space.release(self.q_prev)
         self.q_prev, self.q = q, w
+        if self.basis is not None:
+            self.basis.append(w)
+
+    def _fused_step(self, fused: Callable[..., dict], j: int) -> None:
+        """The same iteration as :meth:`step`, done by the matvec's owner in one call (sharded oracles)."""
+        others = (self.locked + self.basis) if self.reorthogonalize else []  # type: ignore[operator]
+        beta_prev = self.betas[-1] if self.betas else 0.0
+        r = fused(self.q, self.q_prev, beta_prev, others, self._tnorm, self.breakdown_tol)
+        alpha, beta = float(r["alpha"]), float(r["beta"])
+        if not (math.isfinite(alpha) and math.isfinite(beta)):
+            raise NumericalError(
+                f"matvec output at Lanczos iteration {j} has non-finite entries (NaN or inf); the matvec "
+                "must return finite values."
+            )
+        if self.reorthogonalize and self.locked:
+            self.coupling.append(float(r["coeffs"][len(self.locked) - 1]))
+        self.alphas.append(alpha)
+        self.betas.append(beta)
+        self._tnorm = max(self._tnorm, abs(alpha) + beta + beta_prev)
+        if r["breakdown"]:
+            self.breakdown = True
+            return
+        w = r["next"]
+        if not self.keep_basis and self.q_prev is not None:
+            self.space.release(self.q_prev)
+        self.q_prev, self.q = self.q, w
         if self.basis is not None:
             self.basis.append(w)
 

@@ -1,0 +1,239 @@
+"""The worker's weights, loss, gradient and HVP kinds (exact double backward, central finite difference).
+
+The retain loss is L(w) = (1/N) sum_i l_i(w) over all N retain rows; rank r holds rows r, r + W, ... and
+computes the partial sum (1/N) sum_{i in shard} l_i, so the all-reduced (summed) partials are exactly L and
+its derivatives. Every function here counts its examples in ``self.cost`` (a
+:class:`~dist_unlearn.cost.CostCounter`): the driver sums the ranks' counters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+
+class GradHVP:
+    """Mixin of :class:`~dist_unlearn.distributed.worker.DistWorker`: weights, loss, gradient, H v."""
+
+    # ------------------------------------------------------------------ weights
+    def _local_weights(self) -> list[Any]:
+        if self.stage == 3:
+            self._release_z3()
+            return [p.ds_tensor for p in self.params]
+        return [p.data for p in self.params]
+
+    def _add_to_weights(self, local_vec, alpha: float) -> None:
+        """w <- w + alpha * v for this rank's view of the weights (v given as a local shard)."""
+        import torch
+
+        if self.stage == 3:
+            self._release_z3()
+            offs = 0
+            for p, size in zip(self.params, self.sizes, strict=True):
+                p.ds_tensor.add_(local_vec[offs : offs + size].to(p.ds_tensor.dtype), alpha=alpha)
+                offs += size
+            return
+        full = self._allgather_flat(local_vec)
+        offs = 0
+        with torch.no_grad():
+            for p in self.params:
+                k = p.numel()
+                p.data.add_(full[offs : offs + k].view_as(p).to(p.dtype), alpha=alpha)
+                offs += k
+
+    def _release_z3(self) -> None:
+        """ZeRO-3 keeps gathered parameters alive between passes (reuse distance); partition them all so the
+        next forward re-gathers from ``ds_tensor`` and sees the weights we wrote there."""
+        if self.stage == 3:
+            self.engine.optimizer.parameter_offload.partition_all_parameters()
+
+    def _sync_master(self) -> None:
+        """ZeRO-3: keep the optimizer's fp32 partition equal to the compute partition (never stepped)."""
+        if self.stage != 3:
+            return
+        from deepspeed.utils import safe_set_local_fp32_param
+
+        for p in self.params:
+            safe_set_local_fp32_param(p, p.ds_tensor.float())
+
+    def apply_update(self, d: int, scale: float = 1.0) -> None:
+        t0 = time.perf_counter()
+        self._add_to_weights(self.vecs[d], float(scale))
+        self._sync_master()
+        self.timer.compute += time.perf_counter() - t0
+
+    def snapshot(self, sid: int) -> None:
+        self.snaps[sid] = [w.detach().clone() for w in self._local_weights()]
+
+    def restore(self, sid: int) -> None:
+        for w, s in zip(self._local_weights(), self.snaps[sid], strict=True):
+            w.copy_(s)
+        self._sync_master()
+
+    def drop_snapshot(self, sid: int) -> None:
+        self.snaps.pop(sid, None)
+
+    # ------------------------------------------------------------------ loss / gradient / HVP
+    def _loss_and_local_grad(self, rows: np.ndarray, need_grad: bool = True):
+        """(L on ``rows``, this rank's shard of grad L) with every collective done."""
+        import torch
+
+        t0 = time.perf_counter()
+        comm0 = self.timer.comm
+        loss = torch.zeros(1, dtype=torch.float64, device=self.device)
+        if self.stage == 3:
+            # Forward/backward through the engine: ZeRO-3 gathers parameters and reduce-scatters gradients.
+            # DeepSpeed averages gradients over ranks, hence the factor W on the local loss.
+            for batch, w in self._batches(rows):
+                out = self.loss_fn(self.engine, batch) * (w * self.world_size)
+                loss += out.detach().double() / self.world_size
+                if need_grad:
+                    self.engine.backward(out)
+            g = None
+            if need_grad:
+                from deepspeed.utils import safe_get_local_grad
+
+                pieces = []
+                for p, size in zip(self.params, self.sizes, strict=True):
+                    gp = safe_get_local_grad(p)
+                    pieces.append(
+                        gp.reshape(-1).float() if gp is not None else torch.zeros(size, device=self.device)
+                    )
+                g = torch.cat(pieces) * self.mask
+                self.engine.optimizer.zero_grad()
+            self._release_z3()
+        else:
+            acc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params] if need_grad else None
+            for batch, w in self._batches(rows):
+                out = self.loss_fn(self.module, batch) * w
+                loss += out.detach().double()
+                if need_grad:
+                    gs = torch.autograd.grad(out, self.params, allow_unused=True)
+                    for a, gi in zip(acc, gs, strict=True):
+                        if gi is not None:
+                            a.add_(gi.float())
+            g = None
+            if need_grad:
+                full = torch.cat([a.reshape(-1) for a in acc])
+                self._allreduce(full)
+                g = self._my_chunk(full)
+        self._allreduce(loss)
+        self.timer.compute += time.perf_counter() - t0 - (self.timer.comm - comm0)
+        return float(loss[0]), g
+
+    def _mine(self, rows: np.ndarray) -> int:
+        """How many of ``rows`` this rank processes (its share of a pass over them)."""
+        return len(rows[self.rank :: self.world_size])
+
+    def loss(self) -> float:
+        import torch
+
+        self.counters["losses"] += 1
+        self.cost.add("loss", self._mine(self.grad_rows))
+        with torch.no_grad() if self.stage != 3 else _nullctx():
+            value, _ = self._loss_and_local_grad(self.grad_rows, need_grad=False)
+        return value
+
+    def loss_and_gradient(self, out: int) -> float:
+        self.counters["gradients"] += 1
+        self.cost.add("gradient", self._mine(self.grad_rows))
+        value, g = self._loss_and_local_grad(self.grad_rows)
+        self.vecs[out] = g
+        return value
+
+    def hvp(self, v: int, out: int) -> None:
+        self.vecs[out] = self._hvp_local(self.vecs[v])
+
+    def _hvp_local(self, v_local):
+        """This rank's shard of H v for a local shard of v (collectives inside), counted."""
+        self.counters["hvps"] += 1
+        self.cost.add("hvp_fd" if self.hvp_mode == "fd" else "hvp_exact", self._mine(self.hvp_rows))
+        if self.hvp_mode == "fd":
+            return self._hvp_fd(v_local)
+        return self._hvp_exact(v_local)
+
+    def _hvp_exact(self, v_local):
+        """H v by double backward on the replicated module (ZeRO 0-2), all-reduced, then sharded."""
+        import torch
+
+        full_v = self._allgather_flat(v_local)
+        t0 = time.perf_counter()
+        comm0 = self.timer.comm
+        vs, offs = [], 0
+        for p in self.params:
+            vs.append(full_v[offs : offs + p.numel()].view_as(p).to(p.dtype))
+            offs += p.numel()
+        acc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        for batch, w in self._batches(self.hvp_rows):
+            out = self.loss_fn(self.module, batch) * w
+            gs = torch.autograd.grad(out, self.params, create_graph=True, allow_unused=True)
+            pairs = [(g, x) for g, x in zip(gs, vs, strict=True) if g is not None]
+            gv = sum((g * x).sum() for g, x in pairs)
+            hv = torch.autograd.grad(gv, self.params, allow_unused=True)
+            for a, h in zip(acc, hv, strict=True):
+                if h is not None:
+                    a.add_(h.detach().float())
+        full = torch.cat([a.reshape(-1) for a in acc])
+        self.timer.compute += time.perf_counter() - t0 - (self.timer.comm - comm0)
+        self._allreduce(full)
+        return self._my_chunk(full)
+
+    def fd_step(self, v_local) -> float:
+        """The central-difference step: eps = eps_mach^(1/3) * max(1, rms(w)) / |v| (fp32 eps_mach).
+
+        Central differences have truncation error O(eps^2 |v|^2) and rounding error O(eps_mach / eps), so the
+        perturbation eps |v| is taken ~ eps_mach^(1/3) times the typical weight size. ``fd_eps`` overrides
+        the perturbation size eps |v|.
+        """
+        import torch
+
+        if self.fd_eps is not None:
+            return float(self.fd_eps) / max(self.scalar_norm(v_local), 1e-30)
+        if self.stage == 3:
+            # only the real entries: the partition padding is not a weight (see _layout)
+            local = torch.cat([w.detach().reshape(-1) for w in self._local_weights()])
+            wsq = float((local.double()[self.mask] ** 2).sum())
+        else:
+            wsq = sum(float((w.double() ** 2).sum()) for w in self._local_weights())
+        if self.stage != 3:
+            wsq /= self.world_size  # replicated weights: each rank holds the full norm
+        wnorm = math.sqrt(self.scalar(wsq))
+        vnorm = self.scalar_norm(v_local)
+        if vnorm == 0.0:
+            return 0.0
+        rel = float(torch.finfo(torch.float32).eps) ** (1.0 / 3.0)
+        return rel * max(1.0, wnorm / math.sqrt(self.n)) / vnorm
+
+    def scalar_norm(self, v_local) -> float:
+        return math.sqrt(max(self.scalar(float((v_local.double() ** 2).sum())), 0.0))
+
+    def _hvp_fd(self, v_local):
+        """H v ~ (grad L(w + eps v) - grad L(w - eps v)) / (2 eps) on fp32 weights, shard by shard."""
+        import torch
+
+        eps = self.fd_step(v_local)
+        if eps == 0.0:
+            return torch.zeros_like(v_local)
+        saved = [w.detach().clone() for w in self._local_weights()]
+        try:
+            self._add_to_weights(v_local, eps)
+            _, gp = self._loss_and_local_grad(self.hvp_rows)
+            for w, s in zip(self._local_weights(), saved, strict=True):
+                w.copy_(s)
+            self._add_to_weights(v_local, -eps)
+            _, gm = self._loss_and_local_grad(self.hvp_rows)
+        finally:
+            for w, s in zip(self._local_weights(), saved, strict=True):
+                w.copy_(s)
+        return (gp - gm) / (2.0 * eps)
+
+
+class _nullctx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,157 @@
+"""The worker's vector store: this rank's shards of the Krylov vectors, and the VectorSpace ops on them.
+
+A vector is this rank's shard of a parameter-space vector, one flat float32 tensor kept in ``self.vecs`` under
+the integer id the driver chose (see :mod:`dist_unlearn.distributed.worker` for the shard layouts). Dot
+products are a local float64 dot plus an all-reduce, so only scalars ever leave a worker.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+
+class VectorStore:
+    """Mixin of :class:`~dist_unlearn.distributed.worker.DistWorker`: shards, collectives, vector ops.
+
+    Expects ``vecs``, ``timer``, ``dist``, ``device``, ``local_len``, ``mask``, ``stage`` (and, for ZeRO 0-2,
+    ``chunk``, ``lo``, ``hi``, ``n``) to be set by the worker's setup.
+    """
+
+    # ------------------------------------------------------------------ collectives
+    def _allreduce(self, t):
+        t0 = time.perf_counter()
+        self.dist.all_reduce(t)
+        self.timer.comm += time.perf_counter() - t0
+        return t
+
+    def _allgather_flat(self, local):
+        """ZeRO 0-2: the full flat vector (length n) from every rank's chunk."""
+        import torch
+
+        t0 = time.perf_counter()
+        out = torch.empty(self.chunk * self.world_size, dtype=local.dtype, device=local.device)
+        self.dist.all_gather_into_tensor(out, local.contiguous())
+        self.timer.comm += time.perf_counter() - t0
+        return out[: self.n]
+
+    def _my_chunk(self, full):
+        """ZeRO 0-2: this rank's (padded) chunk of a full flat vector."""
+        import torch
+
+        out = torch.zeros(self.chunk, dtype=torch.float32, device=self.device)
+        out[: self.hi - self.lo] = full[self.lo : self.hi]
+        return out
+
+    # ------------------------------------------------------------------ vector ops (VectorSpace)
+    def scalar(self, x: float) -> float:
+        import torch
+
+        t = torch.tensor([x], dtype=torch.float64, device=self.device)
+        return float(self._allreduce(t)[0])
+
+    def dot(self, a: int, b: int) -> float:
+        import torch
+
+        x, y = self.vecs[a], self.vecs[b]
+        return self.scalar(float(torch.dot(x.double(), y.double())))
+
+    def dots(self, a: int, bs: list[int]) -> list[float]:
+        """Several dot products with one all-reduce (for re-orthogonalisation)."""
+        import torch
+
+        x = self.vecs[a].double()
+        t = torch.stack([torch.dot(x, self.vecs[b].double()) for b in bs])
+        return [float(v) for v in self._allreduce(t)]
+
+    def axpy(self, a: float, x: int, y: int) -> None:
+        self.vecs[y].add_(self.vecs[x], alpha=float(a))
+
+    def scale(self, a: float, x: int) -> None:
+        self.vecs[x].mul_(float(a))
+
+    def copy(self, x: int, out: int) -> None:
+        self.vecs[out] = self.vecs[x].clone()
+
+    def zeros(self, out: int) -> None:
+        import torch
+
+        self.vecs[out] = torch.zeros(self.local_len, dtype=torch.float32, device=self.device)
+
+    def lincomb(self, coeffs: list[float], xs: list[int], out: int) -> None:
+        self.vecs[out] = self._lincomb_local(coeffs, [self.vecs[x] for x in xs])
+
+    def _lincomb_local(self, coeffs: list[float], tensors: list[Any]):
+        """sum_i c_i t_i accumulated in float64, returned as float32 (the same arithmetic as TensorSpace)."""
+        import torch
+
+        acc = torch.zeros(self.local_len, dtype=torch.float64, device=self.device)
+        for c, t in zip(coeffs, tensors, strict=True):
+            acc.add_(t.double(), alpha=float(c))
+        return acc.float()
+
+    def _dots_local(self, x, ys: list[Any]) -> list[float]:
+        """[x . y for y in ys] over all ranks: local float64 dots and one all-reduce."""
+        import torch
+
+        if not ys:
+            return []
+        xd = x.double()
+        t = torch.stack([torch.dot(xd, y.double()) for y in ys])
+        return [float(v) for v in self._allreduce(t)]
+
+    def is_finite(self, x: int) -> bool:
+        import torch
+
+        bad = float(not bool(torch.isfinite(self.vecs[x]).all()))
+        return self.scalar(bad) == 0.0
+
+    def release(self, ids: list[int]) -> None:
+        for i in ids:
+            self.vecs.pop(i, None)
+
+    def num_vectors(self) -> int:
+        return len(self.vecs)
+
+    def fetch(self, x: int) -> np.ndarray:
+        """This rank's shard as numpy (tests and debugging only: the solver never calls it)."""
+        v = self.vecs[x]
+        return v[self.mask].cpu().numpy() if self.stage != 3 else v.cpu().numpy()
+
+    def put(self, arr: np.ndarray, out: int) -> None:
+        """Store a shard given as numpy (tests only)."""
+        import torch
+
+        self.vecs[out] = torch.as_tensor(np.array(arr), dtype=torch.float32, device=self.device).clone()
+
+    def layout(self) -> dict[str, Any]:
+        """What the driver needs to scatter/gather test vectors: stage, offsets or partition sizes."""
+        if self.stage == 3:
+            return {
+                "stage": 3,
+                "parts": [(int(p.ds_tensor.numel()), int(p.ds_numel)) for p in self.params],
+                "shapes": [tuple(p.ds_shape) for p in self.params],
+            }
+        return {
+            "stage": self.stage,
+            "lo": self.lo,
+            "hi": self.hi,
+            "chunk": self.chunk,
+            "shapes": [tuple(p.shape) for p in self.params],
+        }
+
+    def random_like(self, out: int, seed: int, kind: str = "normal") -> None:
+        """A random shard (standard normal or Rademacher) drawn from (seed, rank): a random full vector.
+
+        The padding entries (mask False) are zero so the vector has exactly ``n`` real entries.
+        """
+        import torch
+
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + self.rank)
+        if kind == "rademacher":
+            r = torch.randint(0, 2, (self.local_len,), generator=gen).float() * 2 - 1
+        else:
+            r = torch.randn(self.local_len, generator=gen, dtype=torch.float32)
+        self.vecs[out] = (r.to(self.device) * self.mask).contiguous()
