@@ -262,6 +262,9 @@ def run_distributed(
     totals = {"hvps": 0, "gradients": 0, "losses": 0}
     times = {"compute_s": 0.0, "allreduce_s": 0.0, "coordinator_s": 0.0, "setup_s": 0.0, "gather_s": 0.0}
     t_start = time.perf_counter()
+    from dist_unlearn.cost import CostCounter
+
+    cost = CostCounter()  # the completed attempt's work (a failed attempt's counters die with its workers)
     try:
         while True:
             group = oracle = None
@@ -287,6 +290,7 @@ def run_distributed(
                     group.execute_all("load_shard", str(ckpt / "weights-rank{rank}.pt"))
                 times["setup_s"] += time.perf_counter() - t0
                 bytes0, wait0, t_run = group.bytes_received, group.wait_s, time.perf_counter()
+                calls0 = group.calls
                 oracle.hvp_hook = _fault_hook(group, restarts)
                 state = copy.deepcopy(committed) if committed is not None else OuterLoopState(seed=opts.seed)
 
@@ -303,6 +307,7 @@ def run_distributed(
                 run_curvature_method(method, oracle, opts, state=state, on_step=on_step)
                 run_s = time.perf_counter() - t_run
                 run_bytes, run_wait = group.bytes_received - bytes0, group.wait_s - wait0
+                run_calls = group.calls - calls0
                 run_hvps = max(1, oracle.counters["hvps"])
                 t0 = time.perf_counter()
                 final_loss = None
@@ -314,6 +319,8 @@ def run_distributed(
                 if output_dir is not None:
                     saved = group.execute_all("save_output", str(output_dir))[0]
                 worker_stats = group.execute_all("stats")
+                for w in worker_stats:  # each rank counted its own shard's examples
+                    cost.merge(w["cost"])
                 times["gather_s"] += time.perf_counter() - t0
                 break
             except WorkerDiedError as e:
@@ -383,10 +390,15 @@ def run_distributed(
         "accepted_steps": sum(1 for s in steps if s.accepted),
         "coordinator_bytes_total": run_bytes,
         "coordinator_bytes_per_lanczos_iteration": run_bytes / run_hvps,
+        "cost": cost.as_dict(),
         "time_breakdown": {
             "compute_s": max(w["compute_s"] for w in worker_stats),
             "allreduce_s": max(w["allreduce_s"] for w in worker_stats),
             "coordinator_s": max(run_s - run_wait, 0.0),
+            "coordinator_share": max(run_s - run_wait, 0.0) / max(run_s, 1e-12),
+            "driver_round_trips": run_calls,
+            # every driver call on the group during the method, per HVP (one HVP = one Lanczos iteration)
+            "driver_round_trips_per_lanczos_iteration": run_calls / run_hvps,
             "worker_wait_s": run_wait,
             "setup_s": times["setup_s"],
             "gather_s": times["gather_s"],
