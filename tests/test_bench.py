@@ -331,7 +331,12 @@ def test_gpu_script_dry_run_without_ray(tmp_path):
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     res = json.loads((tmp_path / "gpu_bench.json").read_text())
-    assert set(res["phases"]) == {"zero3_fd", "zero0_exact"} and not res["skipped"]
+    assert set(res["phases"]) == {"zero3_fd", "zero0_exact", "cure_newton_step"} and not res["skipped"]
+    step = res["phases"].pop("cure_newton_step")
+    # one full outer step through RayOracle on the in-process rank: gradient, M0 estimate, Krylov solve, ARC
+    assert step["outer_steps"] == 1 and step["hvps"] >= 3 and step["gradients"] >= 1
+    assert step["cost"]["by_kind"]["hvp_fd"]["calls"] == step["hvps"]
+    assert step["driver_calls"] < 2 * step["hvps"]  # fused Lanczos: about one call per HVP
     z0 = res["phases"]["zero0_exact"]
     # FD against the exact double-backward product on the same vector (independent reference).
     assert z0["fd_rel_error"] < 0.05

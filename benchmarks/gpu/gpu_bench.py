@@ -142,6 +142,53 @@ class Rank:
             torch.cuda.empty_cache()
 
 
+class InProcessGroup:
+    """The :class:`~dist_unlearn.distributed.WorkerGroup` calls a :class:`RayOracle` makes, on one rank in this
+    process (world size 1): the engine's oracle and solver path without Ray."""
+
+    def __init__(self, worker) -> None:
+        self.worker, self.num_workers = worker, 1
+        self.calls, self.bytes_received, self.wait_s = 0, 0, 0.0
+
+    def execute_all(self, method: str, *args):
+        self.calls += 1
+        return [getattr(self.worker, method)(*args)]
+
+    def submit_all(self, method: str, *args) -> None:
+        getattr(self.worker, method)(*args)
+
+
+def cure_newton_step(r, args, use_gpu: bool) -> dict:
+    """One CureNewton outer step (ARC, automatic M, Krylov subproblem) through RayOracle on rank ``r``."""
+    from dist_unlearn.distributed.oracle import RayOracle
+    from dist_unlearn.methods import OuterLoopState, run_curvature_method
+    from dist_unlearn.options import UnlearnOptions
+
+    r.w.hvp_mode = "fd"
+    reset_peak(use_gpu)
+    group = InProcessGroup(r.w)
+    oracle = RayOracle(group, num_rows=args.rows)
+    state = OuterLoopState(seed=args.seed)
+    r.sync()
+    t0 = time.perf_counter()
+    run_curvature_method("cure_newton", oracle, UnlearnOptions(max_steps=1, hvp="fd"), state=state)
+    r.sync()
+    wall = time.perf_counter() - t0
+    steps = state.history
+    return {
+        "wall_s": wall,
+        "outer_steps": len(steps),
+        "accepted": [bool(s.accepted) for s in steps],
+        "hvps": oracle.counters["hvps"],
+        "gradients": oracle.counters["gradients"],
+        "driver_calls": group.calls,
+        "driver_round_trips_per_lanczos_iteration": group.calls / max(1, oracle.counters["hvps"]),
+        "M": [float(s.M) for s in steps],
+        "cost": oracle.cost.as_dict(),
+        "peak_gib": peak_gib(use_gpu),
+    }
+
+
 def peak_gib(use_gpu: bool) -> float | None:
     if not use_gpu:
         return None
@@ -220,6 +267,9 @@ def run(args) -> dict:
             "fd_runs_s": fd_all,
             "peak_gib": peak_gib(use_gpu),
         }
+        if not over_budget("cure_newton_step"):
+            print("[gpu_bench] phase 1b: one cure_newton outer step (automatic M) on this rank", flush=True)
+            res["phases"]["cure_newton_step"] = cure_newton_step(r, args, use_gpu)
         r.close()
 
     if not over_budget("zero0_exact"):
@@ -269,6 +319,8 @@ def table(res: dict) -> str:
         head,
     ]
     for name, p in res["phases"].items():
+        if name == "cure_newton_step":
+            continue
 
         def f(key, scale=1.0, spec=".1f", p=p):
             return format(p[key] * scale, spec) if p.get(key) is not None else "-"
@@ -278,6 +330,16 @@ def table(res: dict) -> str:
             f"{f('fd_over_grad', spec='.2f'):>9}{f('exact_over_grad', spec='.2f'):>11}"
             f"{f('fd_rel_error', spec='.1e'):>10}{f('peak_gib', spec='.2f'):>10}"
         )
+    step = res["phases"].get("cure_newton_step")
+    if step is not None:
+        lines.append(
+            f"cure_newton outer step (ZeRO-3, FD, automatic M): {step['wall_s']:.1f} s, {step['hvps']} HVPs, "
+            f"accepted {step['accepted']}, {step['driver_round_trips_per_lanczos_iteration']:.2f} calls/HVP, "
+            f"peak {step['peak_gib'] if step['peak_gib'] is not None else '-'} GiB"
+        )
+    exact = res["phases"].get("zero0_exact", {}).get("exact_over_grad")
+    if exact is not None:
+        lines.append(f"target exact HVP <= 3.0 x gradient: {'met' if exact <= 3.0 else 'NOT met'} ({exact:.2f})")
     if res["skipped"]:
         lines.append(f"skipped (time budget): {', '.join(res['skipped'])}")
     target = res["phases"].get("zero3_fd", {}).get("fd_over_grad")

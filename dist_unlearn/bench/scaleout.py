@@ -117,7 +117,8 @@ class _Probe:
             "coordinator_s": max(wall - compute - allreduce, 0.0),
             "calls": b["calls_pre"] - a["calls_post"],
             "bytes": b["bytes_pre"] - a["bytes_post"],
-            "scalar_allreduces": sum(counts[m] for m in SCALAR_METHODS),
+            # the fused Lanczos call all-reduces alpha, the reorthogonalisation dots and beta
+            "scalar_allreduces": sum(counts[m] for m in SCALAR_METHODS) + 3 * counts["lanczos_step"],
         }
 
 
@@ -215,6 +216,8 @@ def bench_one(
         "iteration_allreduce_s": lz["allreduce_s"] / k,
         "iteration_coordinator_s": lz["coordinator_s"] / k,
         "calls_per_iteration": lz["calls"] / k,
+        "driver_round_trips_per_lanczos_iteration": lz["calls"] / k,
+        "coordinator_share": lz["coordinator_s"] / max(lz["wall_s"], 1e-12),
         "scalar_allreduces_per_iteration": lz["scalar_allreduces"] / k,
         "coordinator_bytes_per_iteration": lz["bytes"] / k,
         "coordinator_s_per_call": lz["coordinator_s"] / max(lz["calls"], 1),

@@ -51,10 +51,9 @@ class FusedLanczos:
         Returns:
             ``{"alpha", "beta", "coeffs", "breakdown"}`` (identical on every rank).
         """
+        t0, compute0, comm0 = time.perf_counter(), self.timer.compute, self.timer.comm
         qv = self.vecs[q]
         w = self._hvp_local(qv)
-        t1 = time.perf_counter()
-        comm0 = self.timer.comm
         alpha = self._dots_local(qv, [w])[0]
         if not math.isfinite(alpha):
             return {"alpha": alpha, "beta": math.nan, "coeffs": [], "breakdown": False}
@@ -76,5 +75,6 @@ class FusedLanczos:
             else:
                 w.mul_(1.0 / beta)
                 self.vecs[out] = w
-        self.timer.compute += time.perf_counter() - t1 - (self.timer.comm - comm0)
+        # all of this call's worker time that is not a collective (the HVP's weight copies included)
+        self.timer.compute = compute0 + time.perf_counter() - t0 - (self.timer.comm - comm0)
         return result
