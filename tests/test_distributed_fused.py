@@ -119,8 +119,12 @@ def test_five_cure_newton_steps_automatic_M_match_in_process(ray_local, stage):
     oracle = LocalOracle(local, loss_fn, data, hvp=hvp, batch_size=16)
     state = OuterLoopState(seed=0)
     run_curvature_method("cure_newton", oracle, UnlearnOptions(**opts), state=state)
-    d_dist = flat([p.detach() - q.detach() for p, q in zip(res.model.parameters(), model.parameters())])
-    d_local = flat([p.detach() - q.detach() for p, q in zip(local.parameters(), model.parameters())])
+    d_dist = flat(
+        [p.detach() - q.detach() for p, q in zip(res.model.parameters(), model.parameters(), strict=True)]
+    )
+    d_local = flat(
+        [p.detach() - q.detach() for p, q in zip(local.parameters(), model.parameters(), strict=True)]
+    )
     assert float((d_dist - d_local).norm() / d_local.norm()) <= 1e-3
     assert [s.accepted for s in res.steps] == [s.accepted for s in state.history]
     assert res.steps[0].M == pytest.approx(state.history[0].M, rel=1e-4)

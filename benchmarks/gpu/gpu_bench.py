@@ -143,8 +143,8 @@ class Rank:
 
 
 class InProcessGroup:
-    """The :class:`~dist_unlearn.distributed.WorkerGroup` calls a :class:`RayOracle` makes, on one rank in this
-    process (world size 1): the engine's oracle and solver path without Ray."""
+    """The :class:`~dist_unlearn.distributed.WorkerGroup` calls that a :class:`RayOracle` makes, on one rank
+    in this process (world size 1): the engine's oracle and solver path without Ray."""
 
     def __init__(self, worker) -> None:
         self.worker, self.num_workers = worker, 1
@@ -339,7 +339,8 @@ def table(res: dict) -> str:
         )
     exact = res["phases"].get("zero0_exact", {}).get("exact_over_grad")
     if exact is not None:
-        lines.append(f"target exact HVP <= 3.0 x gradient: {'met' if exact <= 3.0 else 'NOT met'} ({exact:.2f})")
+        verdict = "met" if exact <= 3.0 else "NOT met"
+        lines.append(f"target exact HVP <= 3.0 x gradient: {verdict} ({exact:.2f})")
     if res["skipped"]:
         lines.append(f"skipped (time budget): {', '.join(res['skipped'])}")
     target = res["phases"].get("zero3_fd", {}).get("fd_over_grad")

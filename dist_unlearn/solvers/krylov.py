@@ -11,8 +11,13 @@ orthogonal to the leftmost eigenvector u_min of an indefinite H, every Krylov it
 returned point can be a saddle (H + lambda I not PSD). ``hard_case_probe=p`` runs a trlib-style restart after
 convergence: p Lanczos steps from a random vector orthogonal to the first Krylov block; if the second block
 finds curvature below -lambda, the subproblem is re-solved on blockdiag(T_1, T_2) (a hard case of the small
-problem, handled exactly) and continued until the residual (checked with one extra matvec) is small. This
-costs >= p matvecs per solve, so it is off by default (generic gradients have a component on u_min).
+problem, handled exactly) and continued until the residual (checked with one extra matvec) is small.
+
+The default ``hard_case_probe="auto"`` is a cheap guard: it probes (``AUTO_PROBE`` matvecs) only when the
+first block's T_k is indefinite and the multiplier sits near its leftmost Ritz value,
+lambda <= (1 + AUTO_MARGIN) (-theta_min), i.e. when the solution is dominated by negative curvature and a
+direction of even lower curvature that g misses would change the answer. With a positive-definite T_k, or a
+multiplier far above -theta_min (the gradient term dominates), no matvec is spent.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ SKIP_FACTOR = 10.0
 """Skip the small solve while |beta_k y_k(lambda_prev)| > SKIP_FACTOR * tol |g| (clearly not converged)."""
 REFRESH = 4
 """... but re-solve at least every REFRESH iterations so that lambda_prev stays current."""
+AUTO_PROBE = 5
+"""Matvecs of the automatic hard-case probe (``hard_case_probe="auto"``), when its guard fires."""
+AUTO_MARGIN = 0.5
+"""The guard fires when T_k is indefinite and lambda <= (1 + AUTO_MARGIN) * (-theta_min(T_k))."""
 
 
 def cubic_subproblem(
@@ -56,7 +65,7 @@ def cubic_subproblem(
     space: VectorSpace | None = None,
     reorthogonalize: bool = True,
     store_basis: bool = True,
-    hard_case_probe: int = 0,
+    hard_case_probe: int | str = "auto",
     seed: int = 0,
     breakdown_tol: float = DEFAULT_BREAKDOWN_TOL,
     callback: Callable[[int, float], None] | None = None,
@@ -74,7 +83,8 @@ def cubic_subproblem(
         store_basis: keep the basis and form d = Q y from it (1 lincomb); if False and not reorthogonalize,
             memory is O(1) vectors and d comes from a second Lanczos pass (k - 1 more matvecs).
         hard_case_probe: matvecs of the restart that detects the true hard case (0 = off; needs
-            reorthogonalize=True).
+            reorthogonalize=True), or "auto" (default): ``AUTO_PROBE`` matvecs only when the guard in the
+            module docstring fires (never without reorthogonalisation).
         seed: seed of the probe's random start vector.
         breakdown_tol: relative Lanczos breakdown threshold.
         callback: called as callback(hvps_so_far, model_value) after every iteration.
@@ -91,11 +101,16 @@ def cubic_subproblem(
     M = check_positive("M", M)
     tol = check_positive("tol", tol)
     max_iter = check_positive("max_iter", max_iter, integer=True)
-    if hard_case_probe and not reorthogonalize:
+    auto = isinstance(hard_case_probe, str)
+    if auto and hard_case_probe != "auto":
+        raise ConfigError(f"hard_case_probe={hard_case_probe!r}; allowed: 'auto' or an integer >= 0.")
+    if not auto and (isinstance(hard_case_probe, bool) or not isinstance(hard_case_probe, int)):
+        raise ConfigError(f"hard_case_probe={hard_case_probe!r}; allowed: 'auto' or an integer >= 0.")
+    if not auto and hard_case_probe and not reorthogonalize:
         raise ConfigError(
             "hard_case_probe > 0 needs reorthogonalize=True (the restart block must stay orthogonal)."
         )
-    if hard_case_probe < 0:
+    if not auto and hard_case_probe < 0:
         raise ConfigError(f"hard_case_probe={hard_case_probe!r} must be >= 0.")
     mv = TimedMatvec(matvec)
     gnorm = vector_norm(space, g, "g")
@@ -161,6 +176,8 @@ def cubic_subproblem(
     )
     iterations = proc.iterations
     y, lam, hard, model = sol.y, sol.multiplier, sol.hard_case, sol.model_value
+    if auto:
+        hard_case_probe = AUTO_PROBE if (reorthogonalize and _guard_fires(proc, lam)) else 0
     if hard_case_probe:
         probe = _probe_hard_case(
             mv, g, space, proc, gnorm, M, tol, max_iter, hard_case_probe, seed, sol, history
@@ -190,6 +207,18 @@ def cubic_subproblem(
     return _finish(
         step, y, lam, hard, model, iterations, converged, residual, message, proc, mv, start, history
     )
+
+
+def _guard_fires(proc: LanczosProcess, lam: float) -> bool:
+    """T_k indefinite and lambda within (1 + AUTO_MARGIN) of its leftmost Ritz value (module docstring)."""
+    if proc.breakdown and not proc.alphas:
+        return False
+    from scipy.linalg import eigvalsh_tridiagonal
+
+    alphas = np.asarray(proc.alphas, dtype=np.float64)
+    betas = np.asarray(proc.betas[: len(alphas) - 1], dtype=np.float64)
+    theta_min = float(eigvalsh_tridiagonal(alphas, betas, select="i", select_range=(0, 0))[0])
+    return theta_min < 0 and lam <= (1.0 + AUTO_MARGIN) * (-theta_min)
 
 
 def _finish(step, y, lam, hard, model, iterations, converged, residual, message, proc, mv, start, history):
