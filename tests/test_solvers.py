@@ -14,6 +14,7 @@ from test_solvers_reference import OpaqueSpace, dense_cubic, eigh, model, random
 from dist_unlearn.errors import ConfigError, NumericalError
 from dist_unlearn.solvers import cubic_subproblem, solve_tridiagonal_cubic
 from dist_unlearn.solvers.cubic import quick_tridiagonal_cubic
+from dist_unlearn.solvers.krylov import AUTO_PROBE
 
 
 def check_against_reference(
@@ -58,7 +59,13 @@ def test_matches_dense_reference(kind, n, M):
     res = cubic_subproblem(torch_matvec(H), torch.from_numpy(g), M, tol=1e-9, max_iter=n + 5)
     check_against_reference(H, g, M, res)
     assert res.residual <= 1e-9
-    assert res.hvps == res.iterations
+    assert res.iterations <= res.hvps <= res.iterations + AUTO_PROBE  # + the guard's probe, if it fires
+    plain = cubic_subproblem(
+        torch_matvec(H), torch.from_numpy(g), M, tol=1e-9, max_iter=n + 5, hard_case_probe=0
+    )
+    check_against_reference(H, g, M, plain)
+    assert plain.residual <= 1e-9
+    assert plain.hvps == plain.iterations
 
 
 @pytest.mark.parametrize("reorthogonalize,store_basis", [(False, False), (False, True), (True, False)])
@@ -73,10 +80,21 @@ def test_memory_modes_agree_with_reference(kind, reorthogonalize, store_basis):
         max_iter=150,
         reorthogonalize=reorthogonalize,
         store_basis=store_basis,
+        hard_case_probe=0,  # the HVP identity below is the main pass alone (the guard: test_solvers_hardcase)
     )
     check_against_reference(H, g, 1.0, res)
     second_pass = not reorthogonalize and not store_basis
     assert res.hvps == (2 * res.iterations - 1 if second_pass else res.iterations)
+    guarded = cubic_subproblem(
+        torch_matvec(H),
+        torch.from_numpy(g),
+        1.0,
+        tol=1e-9,
+        max_iter=150,
+        reorthogonalize=reorthogonalize,
+        store_basis=store_basis,
+    )
+    check_against_reference(H, g, 1.0, guarded)
 
 
 @pytest.mark.parametrize(
