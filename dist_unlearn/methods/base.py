@@ -102,10 +102,13 @@ def curvature_stats(oracle: CurvatureOracle, state: OuterLoopState) -> dict[str,
 
     Keys: total_hvps, total_gradients, total_losses (the oracle's counters), final_M, stop_reason, final_loss,
     final_grad_norm (at the returned weights, on the last sample for the stochastic variant), num_steps,
-    accepted_steps.
+    accepted_steps, and ``cost`` (``oracle.cost.as_dict()``: example passes by kind, see
+    :mod:`dist_unlearn.cost`; None for an oracle that does not count).
     """
     counters = getattr(oracle, "counters", {}) or {}
+    counter = getattr(oracle, "cost", None)
     return {
+        "cost": counter.as_dict() if counter is not None else None,
         "total_hvps": int(counters.get("hvps", 0)),
         "total_gradients": int(counters.get("gradients", 0)),
         "total_losses": int(counters.get("losses", 0)),

@@ -36,7 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dist_unlearn.methods._training import ModelRun, cycle, frozen_copy, loader, optimise
+from dist_unlearn.cost import CostCounter
+from dist_unlearn.methods._training import (
+    ModelRun,
+    Pair,
+    count_examples,
+    cycle,
+    frozen_copy,
+    loader,
+    optimise,
+)
 from dist_unlearn.methods.registry import register_method
 from dist_unlearn.options import UnlearnOptions
 
@@ -48,6 +57,7 @@ def finetune(
     model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: UnlearnOptions
 ) -> ModelRun:
     """Fine-tune on the retain set only (catastrophic forgetting of the forget set)."""
+    cost = CostCounter()
     steps = optimise(
         model,
         lambda b: loss_fn(model, b),
@@ -55,8 +65,9 @@ def finetune(
         options,
         method="finetune",
         epochs=options.epochs,
+        cost=cost,
     )
-    return ModelRun(model, steps)
+    return ModelRun(model, steps, {"cost": cost.as_dict()})
 
 
 @register_method("grad_ascent", defaults={"epochs": 1, "lr": 1e-4, "batch_size": 32}, needs=("forget",))
@@ -65,6 +76,7 @@ def grad_ascent(
 ) -> ModelRun:
     """Gradient ascent on the forget loss."""
     alpha = options.forget_weight
+    cost = CostCounter()
     steps = optimise(
         model,
         lambda b: -alpha * loss_fn(model, b),
@@ -72,8 +84,9 @@ def grad_ascent(
         options,
         method="grad_ascent",
         epochs=options.epochs,
+        cost=cost,
     )
-    return ModelRun(model, steps)
+    return ModelRun(model, steps, {"cost": cost.as_dict()})
 
 
 def _paired(forget: Any, retain: Any, options: UnlearnOptions):
@@ -82,7 +95,7 @@ def _paired(forget: Any, retain: Any, options: UnlearnOptions):
     def items(epoch: int):
         rb = cycle(retain, options, epoch) if retain is not None else None
         for fb in loader(forget, options, epoch):
-            yield fb, (next(rb) if rb is not None else None)
+            yield Pair((fb, next(rb) if rb is not None else None))
 
     return items
 
@@ -100,10 +113,17 @@ def grad_diff(
         fb, rb = item
         return gamma * loss_fn(model, rb) - alpha * loss_fn(model, fb)
 
+    cost = CostCounter()
     steps = optimise(
-        model, objective, _paired(forget, retain, options), options, method="grad_diff", epochs=options.epochs
+        model,
+        objective,
+        _paired(forget, retain, options),
+        options,
+        method="grad_diff",
+        epochs=options.epochs,
+        cost=cost,
     )
-    return ModelRun(model, steps)
+    return ModelRun(model, steps, {"cost": cost.as_dict()})
 
 
 def _row(batch: Any, i: int, n: int) -> Any:
@@ -141,21 +161,28 @@ def npo(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: Un
     ref = options.reference_model if options.reference_model is not None else frozen_copy(model)
     beta, alpha, gamma = options.beta, options.forget_weight, options.retain_weight
     use_retain = gamma > 0 and retain is not None
+    cost = CostCounter()
 
     def objective(item):
         fb, rb = item
         l_theta = per_example_losses(loss_fn, model, fb)
         with torch.no_grad():
             l_ref = per_example_losses(loss_fn, ref, fb)
+        cost.add("loss", count_examples(fb))  # the reference model's forward
         value = alpha * (2.0 / beta) * F.softplus(beta * (l_ref - l_theta)).mean()
         if use_retain:
             value = value + gamma * loss_fn(model, rb)
         return value
 
     items = _paired(forget, retain if use_retain else None, options)
-    steps = optimise(model, objective, items, options, method="npo", epochs=options.epochs)
+    steps = optimise(model, objective, items, options, method="npo", epochs=options.epochs, cost=cost)
     return ModelRun(
-        model, steps, {"npo_reference": "given" if options.reference_model is not None else "original"}
+        model,
+        steps,
+        {
+            "npo_reference": "given" if options.reference_model is not None else "original",
+            "cost": cost.as_dict(),
+        },
     )
 
 
@@ -198,10 +225,12 @@ def scrub(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: 
     epochs = options.epochs
     forget_epochs = options.forget_epochs if options.forget_epochs is not None else max(1, epochs // 2)
     T, alpha, gamma = options.temperature, options.kl_weight, options.retain_weight
+    cost = CostCounter()
 
     def kl(batch):
         with torch.no_grad():
             t = output_fn(teacher, batch)
+        cost.add("loss", count_examples(batch))  # the teacher's forward
         return distill_kl(output_fn(model, batch), t, T)
 
     def objective(item):
@@ -217,5 +246,5 @@ def scrub(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: 
         for b in loader(retain, options, epoch):
             yield "min", b
 
-    steps = optimise(model, objective, items, options, method="scrub", epochs=epochs)
-    return ModelRun(model, steps, {"forget_epochs": forget_epochs})
+    steps = optimise(model, objective, items, options, method="scrub", epochs=epochs, cost=cost)
+    return ModelRun(model, steps, {"forget_epochs": forget_epochs, "cost": cost.as_dict()})
