@@ -135,6 +135,9 @@ def _run_curvature(
     from dist_unlearn.curvature import LocalOracle
 
     stochastic = method == "cure_newton_stochastic"
+    hvp_batch = opts.hvp_batch_size if stochastic else None
+    if method == "cure_newton":
+        hvp_batch = hvp_sample_size(opts.hvp_sample, len(retain))
     oracle = LocalOracle(
         model,
         loss_fn,
@@ -142,7 +145,7 @@ def _run_curvature(
         hvp=opts.hvp,
         batch_size=opts.batch_size,
         grad_batch_size=opts.grad_batch_size if stochastic else None,
-        hvp_batch_size=opts.hvp_batch_size if stochastic else None,
+        hvp_batch_size=hvp_batch,
         seed=opts.seed,
         collate_fn=opts.collate_fn,
         device=opts.device,
@@ -155,6 +158,24 @@ def _run_curvature(
         extra["final_minibatch_loss"] = state.final_loss
         extra.update(_final_retain_metrics(model, loss_fn, retain, opts))
     return model, steps, extra
+
+
+HVP_SAMPLE_MIN = 512
+HVP_SAMPLE_FRACTION = 0.1
+
+
+def hvp_sample_size(option: int | str | None, n: int) -> int | None:
+    """Examples of cure_newton's sub-sampled Hessian: None (all) or a size < n.
+
+    ``None`` (default): max(HVP_SAMPLE_MIN, HVP_SAMPLE_FRACTION n) = max(512, 10%) examples, all of them
+    when n <= 512 (sub-sampled Newton keeps a fast local rate with a Hessian sample of a fixed fraction while
+    the gradient stays exact; ARC's acceptance test uses full losses, so a poor sample only costs rejected
+    steps, never a wrong accepted one). "all": every example.
+    """
+    if option == "all":
+        return None
+    size = int(option) if option is not None else max(HVP_SAMPLE_MIN, math.ceil(HVP_SAMPLE_FRACTION * n))
+    return size if size < n else None
 
 
 def _final_retain_metrics(

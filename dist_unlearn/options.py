@@ -46,8 +46,10 @@ class UnlearnOptions(BaseModel):
     None = the method's default (cure_newton 20, damped/pinv Newton 1)."""
     M: float | None = None
     """Cubic regularisation constant (a Hessian-Lipschitz bound), > 0. None = automatic ARC adaptation."""
-    tol: float = Field(default=1e-6, ge=0)
-    """Stop when the retain-gradient norm |g| <= tol (curvature methods)."""
+    tol: float | None = Field(default=None, ge=0)
+    """Stop when the retain-gradient norm |g| <= tol (curvature methods). None (default): stop when the
+    model stops changing instead -- |g_k| <= grad_rtol |g_0| or a step below step_rtol x the longest;
+    a number turns those relative rules off unless they are given too."""
     hvp: Literal["exact", "fd", "ggn"] = "exact"
     """Curvature products: exact double backward, central finite differences, or Gauss-Newton."""
     batch_size: int | None = Field(default=None, ge=1)
@@ -77,10 +79,31 @@ class UnlearnOptions(BaseModel):
     """Stop after this many consecutive rejected steps."""
     eig_iterations: int = Field(default=10, ge=1)
     """Lanczos iterations of the |lambda|_max estimate behind the initial M."""
+    first_M_tries: int = Field(default=7, ge=1)
+    """First adaptive step: try M0, M0/f, ..., M0/f^(n-1) on one Krylov space (one loss evaluation each, no
+    HVP) and keep the largest actual decrease with rho >= arc_eta1. 1 = use M0 only (the old rule)."""
+    first_M_factor: float = Field(default=10.0, gt=1)
+    """Ratio f between consecutive tries of ``first_M_tries``."""
     krylov_tol: float = Field(default=1e-6, gt=0)
-    """Relative residual |beta_k y_k| / |g| at which the Krylov (Lanczos) solve stops."""
-    krylov_max_iter: int = Field(default=100, ge=1)
-    """Most Lanczos iterations (= HVPs) per solve."""
+    """Relative residual |beta_k y_k| / |g| at which the Krylov (Lanczos) solve stops (the floor of the
+    forcing sequence when ``krylov_forcing`` > 0)."""
+    krylov_forcing: float | None = Field(default=None, ge=0, lt=1)
+    """Inexact Newton: solve step k to the relative residual max(krylov_tol, krylov_forcing *
+    min(1, sqrt(|g_k| / |g_0|))) -- loose while |g| is large, tight near the end. 0 = always krylov_tol;
+    None: 0.1 unless ``krylov_tol`` was given (then 0: the given tolerance is used as is)."""
+    krylov_max_iter: int | None = Field(default=None, ge=1)
+    """Per-solve HVP budget: most Lanczos iterations (= HVPs) per solve (None: the method's default,
+    cure_newton 30, damped / pinv Newton 100)."""
+    hvp_sample: int | Literal["all"] | None = None
+    """cure_newton: HVPs on a fixed random subset of this many retain examples (the gradient and the ARC
+    losses stay full-batch). None = max(512, 10% of the retain set), capped at its size; "all" = every
+    example."""
+    grad_rtol: float | None = Field(default=None, ge=0)
+    """Stop ("converged") when |g_k| <= grad_rtol |g_0| (0 = off; None: 1e-3 when ``tol`` is None, else
+    off)."""
+    step_rtol: float | None = Field(default=None, ge=0)
+    """Stop ("stalled") after an accepted step with |d| <= step_rtol x the longest accepted |d| (0 = off;
+    None: 1e-2 when ``tol`` is None, else off)."""
     reorthogonalize: bool = True
     store_basis: bool = True
     """Keep the Lanczos basis (False: rebuild the step with a second Lanczos pass, O(1) vectors)."""
@@ -181,7 +204,7 @@ class UnlearnOptions(BaseModel):
         update = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if not update:
             return self
-        data = {k: getattr(self, k) for k in type(self).model_fields}
+        data = {k: getattr(self, k) for k in self.model_fields_set}  # keeps "what the user gave"
         data.update(update)
         return type(self)(**data)
 

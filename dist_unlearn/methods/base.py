@@ -77,8 +77,12 @@ class OuterLoopState:
         consecutive_rejections: rejected steps since the last accepted one.
         elapsed: wall seconds spent so far.
         final_loss / final_grad_norm: loss and |g| at the last evaluated point (the returned weights).
-        stop_reason: "converged" (|g| <= tol), "max_steps", "max_rejections", "no_model_decrease" or "".
+        stop_reason: "converged" (|g| <= tol or <= grad_rtol |g_0|), "stalled" (an accepted step shorter
+            than step_rtol x the longest), "max_steps", "max_rejections", "no_model_decrease" or "".
         finished: the loop stopped (a later call evaluates once and stops again).
+        initial_grad_norm: |g_0| (the reference of ``grad_rtol`` and of the Krylov forcing sequence).
+        max_step_norm: the longest accepted |d| so far (the reference of ``step_rtol``).
+        last_step_small: the last accepted step was below ``step_rtol`` x ``max_step_norm``.
     """
 
     step: int = 0
@@ -92,6 +96,9 @@ class OuterLoopState:
     final_grad_norm: float | None = None
     stop_reason: str = ""
     finished: bool = False
+    initial_grad_norm: float | None = None
+    max_step_norm: float = 0.0
+    last_step_small: bool = False
 
 
 StepCallback = Callable[[StepRecord, OuterLoopState], None]
