@@ -105,7 +105,7 @@ def unlearn(
     with PeakMemory(model_device(model)) as mem:
         t0 = time.perf_counter()
         if spec.curvature:
-            out_model, steps, extra = _run_curvature(method, model, loss_fn, retain, opts)
+            out_model, steps, extra = _run_curvature(method, model, loss_fn, retain, forget, opts)
         else:
             run = spec.run(model, loss_fn, retain, forget, opts)
             out_model, steps, extra = run.model, run.steps, dict(run.stats)
@@ -130,18 +130,23 @@ def unlearn(
 
 
 def _run_curvature(
-    method: str, model: nn.Module, loss_fn: Any, retain: Any, opts: UnlearnOptions
+    method: str, model: nn.Module, loss_fn: Any, retain: Any, forget: Any, opts: UnlearnOptions
 ) -> tuple[nn.Module, list[StepRecord], dict[str, Any]]:
-    from dist_unlearn.curvature import LocalOracle
+    from dist_unlearn.curvature.objective import build_oracle
 
     stochastic = method == "cure_newton_stochastic"
     hvp_batch = opts.hvp_batch_size if stochastic else None
     if method == "cure_newton":
         hvp_batch = hvp_sample_size(opts.hvp_sample, len(retain))
-    oracle = LocalOracle(
+    oracle = build_oracle(
         model,
         loss_fn,
         retain,
+        forget,
+        objective=opts.objective,
+        gradient=opts.gradient,
+        forget_weight=opts.forget_weight,
+        beta=opts.beta,
         hvp=opts.hvp,
         batch_size=opts.batch_size,
         grad_batch_size=opts.grad_batch_size if stochastic else None,
@@ -154,8 +159,12 @@ def _run_curvature(
     state = OuterLoopState(seed=opts.seed)
     steps = run_curvature_method(method, oracle, opts, state=state)
     extra = curvature_stats(oracle, state)
+    extra["objective"] = opts.objective
     if stochastic:  # the loop's final values are on a mini-batch: report the full retain loss too
         extra["final_minibatch_loss"] = state.final_loss
+        extra.update(_final_retain_metrics(model, loss_fn, retain, opts))
+    elif opts.objective != "retain":  # the loop's final values are the objective's
+        extra["final_objective"] = state.final_loss
         extra.update(_final_retain_metrics(model, loss_fn, retain, opts))
     return model, steps, extra
 

@@ -108,6 +108,14 @@ class UnlearnOptions(BaseModel):
     store_basis: bool = True
     """Keep the Lanczos basis (False: rebuild the step with a second Lanczos pass, O(1) vectors)."""
 
+    objective: Literal["retain", "grad_diff", "npo"] = "retain"
+    """Curvature methods: the loss the steps minimise -- "retain" (the paper: the retain loss), "grad_diff"
+    (retain loss - forget_weight x forget loss) or "npo" (retain loss + forget_weight x the NPO forget
+    term); see :mod:`dist_unlearn.curvature.objective` for when each applies."""
+    gradient: Literal["full", "influence"] = "full"
+    """Curvature methods, objective "retain": "influence" takes the first gradient from the forget set,
+    g_0 = -(n_f/n_r) grad L_f(w_0) (valid at a stationary point of the training loss)."""
+
     # ---- stochastic variant -----------------------------------------------------------------------------
     grad_batch_size: int | None = Field(default=None, ge=1)
     """Gradient mini-batch of cure_newton_stochastic (None: 128, the paper's)."""
