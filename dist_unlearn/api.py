@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dist_unlearn.errors import DataError, ModelError
+from dist_unlearn.errors import ConfigError, DataError, ModelError
 from dist_unlearn.methods import OuterLoopState, StepRecord, curvature_stats, get_method, run_curvature_method
 from dist_unlearn.methods._training import model_device, to_device
 from dist_unlearn.options import UnlearnOptions
@@ -75,14 +76,30 @@ def unlearn(
         NumericalError: NaN/inf loss or gradient; the last good weights are restored first.
     """
     spec = get_method(method)
-    opts = UnlearnOptions(**options).with_defaults(spec.defaults)
+    given = UnlearnOptions(**options)
+    given.check_method(method)
+    opts = given.with_defaults(spec.defaults)
     if not isinstance(model, nn.Module):
         raise ModelError(f"model is a {type(model).__name__}; unlearn needs a torch nn.Module.")
+    check_loss_fn(loss_fn)
+    needs = set(spec.needs)
+    if spec.curvature and (opts.objective != "retain" or opts.gradient == "influence"):
+        needs.add("forget")
     for name, data in (("retain", retain), ("forget", forget)):
-        if name in spec.needs and data is None:
+        if name not in needs:
+            continue
+        why = f"method {method!r}" + (
+            f" with objective={opts.objective!r}, gradient={opts.gradient!r}"
+            if spec.curvature and name == "forget"
+            else ""
+        )
+        if data is None:
             raise DataError(
-                f"method {method!r} needs the {name} set: pass {name}=<Dataset, DataLoader or "
-                "datasets.Dataset>."
+                f"{why} needs the {name} set: pass {name}=<Dataset, DataLoader or datasets.Dataset>."
+            )
+        if _num_examples(data) == 0:
+            raise DataError(
+                f"the {name} set is empty (0 examples); {why} reads it. Give at least one example."
             )
     if opts.workers is not None:
         if not spec.curvature:
@@ -167,6 +184,73 @@ def _run_curvature(
         extra["final_objective"] = state.final_loss
         extra.update(_final_retain_metrics(model, loss_fn, retain, opts))
     return model, steps, extra
+
+
+_PAIR_NAMES = {
+    (a, b)
+    for a in (
+        "input",
+        "inputs",
+        "logits",
+        "outputs",
+        "output",
+        "preds",
+        "pred",
+        "predictions",
+        "scores",
+        "y_pred",
+    )
+    for b in ("target", "targets", "labels", "label", "y", "y_true")
+}
+"""First two parameter names of a (predictions, targets) loss: not the ``loss_fn(model, batch)`` contract."""
+
+
+def check_loss_fn(loss_fn: Any) -> None:
+    """Enforce the contract ``loss_fn(model, batch) -> scalar`` (batch mean), or None for the default.
+
+    A torch loss module (``nn.CrossEntropyLoss()``) or a function of (logits, labels) is the most common
+    mistake: both take predictions, not the model, and would fail deep inside a gradient with a shape error.
+
+    Raises:
+        ConfigError: not callable, a torch loss module, or a (logits, labels)-style signature.
+    """
+    if loss_fn is None:
+        return
+    fix = (
+        "unlearn needs loss_fn(model, batch) -> scalar tensor (the batch mean), e.g. "
+        "`lambda model, batch: F.cross_entropy(model(batch[0]), batch[1])`."
+    )
+    if isinstance(loss_fn, nn.modules.loss._Loss):
+        raise ConfigError(
+            f"loss_fn is a torch loss module ({type(loss_fn).__name__}), which takes (predictions, targets); "
+            + fix
+        )
+    if not callable(loss_fn):
+        raise ConfigError(f"loss_fn is a {type(loss_fn).__name__}, not a function; " + fix)
+    try:
+        sig = inspect.signature(loss_fn)
+    except (TypeError, ValueError):  # builtins without a signature: trust them
+        return
+    names = [
+        p.name.lower()
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(names) >= 2 and tuple(names[:2]) in _PAIR_NAMES:
+        raise ConfigError(
+            f"loss_fn{sig} looks like a loss of ({names[0]}, {names[1]}): it takes predictions, not the "
+            "model; " + fix
+        )
+
+
+def _num_examples(data: Any) -> int | None:
+    from torch.utils.data import DataLoader
+
+    inner = data.dataset if isinstance(data, DataLoader) else data
+    try:
+        return len(inner)
+    except TypeError:
+        return None
 
 
 HVP_SAMPLE_MIN = 512

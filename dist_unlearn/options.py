@@ -38,10 +38,13 @@ class UnlearnOptions(BaseModel):
     raise :class:`~dist_unlearn.errors.ConfigError` (never a pydantic ``ValidationError``).
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+    # strict: no bool for a number (M=True), no "2" for an int; ints are fine for floats
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, validate_assignment=True, strict=True
+    )
 
     # ---- shared by every method -------------------------------------------------------------------------
-    max_steps: int | None = Field(default=None, ge=0)
+    max_steps: int | None = Field(default=None, ge=1)
     """Outer steps (curvature methods: accepted updates) or optimizer steps (first-order; None = all epochs).
     None = the method's default (cure_newton 20, damped/pinv Newton 1)."""
     M: float | None = None
@@ -207,6 +210,20 @@ class UnlearnOptions(BaseModel):
             raise ValueError(f"arc_eta2={self.arc_eta2} must be >= arc_eta1={self.arc_eta1}")
         return self
 
+    def check_method(self, method: str) -> None:
+        """Raise ConfigError when an option the user gave is read by no part of ``method``.
+
+        Example: ``finetune`` with ``damping`` (read by damped_newton only), ``cure_newton`` with ``lr``.
+        """
+        unread = [k for k in sorted(self.model_fields_set) if not reads(method, k)]
+        if unread:
+            parts = [f"{k!r} (read by {', '.join(readers(k))})" for k in unread]
+            raise ConfigError(
+                f"method {method!r} does not read the option{'s' if len(unread) > 1 else ''} "
+                f"{'; '.join(parts)}. Remove {'them' if len(unread) > 1 else 'it'} or choose a method "
+                "that reads it."
+            )
+
     def with_defaults(self, defaults: dict[str, Any]) -> UnlearnOptions:
         """A copy where each option still None takes the value from ``defaults`` (method defaults)."""
         update = {k: v for k, v in defaults.items() if getattr(self, k) is None}
@@ -228,3 +245,61 @@ class UnlearnOptions(BaseModel):
             else:
                 out[k] = f"<{type(v).__name__}>"
         return out
+
+
+CUBIC = ("cure_newton", "cure_newton_stochastic")
+CURVATURE = (*CUBIC, "damped_newton", "pinv_newton")
+FIRST_ORDER = ("finetune", "grad_ascent", "grad_diff", "npo", "scrub", "retrain")
+EVERY = "every method"
+_READERS: dict[str, tuple[str, ...] | str] = {
+    **{
+        k: EVERY
+        for k in (
+            "max_steps", "batch_size", "seed", "progress", "device", "collate_fn",
+            # the distributed engine's options (first-order methods always run in-process)
+            "workers", "zero_stage", "deepspeed_config", "max_restarts", "checkpoint_dir",
+        )
+    },
+    **{
+        k: CURVATURE
+        for k in (
+            "tol", "hvp", "krylov_tol", "krylov_max_iter", "reorthogonalize", "store_basis", "objective",
+            "gradient", "grad_rtol", "step_rtol",
+        )
+    },
+    **{
+        k: CUBIC
+        for k in (
+            "M", "M_init", "M_min", "arc_eta1", "arc_eta2", "arc_shrink", "arc_grow", "max_rejections",
+            "eig_iterations", "first_M_tries", "first_M_factor", "krylov_forcing",
+        )
+    },
+    "hvp_sample": ("cure_newton",),
+    **{
+        k: ("cure_newton_stochastic",)
+        for k in ("grad_batch_size", "hvp_batch_size", "cubic_solver", "cubic_lr")
+    },
+    "damping": ("damped_newton",),
+    "rank": ("pinv_newton",),
+    "threshold": ("pinv_newton",),
+    **{k: FIRST_ORDER for k in ("lr", "epochs", "optimizer", "momentum", "weight_decay", "grad_clip")},
+    "forget_weight": ("grad_ascent", "grad_diff", "npo", *CURVATURE),
+    "beta": ("npo", *CURVATURE),
+    "retain_weight": ("grad_diff", "npo", "scrub"),
+    **{k: ("scrub",) for k in ("kl_weight", "temperature", "forget_epochs", "output_fn")},
+    "reference_model": ("npo", "scrub"),
+    "model_init": ("retrain",),
+}  # fmt: skip
+"""Which methods read each option (``forget_weight`` / ``beta``: the curvature methods' objectives)."""
+
+
+def readers(option: str) -> list[str]:
+    """The methods that read ``option`` (["every method"] for the shared ones)."""
+    who = _READERS.get(option, EVERY)
+    return [who] if isinstance(who, str) else list(who)
+
+
+def reads(method: str, option: str) -> bool:
+    """True when ``method`` reads ``option``."""
+    who = _READERS.get(option, EVERY)
+    return who == EVERY or method in who
