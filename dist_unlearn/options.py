@@ -99,7 +99,7 @@ class UnlearnOptions(BaseModel):
     cure_newton 30, damped / pinv Newton 100)."""
     hvp_sample: int | Literal["all"] | None = None
     """cure_newton: HVPs on a fixed random subset of this many retain examples (the gradient and the ARC
-    losses stay full-batch). None = max(512, 10% of the retain set), capped at its size; "all" = every
+    losses stay full-batch). None = max(2048, 10% of the retain set), capped at its size; "all" = every
     example."""
     grad_rtol: float | None = Field(default=None, ge=0)
     """Stop ("converged") when |g_k| <= grad_rtol |g_0| (0 = off; None: 1e-3 when ``tol`` is None, else

@@ -116,9 +116,9 @@ def test_forcing_sequence_is_loose_first_and_floors_at_krylov_tol():
 
 
 def test_hvp_sample_default_and_explicit():
-    assert hvp_sample_size(None, 400) is None  # up to 512 examples: all of them
-    assert hvp_sample_size(None, 1000) == 512
-    assert hvp_sample_size(None, 20_000) == 2000  # 10% beyond 5,120
+    assert hvp_sample_size(None, 2000) is None  # up to 2048 examples: all of them
+    assert hvp_sample_size(None, 10_000) == 2048
+    assert hvp_sample_size(None, 30_000) == 3000  # 10% beyond 20,480
     assert hvp_sample_size(100, 1000) == 100
     assert hvp_sample_size("all", 20_000) is None
     assert hvp_sample_size(5000, 1000) is None
