@@ -148,7 +148,19 @@ def evaluate(s: Setting, model, oracle_acc=None):
     return out
 
 
-def run_case(name: str, levers: bool) -> dict:
+def budget_variants() -> list[tuple[str, str, dict]]:
+    """cure_newton with smaller per-solve HVP budgets / fewer steps / FD HVPs (what ToW the cost buys)."""
+    runs = [
+        ("B budget 10", {"krylov_max_iter": 10}),
+        ("B budget 5", {"krylov_max_iter": 5}),
+        ("B budget 10, 5 steps", {"krylov_max_iter": 10, "max_steps": 5}),
+        ("B budget 3", {"krylov_max_iter": 3}),
+        ("B fd, budget 10", {"hvp": "fd", "krylov_max_iter": 10}),
+    ]
+    return [(label, "cure_newton", {**opts, "batch_size": 4096}) for label, opts in runs]
+
+
+def run_case(name: str, levers: bool, budgets: bool = False) -> dict:
     from dist_unlearn import unlearn
     from dist_unlearn.eval.verdict import decide
 
@@ -172,6 +184,8 @@ def run_case(name: str, levers: bool) -> dict:
     variants += [(b, b, {}) for b in BASELINES]
     if levers:
         variants += lever_variants()
+    if budgets:
+        variants = variants[:1] + budget_variants()
     for label, method, opts in variants:
         model = copy.deepcopy(original)
         t0 = time.perf_counter()
@@ -238,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("cases", nargs="*", default=CASES)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--levers", action="store_true", help="also run the cheap-solve levers one by one")
+    ap.add_argument("--budget-sweep", action="store_true", help="only cure_newton at smaller HVP budgets")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out_dir = ROOT / "benchmarks" / "experiments" / "tables"
@@ -247,13 +262,15 @@ def main(argv: list[str] | None = None) -> None:
     cmd = "python benchmarks/experiments/mlp_cases.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in args.cases:
         t0 = time.perf_counter()
-        res = run_case(name, args.levers)
+        res = run_case(name, args.levers, args.budget_sweep)
         results.append(res)
         text += [f"#### {name} (n_retain {res['n_retain']}, n_forget {res['n_forget']}; "
                  f"{time.perf_counter() - t0:.0f} s)", "", table(res), ""]  # fmt: skip
         print(text[-2], flush=True)
     header = [f"{stamp}. Command: `{cmd.strip()}`.", ""]
-    tag = "_".join(args.cases) + ("_levers" if args.levers else "")
+    tag = (
+        "_".join(args.cases) + ("_levers" if args.levers else "") + ("_budgets" if args.budget_sweep else "")
+    )
     tmp = out_dir / f".mlp_cases_{tag}.md.tmp"
     tmp.write_text("\n".join(header + text) + "\n")
     tmp.replace(out_dir / f"mlp_cases_{tag}.md")
