@@ -36,7 +36,8 @@ class UnlearnResult:
     set size of the process during the run), peak_memory_source, total_hvps, total_gradients, final_loss and
     final_grad_norm (full retain loss and |gradient| at the returned weights; None without a retain set),
     update_norm (|w_final - w_initial| over the trainable parameters), num_steps, accepted_steps, stop_reason,
-    final_M, options; plus method-specific entries.
+    final_M, options, cost (work in example passes by kind, ``dist_unlearn.cost``; the final_loss /
+    final_grad_norm diagnostics of first-order methods are not part of it); plus method-specific entries.
     """
 
     model: nn.Module
@@ -107,6 +108,17 @@ def unlearn(
         else:
             from dist_unlearn.distributed import run_distributed
 
+            unsupported = [
+                f"{k}={getattr(opts, k)!r}"
+                for k, default in (("objective", "retain"), ("gradient", "full"))
+                if getattr(opts, k) != default
+            ] + (["hvp_sample"] if "hvp_sample" in given.model_fields_set else [])
+            if unsupported:
+                raise ConfigError(
+                    f"{', '.join(unsupported)}: not available with workers={opts.workers} yet (the Ray "
+                    "engine runs the retain objective with the full-batch Hessian); run in-process "
+                    "(workers=None) or drop the option."
+                )
             return run_distributed(model, loss_fn, retain, forget, method, opts)
     if loss_fn is None:
         from dist_unlearn.models import default_loss_fn

@@ -119,3 +119,10 @@ def test_a_forget_objective_without_a_forget_set_is_a_data_error(small):
     model, retain, _ = small
     with pytest.raises(DataError, match=r"objective='grad_diff'.*needs the forget set"):
         unlearn(model, ce, retain, None, method="cure_newton", objective="grad_diff")
+
+
+@pytest.mark.parametrize("opts", [{"objective": "npo"}, {"gradient": "influence"}, {"hvp_sample": 10}])
+def test_options_the_ray_engine_does_not_run_are_refused_with_workers(small, opts):
+    model, retain, forget = small
+    with pytest.raises(ConfigError, match="not available with workers=2"):
+        unlearn(model, ce, retain, forget, method="cure_newton", workers=2, **opts)
