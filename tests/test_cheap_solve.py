@@ -155,3 +155,28 @@ def test_default_run_stops_when_the_model_stops_changing():
         state=state2,
     )
     assert state2.final_grad_norm <= 1e-10
+
+
+def test_a_run_resumed_from_a_checkpoint_solves_like_the_undisturbed_one():
+    """The forcing sequence's |g_0| lives in the loop state, so a restart does not change the tolerances."""
+    import pickle
+
+    g = torch.Generator().manual_seed(0)
+    n = 60
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    A = Q @ torch.diag(torch.logspace(-3, 1, n, dtype=torch.float64)) @ Q.T
+    b = torch.randn(n, generator=g, dtype=torch.float64)
+
+    def f(w):  # ill-conditioned: the Krylov solves stop at the forcing tolerance, not at breakdown
+        return 0.5 * w @ A @ w + 0.25 * (w**4).sum() + b @ w
+
+    opts = {"max_steps": 4, "krylov_max_iter": 50}
+    clean = FunctionOracle(f, torch.zeros(n))
+    run_curvature_method("cure_newton", clean, UnlearnOptions(**opts))
+    part = FunctionOracle(f, torch.zeros(n))
+    state = OuterLoopState()
+    run_curvature_method("cure_newton", part, UnlearnOptions(**{**opts, "max_steps": 2}), state=state)
+    state = pickle.loads(pickle.dumps(state))  # what a checkpoint keeps
+    resumed = FunctionOracle(f, part.w)
+    run_curvature_method("cure_newton", resumed, UnlearnOptions(**opts), state=state)
+    assert torch.allclose(resumed.w, clean.w, rtol=0, atol=1e-12)

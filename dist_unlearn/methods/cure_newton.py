@@ -108,9 +108,13 @@ def _proposal(res: Any) -> Proposal:
     )
 
 
-def krylov_solver(options: UnlearnOptions) -> tuple[Solve, Resolve]:
+def krylov_solver(options: UnlearnOptions, state: OuterLoopState | None = None) -> tuple[Solve, Resolve]:
     """The Lanczos cubic solve (``solvers.cubic_subproblem``) with the forcing tolerance and HVP budget, and
-    its re-solve on the kept Krylov space (``solvers.resolve_cubic``, no HVP)."""
+    its re-solve on the kept Krylov space (``solvers.resolve_cubic``, no HVP).
+
+    The forcing sequence's reference |g_0| is ``state.initial_grad_norm`` (kept in checkpoints, so a run
+    restarted from one solves exactly as the undisturbed run), else the first |g| this solver sees.
+    """
     from dist_unlearn.solvers import cubic_subproblem, resolve_cubic
 
     keep = bool(options.store_basis or options.reorthogonalize)
@@ -120,7 +124,8 @@ def krylov_solver(options: UnlearnOptions) -> tuple[Solve, Resolve]:
     def solve(oracle: CurvatureOracle, g: Vector, gnorm: float, M: float | None) -> Proposal:
         if not first:
             first.append(gnorm)
-        tols[0] = forcing_tol(options, gnorm, first[0])
+        g0 = state.initial_grad_norm if state is not None and state.initial_grad_norm else first[0]
+        tols[0] = forcing_tol(options, gnorm, g0)
         res = cubic_subproblem(
             oracle.hvp,
             g,
@@ -185,7 +190,7 @@ def cure_newton(
     oracle: CurvatureOracle, options: UnlearnOptions, state: OuterLoopState, on_step: StepCallback | None
 ) -> None:
     """Cubic-regularised Newton on the full retain loss, Krylov (Lanczos) subproblem solves."""
-    solve, resolve = krylov_solver(options)
+    solve, resolve = krylov_solver(options, state)
     run_outer_loop(
         oracle,
         options,
@@ -208,7 +213,9 @@ def cure_newton_stochastic(
     oracle: CurvatureOracle, options: UnlearnOptions, state: OuterLoopState, on_step: StepCallback | None
 ) -> None:
     """Cubic-regularised Newton with fresh gradient / HVP mini-batches each step (Krylov or GD solves)."""
-    solve, resolve = (gd_solver(options), None) if options.cubic_solver == "gd" else krylov_solver(options)
+    solve, resolve = (
+        (gd_solver(options), None) if options.cubic_solver == "gd" else krylov_solver(options, state)
+    )
     run_outer_loop(
         oracle,
         options,
