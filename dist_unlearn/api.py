@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dist_unlearn.errors import DataError, ModelError
+from dist_unlearn.errors import ConfigError, DataError, ModelError
 from dist_unlearn.methods import OuterLoopState, StepRecord, curvature_stats, get_method, run_curvature_method
 from dist_unlearn.methods._training import model_device, to_device
 from dist_unlearn.options import UnlearnOptions
@@ -59,14 +60,30 @@ def unlearn(
         NumericalError: NaN/inf loss or gradient; the last good weights are restored first.
     """
     spec = get_method(method)
-    opts = UnlearnOptions(**options).with_defaults(spec.defaults)
+    given = UnlearnOptions(**options)
+    given.check_method(method)
+    opts = given.with_defaults(spec.defaults)
     if not isinstance(model, nn.Module):
         raise ModelError(f"model is a {type(model).__name__}; unlearn needs a torch nn.Module.")
+    check_loss_fn(loss_fn)
+    needs = set(spec.needs)
+    if spec.curvature and (opts.objective != "retain" or opts.gradient == "influence"):
+        needs.add("forget")
     for name, data in (("retain", retain), ("forget", forget)):
-        if name in spec.needs and data is None:
+        if name not in needs:
+            continue
+        why = f"method {method!r}" + (
+            f" with objective={opts.objective!r}, gradient={opts.gradient!r}"
+            if spec.curvature and name == "forget"
+            else ""
+        )
+        if data is None:
             raise DataError(
-                f"method {method!r} needs the {name} set: pass {name}=<Dataset, DataLoader or "
-                "datasets.Dataset>."
+                f"{why} needs the {name} set: pass {name}=<Dataset, DataLoader or datasets.Dataset>."
+            )
+        if _num_examples(data) == 0:
+            raise DataError(
+                f"the {name} set is empty (0 examples); {why} reads it. Give at least one example."
             )
     if opts.workers is not None:
         if not spec.curvature:
@@ -74,6 +91,17 @@ def unlearn(
         else:
             from dist_unlearn.distributed import run_distributed
 
+            unsupported = [
+                f"{k}={getattr(opts, k)!r}"
+                for k, default in (("objective", "retain"), ("gradient", "full"))
+                if getattr(opts, k) != default
+            ] + (["hvp_sample"] if "hvp_sample" in given.model_fields_set else [])
+            if unsupported:
+                raise ConfigError(
+                    f"{', '.join(unsupported)}: not available with workers={opts.workers} yet (the Ray "
+                    "engine runs the retain objective with the full-batch Hessian); run in-process "
+                    "(workers=None) or drop the option."
+                )
             return run_distributed(model, loss_fn, retain, forget, method, opts)
     if loss_fn is None:
         from dist_unlearn.models import default_loss_fn
@@ -89,7 +117,7 @@ def unlearn(
     with PeakMemory(model_device(model)) as mem:
         t0 = time.perf_counter()
         if spec.curvature:
-            out_model, steps, extra = _run_curvature(method, model, loss_fn, retain, opts)
+            out_model, steps, extra = _run_curvature(method, model, loss_fn, retain, forget, opts)
         else:
             run = spec.run(model, loss_fn, retain, forget, opts)
             out_model, steps, extra = run.model, run.steps, dict(run.stats)
@@ -114,19 +142,27 @@ def unlearn(
 
 
 def _run_curvature(
-    method: str, model: nn.Module, loss_fn: Any, retain: Any, opts: UnlearnOptions
+    method: str, model: nn.Module, loss_fn: Any, retain: Any, forget: Any, opts: UnlearnOptions
 ) -> tuple[nn.Module, list[StepRecord], dict[str, Any]]:
-    from dist_unlearn.curvature import LocalOracle
+    from dist_unlearn.curvature.objective import build_oracle
 
     stochastic = method == "cure_newton_stochastic"
-    oracle = LocalOracle(
+    hvp_batch = opts.hvp_batch_size if stochastic else None
+    if method == "cure_newton":
+        hvp_batch = hvp_sample_size(opts.hvp_sample, len(retain))
+    oracle = build_oracle(
         model,
         loss_fn,
         retain,
+        forget,
+        objective=opts.objective,
+        gradient=opts.gradient,
+        forget_weight=opts.forget_weight,
+        beta=opts.beta,
         hvp=opts.hvp,
         batch_size=opts.batch_size,
         grad_batch_size=opts.grad_batch_size if stochastic else None,
-        hvp_batch_size=opts.hvp_batch_size if stochastic else None,
+        hvp_batch_size=hvp_batch,
         seed=opts.seed,
         collate_fn=opts.collate_fn,
         device=opts.device,
@@ -135,10 +171,101 @@ def _run_curvature(
     state = OuterLoopState(seed=opts.seed)
     steps = run_curvature_method(method, oracle, opts, state=state)
     extra = curvature_stats(oracle, state)
+    extra["objective"] = opts.objective
     if stochastic:  # the loop's final values are on a mini-batch: report the full retain loss too
         extra["final_minibatch_loss"] = state.final_loss
         extra.update(_final_retain_metrics(model, loss_fn, retain, opts))
+    elif opts.objective != "retain":  # the loop's final values are the objective's
+        extra["final_objective"] = state.final_loss
+        extra.update(_final_retain_metrics(model, loss_fn, retain, opts))
     return model, steps, extra
+
+
+_PAIR_NAMES = {
+    (a, b)
+    for a in (
+        "input",
+        "inputs",
+        "logits",
+        "outputs",
+        "output",
+        "preds",
+        "pred",
+        "predictions",
+        "scores",
+        "y_pred",
+    )
+    for b in ("target", "targets", "labels", "label", "y", "y_true")
+}
+"""First two parameter names of a (predictions, targets) loss: not the ``loss_fn(model, batch)`` contract."""
+
+
+def check_loss_fn(loss_fn: Any) -> None:
+    """Enforce the contract ``loss_fn(model, batch) -> scalar`` (batch mean), or None for the default.
+
+    A torch loss module (``nn.CrossEntropyLoss()``) or a function of (logits, labels) is the most common
+    mistake: both take predictions, not the model, and would fail deep inside a gradient with a shape error.
+
+    Raises:
+        ConfigError: not callable, a torch loss module, or a (logits, labels)-style signature.
+    """
+    if loss_fn is None:
+        return
+    fix = (
+        "unlearn needs loss_fn(model, batch) -> scalar tensor (the batch mean), e.g. "
+        "`lambda model, batch: F.cross_entropy(model(batch[0]), batch[1])`."
+    )
+    if isinstance(loss_fn, nn.modules.loss._Loss):
+        raise ConfigError(
+            f"loss_fn is a torch loss module ({type(loss_fn).__name__}), which takes (predictions, targets); "
+            + fix
+        )
+    if not callable(loss_fn):
+        raise ConfigError(f"loss_fn is a {type(loss_fn).__name__}, not a function; " + fix)
+    try:
+        sig = inspect.signature(loss_fn)
+    except (TypeError, ValueError):  # builtins without a signature: trust them
+        return
+    names = [
+        p.name.lower()
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(names) >= 2 and tuple(names[:2]) in _PAIR_NAMES:
+        raise ConfigError(
+            f"loss_fn{sig} looks like a loss of ({names[0]}, {names[1]}): it takes predictions, not the "
+            "model; " + fix
+        )
+
+
+def _num_examples(data: Any) -> int | None:
+    from torch.utils.data import DataLoader
+
+    inner = data.dataset if isinstance(data, DataLoader) else data
+    try:
+        return len(inner)
+    except TypeError:
+        return None
+
+
+HVP_SAMPLE_MIN = 2048
+HVP_SAMPLE_FRACTION = 0.1
+
+
+def hvp_sample_size(option: int | str | None, n: int) -> int | None:
+    """Examples of cure_newton's sub-sampled Hessian: None (all) or a size < n.
+
+    ``None`` (default): max(HVP_SAMPLE_MIN, HVP_SAMPLE_FRACTION n) = max(2048, 10%) examples, all of them
+    when n <= 2048. Measured (benchmarks/RESULTS.md, issue 7): on a 1,350-example MLP case a 512-example
+    sample made each HVP 2.6x cheaper but cut ToW after 20 steps from 0.980 to 0.895, hence the floor of
+    2048 (sub-sampled Newton keeps a fast local rate with a Hessian sample of a fixed fraction while
+    the gradient stays exact; ARC's acceptance test uses full losses, so a poor sample only costs rejected
+    steps, never a wrong accepted one). "all": every example.
+    """
+    if option == "all":
+        return None
+    size = int(option) if option is not None else max(HVP_SAMPLE_MIN, math.ceil(HVP_SAMPLE_FRACTION * n))
+    return size if size < n else None
 
 
 def _final_retain_metrics(

@@ -38,16 +38,21 @@ class UnlearnOptions(BaseModel):
     raise :class:`~dist_unlearn.errors.ConfigError` (never a pydantic ``ValidationError``).
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+    # strict: no bool for a number (M=True), no "2" for an int; ints are fine for floats
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, validate_assignment=True, strict=True
+    )
 
     # ---- shared by every method -------------------------------------------------------------------------
-    max_steps: int | None = Field(default=None, ge=0)
+    max_steps: int | None = Field(default=None, ge=1)
     """Outer steps (curvature methods: accepted updates) or optimizer steps (first-order; None = all epochs).
     None = the method's default (cure_newton 20, damped/pinv Newton 1)."""
     M: float | None = None
     """Cubic regularisation constant (a Hessian-Lipschitz bound), > 0. None = automatic ARC adaptation."""
-    tol: float = Field(default=1e-6, ge=0)
-    """Stop when the retain-gradient norm |g| <= tol (curvature methods)."""
+    tol: float | None = Field(default=None, ge=0)
+    """Stop when the retain-gradient norm |g| <= tol (curvature methods). None (default): stop when the
+    model stops changing instead -- |g_k| <= grad_rtol |g_0| or a step below step_rtol x the longest;
+    a number turns those relative rules off unless they are given too."""
     hvp: Literal["exact", "fd", "ggn"] = "exact"
     """Curvature products: exact double backward, central finite differences, or Gauss-Newton."""
     batch_size: int | None = Field(default=None, ge=1)
@@ -77,13 +82,42 @@ class UnlearnOptions(BaseModel):
     """Stop after this many consecutive rejected steps."""
     eig_iterations: int = Field(default=10, ge=1)
     """Lanczos iterations of the |lambda|_max estimate behind the initial M."""
+    first_M_tries: int = Field(default=7, ge=1)
+    """First adaptive step: try M0, M0/f, ..., M0/f^(n-1) on one Krylov space (one loss evaluation each, no
+    HVP) and keep the largest actual decrease with rho >= arc_eta1. 1 = use M0 only (the old rule)."""
+    first_M_factor: float = Field(default=10.0, gt=1)
+    """Ratio f between consecutive tries of ``first_M_tries``."""
     krylov_tol: float = Field(default=1e-6, gt=0)
-    """Relative residual |beta_k y_k| / |g| at which the Krylov (Lanczos) solve stops."""
-    krylov_max_iter: int = Field(default=100, ge=1)
-    """Most Lanczos iterations (= HVPs) per solve."""
+    """Relative residual |beta_k y_k| / |g| at which the Krylov (Lanczos) solve stops (the floor of the
+    forcing sequence when ``krylov_forcing`` > 0)."""
+    krylov_forcing: float | None = Field(default=None, ge=0, lt=1)
+    """Inexact Newton: solve step k to the relative residual max(krylov_tol, krylov_forcing *
+    min(1, sqrt(|g_k| / |g_0|))) -- loose while |g| is large, tight near the end. 0 = always krylov_tol;
+    None: 0.1 unless ``krylov_tol`` was given (then 0: the given tolerance is used as is)."""
+    krylov_max_iter: int | None = Field(default=None, ge=1)
+    """Per-solve HVP budget: most Lanczos iterations (= HVPs) per solve (None: the method's default,
+    cure_newton 30, damped / pinv Newton 100)."""
+    hvp_sample: int | Literal["all"] | None = None
+    """cure_newton: HVPs on a fixed random subset of this many retain examples (the gradient and the ARC
+    losses stay full-batch). None = max(2048, 10% of the retain set), capped at its size; "all" = every
+    example."""
+    grad_rtol: float | None = Field(default=None, ge=0)
+    """Stop ("converged") when |g_k| <= grad_rtol |g_0| (0 = off; None: 1e-3 when ``tol`` is None, else
+    off)."""
+    step_rtol: float | None = Field(default=None, ge=0)
+    """Stop ("stalled") after an accepted step with |d| <= step_rtol x the longest accepted |d| (0 = off;
+    None: 1e-2 when ``tol`` is None, else off)."""
     reorthogonalize: bool = True
     store_basis: bool = True
     """Keep the Lanczos basis (False: rebuild the step with a second Lanczos pass, O(1) vectors)."""
+
+    objective: Literal["retain", "grad_diff", "npo"] = "retain"
+    """Curvature methods: the loss the steps minimise -- "retain" (the paper: the retain loss), "grad_diff"
+    (retain loss - forget_weight x forget loss) or "npo" (retain loss + forget_weight x the NPO forget
+    term); see :mod:`dist_unlearn.curvature.objective` for when each applies."""
+    gradient: Literal["full", "influence"] = "full"
+    """Curvature methods, objective "retain": "influence" takes the first gradient from the forget set,
+    g_0 = -(n_f/n_r) grad L_f(w_0) (valid at a stationary point of the training loss)."""
 
     # ---- stochastic variant -----------------------------------------------------------------------------
     grad_batch_size: int | None = Field(default=None, ge=1)
@@ -176,12 +210,26 @@ class UnlearnOptions(BaseModel):
             raise ValueError(f"arc_eta2={self.arc_eta2} must be >= arc_eta1={self.arc_eta1}")
         return self
 
+    def check_method(self, method: str) -> None:
+        """Raise ConfigError when an option the user gave is read by no part of ``method``.
+
+        Example: ``finetune`` with ``damping`` (read by damped_newton only), ``cure_newton`` with ``lr``.
+        """
+        unread = [k for k in sorted(self.model_fields_set) if not reads(method, k)]
+        if unread:
+            parts = [f"{k!r} (read by {', '.join(readers(k))})" for k in unread]
+            raise ConfigError(
+                f"method {method!r} does not read the option{'s' if len(unread) > 1 else ''} "
+                f"{'; '.join(parts)}. Remove {'them' if len(unread) > 1 else 'it'} or choose a method "
+                "that reads it."
+            )
+
     def with_defaults(self, defaults: dict[str, Any]) -> UnlearnOptions:
         """A copy where each option still None takes the value from ``defaults`` (method defaults)."""
         update = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if not update:
             return self
-        data = {k: getattr(self, k) for k in type(self).model_fields}
+        data = {k: getattr(self, k) for k in self.model_fields_set}  # keeps "what the user gave"
         data.update(update)
         return type(self)(**data)
 
@@ -197,3 +245,61 @@ class UnlearnOptions(BaseModel):
             else:
                 out[k] = f"<{type(v).__name__}>"
         return out
+
+
+CUBIC = ("cure_newton", "cure_newton_stochastic")
+CURVATURE = (*CUBIC, "damped_newton", "pinv_newton")
+FIRST_ORDER = ("finetune", "grad_ascent", "grad_diff", "npo", "scrub", "retrain")
+EVERY = "every method"
+_READERS: dict[str, tuple[str, ...] | str] = {
+    **{
+        k: EVERY
+        for k in (
+            "max_steps", "batch_size", "seed", "progress", "device", "collate_fn",
+            # the distributed engine's options (first-order methods always run in-process)
+            "workers", "zero_stage", "deepspeed_config", "max_restarts", "checkpoint_dir",
+        )
+    },
+    **{
+        k: CURVATURE
+        for k in (
+            "tol", "hvp", "krylov_tol", "krylov_max_iter", "reorthogonalize", "store_basis", "objective",
+            "gradient", "grad_rtol", "step_rtol",
+        )
+    },
+    **{
+        k: CUBIC
+        for k in (
+            "M", "M_init", "M_min", "arc_eta1", "arc_eta2", "arc_shrink", "arc_grow", "max_rejections",
+            "eig_iterations", "first_M_tries", "first_M_factor", "krylov_forcing",
+        )
+    },
+    "hvp_sample": ("cure_newton",),
+    **{
+        k: ("cure_newton_stochastic",)
+        for k in ("grad_batch_size", "hvp_batch_size", "cubic_solver", "cubic_lr")
+    },
+    "damping": ("damped_newton",),
+    "rank": ("pinv_newton",),
+    "threshold": ("pinv_newton",),
+    **{k: FIRST_ORDER for k in ("lr", "epochs", "optimizer", "momentum", "weight_decay", "grad_clip")},
+    "forget_weight": ("grad_ascent", "grad_diff", "npo", *CURVATURE),
+    "beta": ("npo", *CURVATURE),
+    "retain_weight": ("grad_diff", "npo", "scrub"),
+    **{k: ("scrub",) for k in ("kl_weight", "temperature", "forget_epochs", "output_fn")},
+    "reference_model": ("npo", "scrub"),
+    "model_init": ("retrain",),
+}  # fmt: skip
+"""Which methods read each option (``forget_weight`` / ``beta``: the curvature methods' objectives)."""
+
+
+def readers(option: str) -> list[str]:
+    """The methods that read ``option`` (["every method"] for the shared ones)."""
+    who = _READERS.get(option, EVERY)
+    return [who] if isinstance(who, str) else list(who)
+
+
+def reads(method: str, option: str) -> bool:
+    """True when ``method`` reads ``option``."""
+    who = _READERS.get(option, EVERY)
+    return who == EVERY or method in who

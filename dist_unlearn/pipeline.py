@@ -159,10 +159,13 @@ class ModelCache:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(blob["state"])
             log(f"{desc}: loaded from cache {path} (trained in {blob['times']['wall_time_s']:.1f} s)")
-            return model.eval(), dict(blob["times"])
+            times = dict(blob["times"])
+            times.setdefault("cost", task.training_cost(len(dataset), recipe))
+            return model.eval(), times
         t0, c0 = time.perf_counter(), time.process_time()
         task.train(model, dataset, recipe, seed=seed, progress=progress, desc=desc)
         times = {"wall_time_s": time.perf_counter() - t0, "cpu_time_s": time.process_time() - c0}
+        times["cost"] = task.training_cost(len(dataset), recipe)  # example passes (dist_unlearn.cost)
         log(f"{desc}: trained in {times['wall_time_s']:.1f} s on {len(dataset)} examples")
         if self.enabled:
             atomic_torch_save({"state": model.state_dict(), "times": times}, path)

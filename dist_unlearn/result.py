@@ -23,7 +23,8 @@ class UnlearnResult:
     set size of the process during the run), peak_memory_source, total_hvps, total_gradients, final_loss and
     final_grad_norm (full retain loss and |gradient| at the returned weights; None without a retain set),
     update_norm (|w_final - w_initial| over the trainable parameters), num_steps, accepted_steps, stop_reason,
-    final_M, options; plus method-specific entries.
+    final_M, options, cost (work in example passes by kind, ``dist_unlearn.cost``; the final_loss /
+    final_grad_norm diagnostics of first-order methods are not part of it); plus method-specific entries.
     """
 
     model: nn.Module

@@ -127,7 +127,7 @@ def test_workers_dispatch_to_the_distributed_engine(small, monkeypatch):
     assert method == "cure_newton" and options.workers == 2 and options.zero_stage == 3
     assert options.max_steps == 4
     # first-order methods always run in-process
-    res = unlearn(model, ce, retain, forget, method="finetune", workers=2, max_steps=0)
+    res = unlearn(model, ce, retain, forget, method="finetune", workers=2, max_steps=1)
     assert len(calls) == 1 and res.stats["method"] == "finetune" and res.stats["options"]["workers"] is None
 
 

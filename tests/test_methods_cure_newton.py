@@ -229,12 +229,23 @@ def test_newton_baselines_blow_up_on_a_trained_relu_net_where_cure_newton_does_n
     state = {k: v.clone() for k, v in model.state_dict().items()}
     retain, forget = TensorDataset(X[6:], y[6:]), TensorDataset(X[:6], y[:6])
     out = {}
-    for name, kw in (("cure_newton", {"max_steps": 5}), ("damped_newton", {}), ("pinv_newton", {})):
+    runs = (
+        ("cure_newton", {"max_steps": 5, "first_M_tries": 1}),  # the conservative first M (2 rho^2/|g|)
+        ("cure_default", {"max_steps": 5}),  # the first-M search on the first Krylov space (issue 7)
+        ("damped_newton", {}),
+        ("pinv_newton", {}),
+    )
+    for name, kw in runs:
         kw = {**kw, "krylov_max_iter": 40}
         model.load_state_dict(state)
-        res = unlearn(model, ce, retain, forget, method=name, **kw)
+        res = unlearn(model, ce, retain, forget, method=name.replace("cure_default", "cure_newton"), **kw)
         out[name] = (res.stats["update_norm"], res.steps[0].loss, res.stats["final_loss"])
     cure, damped, pinv = out["cure_newton"], out["damped_newton"], out["pinv_newton"]
     assert cure[2] < cure[1]  # cure_newton decreases the retain loss
     assert damped[0] > 100 * cure[0] and pinv[0] > 100 * cure[0]
     assert damped[2] > 10 * damped[1] and pinv[2] > 10 * pinv[1]  # and the baselines ruin it
+    # the searched first M takes longer steps, still an order of magnitude below the baselines', and ends
+    # lower than the conservative rule
+    best = out["cure_default"]
+    assert best[2] < best[1] and best[2] <= cure[2]
+    assert damped[0] > 10 * best[0] and pinv[0] > 10 * best[0]

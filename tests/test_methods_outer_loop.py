@@ -136,7 +136,8 @@ def test_arc_shrinks_M_after_very_successful_steps():
 
 def test_initial_M_follows_the_documented_estimate():
     oracle = FunctionOracle(quartic, torch.zeros(4))
-    steps = run_curvature_method("cure_newton", oracle, UnlearnOptions(max_steps=1, eig_iterations=10))
+    opts = UnlearnOptions(max_steps=1, eig_iterations=10, first_M_tries=1)
+    steps = run_curvature_method("cure_newton", oracle, opts)
     rho = float(
         torch.linalg.eigvalsh(dense_hessian(quartic, torch.zeros(4, dtype=torch.float64))).abs().max()
     )

@@ -58,21 +58,25 @@ def table(results: dict) -> str:
     """Markdown table: one row per method (original / retrain first)."""
     lm = results["experiment"]["kind"] == "causal_lm"
     cols = (LM_COLS if lm else CLS_COLS) + COMMON
-    head = ["method", *[c[1] for c in cols], "steps", "HVPs", "wall s", "wall % retrain", "CPU % retrain"]
+    head = ["method", *[c[1] for c in cols], "steps", "HVPs", "passes % retrain", "wall s", "wall % retrain"]
+    from dist_unlearn.cost import percent_of
+
+    retrain_cost = (results["methods"].get("retrain", {}).get("resources") or {}).get("cost")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, rec in results["methods"].items():
         m, st, res = rec["metrics"], rec.get("stats") or {}, rec.get("resources") or {}
         ref = name in ("original", "retrain")
         wall = m.get("time_fraction_of_retrain")
-        cpu = m.get("cpu_time_fraction_of_retrain")
+        cost = (res.get("cost") if name in ("original", "retrain") else st.get("cost")) or None
+        passes = percent_of(cost, retrain_cost)
         row = [
             f"*{name}*" if ref else name,
             *[_f(m.get(k), s) for k, _, s in cols],
             "-" if ref else str(len(rec.get("steps") or [])),
             _f(st.get("total_hvps"), "d"),
+            _f(passes, ".1f"),
             _f(res.get("wall_time_s"), ".1f"),
             "-" if name == "original" or wall is None else f"{100 * wall:.1f}",
-            "-" if name == "original" or cpu is None else f"{100 * cpu:.1f}",
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dist_unlearn.cost import CostCounter
 from dist_unlearn.curvature._common import accumulate_dtype, check_loss, fill_none
 from dist_unlearn.curvature.attention import ensure_double_backward_attention, math_sdpa
 from dist_unlearn.curvature.batches import ExampleSource
@@ -119,6 +120,9 @@ class LocalOracle:
             "fd_gradients": 0,
             "examples": 0,
         }
+        self.cost = CostCounter()
+        """Work done, in example passes by kind (``gradient``, ``loss``, ``hvp_exact`` / ``hvp_fd`` /
+        ``hvp_ggn``): one entry per operation with the number of examples it touched."""
         low = [p for p in self.params if accumulate_dtype(p) != p.dtype]
         self._master = [p.detach().to(accumulate_dtype(p)).clone() for p in self.params] if low else None
         self._seed, self._draws = int(seed), 0
@@ -181,6 +185,7 @@ class LocalOracle:
     def loss(self) -> float:
         """L(w) on the gradient sample (mean over its examples)."""
         self.counters["losses"] += 1
+        self.cost.add("loss", len(self.grad_indices))
         total = 0.0
         with torch.no_grad():
             for batch, w, where in self._chunks(self.grad_indices, "loss"):
@@ -191,6 +196,7 @@ class LocalOracle:
         """(L(w), grad L(w)) on the gradient sample, in one pass."""
         self.counters["losses"] += 1
         self.counters["gradients"] += 1
+        self.cost.add("gradient", len(self.grad_indices))
         return self._loss_grad(self.grad_indices, "gradient")
 
     def gradient(self) -> tuple[torch.Tensor, ...]:
@@ -222,6 +228,7 @@ class LocalOracle:
         mode."""
         v = self._check_vector(v, "the HVP direction v")
         self.counters["hvps"] += 1
+        self.cost.add(f"hvp_{self.hvp_mode}", len(self.hvp_indices))
         if self.hvp_mode == "fd":
 
             def grad() -> tuple[torch.Tensor, ...]:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dist_unlearn.cost import CostCounter
 from dist_unlearn.data.device import model_device, to_device
 from dist_unlearn.errors import ModelError, NumericalError
 from dist_unlearn.methods.base import StepRecord
@@ -29,6 +30,33 @@ class ModelRun:
     model: nn.Module
     steps: list[StepRecord]
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Pair(tuple):
+    """Several batches in one work item (grad_diff's (forget, retain)): counted batch by batch."""
+
+
+def count_examples(item: Any) -> int:
+    """Examples in a work item: a batch (tensor, dict of columns, tuple/list of tensors) or a tuple of batches
+    (grad_diff's (forget, retain) pair; scrub's ("max" | "min", batch)); None and strings count 0."""
+    if item is None or isinstance(item, str):
+        return 0
+    if isinstance(item, torch.Tensor):
+        return int(item.shape[0]) if item.dim() > 0 else 1
+    if isinstance(item, dict):
+        for v in item.values():
+            if isinstance(v, torch.Tensor) and v.dim() > 0:
+                return int(v.shape[0])
+            if isinstance(v, list):
+                return len(v)
+        return 1
+    if isinstance(item, Pair):
+        return sum(count_examples(x) for x in item)
+    if isinstance(item, tuple | list) and item:
+        if all(isinstance(x, torch.Tensor) for x in item):  # one batch given as (inputs, labels, ...)
+            return count_examples(item[0])
+        return sum(count_examples(x) for x in item)  # several batches
+    return 1
 
 
 def trainable(model: nn.Module, what: str) -> list[nn.Parameter]:
@@ -87,6 +115,7 @@ def optimise(
     *,
     method: str,
     epochs: int,
+    cost: CostCounter | None = None,
 ) -> list[StepRecord]:
     """Run ``epochs`` passes of ``epoch_items(epoch)``, one optimiser step per item (at most ``max_steps``).
 
@@ -97,6 +126,8 @@ def optimise(
         options: lr, optimizer, momentum, weight_decay, grad_clip, max_steps, progress.
         method: name for messages.
         epochs: number of passes.
+        cost: counts ``train_step`` examples (every example of every item, once per optimiser step);
+            forwards of a frozen model (NPO reference, SCRUB teacher) are counted by the objective.
 
     Returns:
         One StepRecord per optimiser step (loss = objective value, grad_norm before clipping,
@@ -129,6 +160,8 @@ def optimise(
                     opt = make_optimizer(params, options)
                 opt.zero_grad(set_to_none=True)
                 value = objective(to_device(item, device))
+                if cost is not None:
+                    cost.add("train_step", count_examples(item))
                 _check(value.detach(), params, good, method, k, "objective")
                 value.backward()
                 gsq = sum(float(p.grad.detach().double().pow(2).sum()) for p in params if p.grad is not None)

@@ -77,8 +77,12 @@ class OuterLoopState:
         consecutive_rejections: rejected steps since the last accepted one.
         elapsed: wall seconds spent so far.
         final_loss / final_grad_norm: loss and |g| at the last evaluated point (the returned weights).
-        stop_reason: "converged" (|g| <= tol), "max_steps", "max_rejections", "no_model_decrease" or "".
+        stop_reason: "converged" (|g| <= tol or <= grad_rtol |g_0|), "stalled" (an accepted step shorter
+            than step_rtol x the longest), "max_steps", "max_rejections", "no_model_decrease" or "".
         finished: the loop stopped (a later call evaluates once and stops again).
+        initial_grad_norm: |g_0| (the reference of ``grad_rtol`` and of the Krylov forcing sequence).
+        max_step_norm: the longest accepted |d| so far (the reference of ``step_rtol``).
+        last_step_small: the last accepted step was below ``step_rtol`` x ``max_step_norm``.
     """
 
     step: int = 0
@@ -92,6 +96,9 @@ class OuterLoopState:
     final_grad_norm: float | None = None
     stop_reason: str = ""
     finished: bool = False
+    initial_grad_norm: float | None = None
+    max_step_norm: float = 0.0
+    last_step_small: bool = False
 
 
 StepCallback = Callable[[StepRecord, OuterLoopState], None]
@@ -102,10 +109,13 @@ def curvature_stats(oracle: CurvatureOracle, state: OuterLoopState) -> dict[str,
 
     Keys: total_hvps, total_gradients, total_losses (the oracle's counters), final_M, stop_reason, final_loss,
     final_grad_norm (at the returned weights, on the last sample for the stochastic variant), num_steps,
-    accepted_steps.
+    accepted_steps, and ``cost`` (``oracle.cost.as_dict()``: example passes by kind, see
+    :mod:`dist_unlearn.cost`; None for an oracle that does not count).
     """
     counters = getattr(oracle, "counters", {}) or {}
+    counter = getattr(oracle, "cost", None)
     return {
+        "cost": counter.as_dict() if counter is not None else None,
         "total_hvps": int(counters.get("hvps", 0)),
         "total_gradients": int(counters.get("gradients", 0)),
         "total_losses": int(counters.get("losses", 0)),

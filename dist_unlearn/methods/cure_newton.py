@@ -47,11 +47,12 @@ losses on the step's gradient mini-batch.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from dist_unlearn.curvature.oracle import CurvatureOracle
 from dist_unlearn.linalg import Vector
 from dist_unlearn.methods.base import OuterLoopState, StepCallback
-from dist_unlearn.methods.outer_loop import Proposal, Solve, run_outer_loop
+from dist_unlearn.methods.outer_loop import Proposal, Resolve, Solve, run_outer_loop
 from dist_unlearn.methods.registry import register_method
 from dist_unlearn.options import UnlearnOptions
 
@@ -75,32 +76,77 @@ def estimate_initial_M(oracle: CurvatureOracle, g: Vector, gnorm: float, options
     return 2.0 * rho * rho / gnorm
 
 
-def krylov_solver(options: UnlearnOptions) -> Solve:
-    """The Lanczos cubic solve (``solvers.cubic_subproblem``) with the options' Krylov settings."""
-    from dist_unlearn.solvers import cubic_subproblem
+KRYLOV_FORCING = 0.1
+"""Default forcing factor (``krylov_forcing`` None and no ``krylov_tol`` given)."""
+
+
+def forcing_tol(options: UnlearnOptions, gnorm: float, g0norm: float) -> float:
+    """Krylov tolerance of a step: max(krylov_tol, krylov_forcing * min(1, sqrt(|g_k| / |g_0|))).
+
+    Inexact Newton (Eisenstat and Walker's sqrt rule): a loose solve while the gradient is far from small
+    (the step will be corrected by the next outer step anyway), tightening as |g_k| falls; the floor
+    ``krylov_tol`` applies near convergence.
+    """
+    forcing = options.krylov_forcing
+    if forcing is None:
+        forcing = 0.0 if "krylov_tol" in options.model_fields_set else KRYLOV_FORCING
+    if not forcing or not g0norm > 0:
+        return options.krylov_tol
+    return max(options.krylov_tol, forcing * min(1.0, math.sqrt(gnorm / g0norm)))
+
+
+def _proposal(res: Any) -> Proposal:
+    return Proposal(
+        step=res.step,
+        step_norm=float(res.step_norm),
+        model_value=float(res.model_value),
+        iterations=int(res.iterations),
+        hard_case=bool(res.hard_case),
+        converged=bool(res.converged),
+        message=str(getattr(res, "message", "")),
+        krylov=getattr(res, "krylov", None),
+    )
+
+
+def krylov_solver(options: UnlearnOptions, state: OuterLoopState | None = None) -> tuple[Solve, Resolve]:
+    """The Lanczos cubic solve (``solvers.cubic_subproblem``) with the forcing tolerance and HVP budget, and
+    its re-solve on the kept Krylov space (``solvers.resolve_cubic``, no HVP).
+
+    The forcing sequence's reference |g_0| is ``state.initial_grad_norm`` (kept in checkpoints, so a run
+    restarted from one solves exactly as the undisturbed run), else the first |g| this solver sees.
+    """
+    from dist_unlearn.solvers import cubic_subproblem, resolve_cubic
+
+    keep = bool(options.store_basis or options.reorthogonalize)
+    first: list[float] = []  # |g_0| of this run (the forcing sequence's reference)
+    tols: list[float] = [options.krylov_tol]
 
     def solve(oracle: CurvatureOracle, g: Vector, gnorm: float, M: float | None) -> Proposal:
+        if not first:
+            first.append(gnorm)
+        g0 = state.initial_grad_norm if state is not None and state.initial_grad_norm else first[0]
+        tols[0] = forcing_tol(options, gnorm, g0)
         res = cubic_subproblem(
             oracle.hvp,
             g,
             M,
-            tol=options.krylov_tol,
-            max_iter=options.krylov_max_iter,
+            tol=tols[0],
+            max_iter=options.krylov_max_iter or 30,
             space=oracle.space,
             reorthogonalize=options.reorthogonalize,
             store_basis=options.store_basis,
+            keep_krylov=keep,
         )
-        return Proposal(
-            step=res.step,
-            step_norm=float(res.step_norm),
-            model_value=float(res.model_value),
-            iterations=int(res.iterations),
-            hard_case=bool(res.hard_case),
-            converged=bool(res.converged),
-            message=str(getattr(res, "message", "")),
-        )
+        return _proposal(res)
 
-    return solve
+    def resolve(krylov: Any, M: float) -> Proposal:
+        res = resolve_cubic(krylov, M)
+        prop = _proposal(res)
+        prop.converged = bool(res.converged or res.residual <= tols[0])
+        prop.krylov = None
+        return prop
+
+    return solve, resolve
 
 
 def gd_solver(options: UnlearnOptions) -> Solve:
@@ -113,7 +159,7 @@ def gd_solver(options: UnlearnOptions) -> Solve:
             g,
             M,
             lr=options.cubic_lr,
-            max_iter=options.krylov_max_iter,
+            max_iter=options.krylov_max_iter or 30,
             tol=options.krylov_tol,
             space=oracle.space,
         )
@@ -134,33 +180,42 @@ def _initial_M(options: UnlearnOptions):
     return lambda oracle, g, gnorm: estimate_initial_M(oracle, g, gnorm, options)
 
 
-@register_method("cure_newton", curvature=True, defaults={"max_steps": 20})
+CURE_DEFAULTS = {"max_steps": 10, "krylov_max_iter": 30}
+"""cure_newton's defaults: at most 10 accepted steps (the loop usually stops earlier, "stalled" or
+"converged" by the relative rules), 30 HVPs per solve."""
+
+
+@register_method("cure_newton", curvature=True, defaults=CURE_DEFAULTS)
 def cure_newton(
     oracle: CurvatureOracle, options: UnlearnOptions, state: OuterLoopState, on_step: StepCallback | None
 ) -> None:
     """Cubic-regularised Newton on the full retain loss, Krylov (Lanczos) subproblem solves."""
+    solve, resolve = krylov_solver(options, state)
     run_outer_loop(
         oracle,
         options,
         state,
         on_step,
-        krylov_solver(options),
+        solve,
         method="cure_newton",
         cubic=True,
         initial_M=_initial_M(options),
+        resolve=resolve,
     )
 
 
 @register_method(
     "cure_newton_stochastic",
     curvature=True,
-    defaults={"max_steps": 20, "grad_batch_size": 128, "hvp_batch_size": 64},
+    defaults={"max_steps": 20, "grad_batch_size": 128, "hvp_batch_size": 64, "krylov_max_iter": 30},
 )
 def cure_newton_stochastic(
     oracle: CurvatureOracle, options: UnlearnOptions, state: OuterLoopState, on_step: StepCallback | None
 ) -> None:
     """Cubic-regularised Newton with fresh gradient / HVP mini-batches each step (Krylov or GD solves)."""
-    solve = gd_solver(options) if options.cubic_solver == "gd" else krylov_solver(options)
+    solve, resolve = (
+        (gd_solver(options), None) if options.cubic_solver == "gd" else krylov_solver(options, state)
+    )
     run_outer_loop(
         oracle,
         options,
@@ -171,4 +226,5 @@ def cure_newton_stochastic(
         cubic=True,
         stochastic=True,
         initial_M=_initial_M(options),
+        resolve=resolve,
     )

@@ -37,7 +37,7 @@ def _proposal(res) -> Proposal:
     )
 
 
-@register_method("damped_newton", curvature=True, defaults={"max_steps": 1})
+@register_method("damped_newton", curvature=True, defaults={"max_steps": 1, "krylov_max_iter": 100})
 def damped_newton(
     oracle: CurvatureOracle, options: UnlearnOptions, state: OuterLoopState, on_step: StepCallback | None
 ) -> None:
@@ -60,7 +60,7 @@ def damped_newton(
     run_outer_loop(oracle, options, state, on_step, solve, method="damped_newton", cubic=False)
 
 
-@register_method("pinv_newton", curvature=True, defaults={"max_steps": 1})
+@register_method("pinv_newton", curvature=True, defaults={"max_steps": 1, "krylov_max_iter": 100})
 def pinv_newton(
     oracle: CurvatureOracle, options: UnlearnOptions, state: OuterLoopState, on_step: StepCallback | None
 ) -> None:

@@ -10,6 +10,13 @@ Each outer iteration k at weights w_k:
 4. w <- w_k + d_k. With adaptive M (ARC), the step is judged by rho_k = (L_k - L_r(w_k + d_k)) / (-m_k(d_k)):
    rejected when rho_k < eta1 (weights restored from ``oracle.snapshot()``, M grown), M shrunk when
    rho_k >= eta2 (see :mod:`dist_unlearn.methods.cure_newton` for the maths).
+
+Cheap solves (issue 7): after a rejection the point, the sample and hence the Krylov space are unchanged, so
+the new M is solved on the stored tridiagonal T and basis (``resolve``, no HVP). The first adaptive step
+tries a geometric range of M on its Krylov space (``first_M_tries``; one loss evaluation each, no HVP) and
+keeps the one with the largest actual decrease among those with rho >= eta1. The loop also stops when
+|g_k| <= ``grad_rtol`` |g_0| ("converged") or when an accepted step is shorter than ``step_rtol`` times the
+longest accepted one ("stalled": the model stopped changing).
 """
 
 from __future__ import annotations
@@ -38,10 +45,15 @@ class Proposal:
     hard_case: bool = False
     converged: bool = True
     message: str = ""
+    krylov: Any = None
+    """The kept Krylov space (a ``solvers.KrylovSpace``) when the solver can re-solve for another M."""
 
 
 Solve = Callable[[CurvatureOracle, Vector, float, float | None], Proposal]
 """solve(oracle, g, |g|, M) -> Proposal (M is None for the Newton baselines)."""
+
+Resolve = Callable[[Any, float], Proposal]
+"""resolve(krylov space, M) -> Proposal on the stored space, without an HVP."""
 
 InitialM = Callable[[CurvatureOracle, Vector, float], float]
 """initial_M(oracle, g, |g|) -> first M of the ARC adaptation."""
@@ -88,6 +100,7 @@ def run_outer_loop(
     cubic: bool,
     stochastic: bool = False,
     initial_M: InitialM | None = None,
+    resolve: Resolve | None = None,
 ) -> OuterLoopState:
     """Run outer steps until |g| <= tol, ``max_steps`` accepted updates, or too many rejections.
 
@@ -101,6 +114,7 @@ def run_outer_loop(
         cubic: True for cubic models (M used; ARC when ``options.M`` is None).
         stochastic: resample the oracle's mini-batches every step.
         initial_M: first M when ARC starts without ``options.M_init``.
+        resolve: re-solve on a stored Krylov space (rejections and the first-M search cost no HVP).
     """
     space = oracle.space
     adaptive = cubic and options.M is None
@@ -112,6 +126,7 @@ def run_outer_loop(
     bar = _progress(options, method, max_steps, state.accepted)
     good: Any = None  # snapshot of the weights before the last applied update (the last good point)
     cached: tuple[float, Vector] | None = None  # (L, g) kept across a rejection (same weights and sample)
+    krylov: Any = None  # the Krylov space of the current point, kept across a rejection
     state.finished = False
     try:
         while True:
@@ -128,39 +143,54 @@ def run_outer_loop(
             good = None
             gnorm = space.norm(g)
             state.final_loss, state.final_grad_norm = loss, gnorm
-            if gnorm <= options.tol:
-                state.stop_reason = "converged"
+            if state.initial_grad_norm is None:
+                state.initial_grad_norm = gnorm
+            stop = _stop_reason(options, state, gnorm, max_steps)
+            if stop:
+                state.stop_reason = stop
                 break
-            if state.accepted >= max_steps:
-                state.stop_reason = "max_steps"
-                break
-            if adaptive and state.M is None:
-                assert initial_M is not None, "adaptive M needs an initial_M estimate"
-                state.M = max(float(initial_M(oracle, g, gnorm)), options.M_min)
             M = state.M if cubic else None
+            trial = None
             try:
-                prop = solve(oracle, g, gnorm, M)
+                if krylov is not None and resolve is not None:
+                    prop = resolve(krylov, M)  # same point, same sample: same Krylov space, no HVP
+                elif adaptive and state.M is None:
+                    assert initial_M is not None, "adaptive M needs an initial_M estimate"
+                    M0 = max(float(initial_M(oracle, g, gnorm)), options.M_min)
+                    if resolve is not None and options.first_M_tries > 1:
+                        prop, M, trial = _search_first_M(oracle, solve, resolve, g, gnorm, loss, M0, options)
+                    else:
+                        M = M0
+                        prop = solve(oracle, g, gnorm, M)
+                    state.M = M
+                else:
+                    prop = solve(oracle, g, gnorm, M)
             except NumericalError as e:
                 raise NumericalError(
                     f"{method}: the subproblem solve at outer step {k} failed ({e}); the weights are those "
                     "of the last good point (where loss and gradient were finite)."
                 ) from e
+            if prop.krylov is not None:
+                krylov = prop.krylov
             if not space.is_finite(prop.step) or not math.isfinite(prop.step_norm):
+                _release_krylov(krylov)
                 raise NumericalError(
                     f"{method}: the proposed step at outer step {k} has non-finite entries; the weights are "
                     "those of the last good point."
                 )
             good = oracle.snapshot()
             oracle.apply_update(prop.step)
-            accepted, trial, rho = True, None, None
+            accepted, rho = True, None
             if adaptive:
-                trial = _trial_loss(oracle)
+                if trial is None:
+                    trial = _trial_loss(oracle)
                 predicted = -prop.model_value
                 if not predicted > 0:
                     oracle.restore(good)
                     good = None
                     space.release(prop.step)
                     space.release(g)
+                    krylov = _release_krylov(krylov)
                     state.stop_reason = "no_model_decrease"
                     _record(state, on_step, k, loss, gnorm, prop, M, oracle, h0, g0, t0, False, trial, None)
                     break
@@ -178,10 +208,15 @@ def run_outer_loop(
             space.release(prop.step)
             if cached is None:
                 space.release(g)
+                krylov = _release_krylov(krylov)
+            if accepted:
+                state.max_step_norm = max(state.max_step_norm, float(prop.step_norm))
             _record(state, on_step, k, loss, gnorm, prop, M, oracle, h0, g0, t0, accepted, trial, rho)
             if bar is not None:
                 bar.update(1 if accepted else 0)
                 bar.set_postfix(loss=f"{loss:.4g}", g=f"{gnorm:.2e}", M=f"{M:.2e}" if M else "-")
+            if accepted:
+                state.last_step_small = prop.step_norm <= relative_rules(options)[1] * state.max_step_norm
             if state.consecutive_rejections >= options.max_rejections:
                 recent = state.history[-state.consecutive_rejections :]
                 if all(not _finite(r.trial_loss) for r in recent):
@@ -192,10 +227,102 @@ def run_outer_loop(
                 state.stop_reason = "max_rejections"
                 break
     finally:
+        _release_krylov(krylov)
         if bar is not None:
             bar.close()
     state.finished = True
     return state
+
+
+GRAD_RTOL = 1e-3
+"""Default of ``grad_rtol`` when ``tol`` is None: |g| reduced 1000x counts as converged."""
+STEP_RTOL = 1e-2
+"""Default of ``step_rtol`` when ``tol`` is None: a step 100x shorter than the longest means stalled."""
+
+
+def relative_rules(options: UnlearnOptions) -> tuple[float, float]:
+    """(grad_rtol, step_rtol) in force: the given ones, else the defaults when ``tol`` is None, else 0."""
+    auto = options.tol is None
+    grad = options.grad_rtol if options.grad_rtol is not None else (GRAD_RTOL if auto else 0.0)
+    step = options.step_rtol if options.step_rtol is not None else (STEP_RTOL if auto else 0.0)
+    return grad, step
+
+
+def _stop_reason(options: UnlearnOptions, state: OuterLoopState, gnorm: float, max_steps: int) -> str:
+    """Why to stop at this point ("" = go on): |g| small (absolute or relative), stalled, or max_steps."""
+    if gnorm <= (options.tol or 0.0):
+        return "converged"
+    grad_rtol, _ = relative_rules(options)
+    g0 = state.initial_grad_norm
+    if state.accepted and g0 and gnorm <= grad_rtol * g0:
+        return "converged"
+    if state.last_step_small:
+        return "stalled"
+    if state.accepted >= max_steps:
+        return "max_steps"
+    return ""
+
+
+def _release_krylov(krylov: Any) -> None:
+    if krylov is not None:
+        krylov.release()
+    return None
+
+
+def _search_first_M(
+    oracle: CurvatureOracle,
+    solve: Solve,
+    resolve: Resolve,
+    g: Vector,
+    gnorm: float,
+    loss: float,
+    M0: float,
+    options: UnlearnOptions,
+) -> tuple[Proposal, float, float]:
+    """The first step's M from a geometric range M0, M0/f, ..., M0/f^(n-1) on ONE Krylov space.
+
+    The space is built once, for the smallest M (the longest step needs the largest space); each candidate
+    is re-solved on it (no HVP), applied, and judged by one loss evaluation. Returns (proposal, M, trial loss)
+    of the candidate with the largest actual decrease among those with rho >= eta1, else the largest M's
+    (which ARC then rejects and grows, re-solving on the same space). The weights are left unchanged.
+    """
+    grid = [max(M0 / options.first_M_factor**j, options.M_min) for j in range(options.first_M_tries)]
+    base = solve(oracle, g, gnorm, grid[-1])
+    if base.krylov is None:  # the solver kept no space: nothing to re-solve on
+        return base, grid[-1], _trial_after(oracle, base)
+    best: tuple[Proposal, float, float] | None = None
+    first: tuple[Proposal, float, float] | None = None
+    snap = oracle.snapshot()
+    for i, M in enumerate(grid):
+        prop = base if i == len(grid) - 1 else resolve(base.krylov, M)
+        oracle.apply_update(prop.step)
+        trial = _trial_loss(oracle)
+        oracle.restore(snap)
+        predicted = -prop.model_value
+        rho = (loss - trial) / predicted if _finite(trial) and predicted > 0 else -math.inf
+        cand = (prop, M, trial)
+        if first is None:
+            first = cand
+        if rho >= options.arc_eta1 and (best is None or trial < best[2]):
+            if best is not None and best is not first:
+                oracle.space.release(best[0].step)
+            best = cand
+        elif cand is not first:
+            oracle.space.release(prop.step)
+    assert first is not None
+    chosen = best if best is not None else first
+    if first is not chosen:
+        oracle.space.release(first[0].step)
+    chosen[0].krylov = base.krylov
+    return chosen
+
+
+def _trial_after(oracle: CurvatureOracle, prop: Proposal) -> float:
+    snap = oracle.snapshot()
+    oracle.apply_update(prop.step)
+    trial = _trial_loss(oracle)
+    oracle.restore(snap)
+    return trial
 
 
 def _trial_loss(oracle: CurvatureOracle) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dist_unlearn.cost import CostCounter
 from dist_unlearn.errors import ConfigError, ModelError
 from dist_unlearn.methods._training import ModelRun, loader, model_device, optimise
 from dist_unlearn.methods.registry import register_method
@@ -63,6 +64,7 @@ def _fresh_model(model: nn.Module, options: UnlearnOptions) -> nn.Module:
 def retrain(model: nn.Module, loss_fn: Any, retain: Any, forget: Any, options: UnlearnOptions) -> ModelRun:
     """Retrain from a fresh initialisation on the retain set (the oracle)."""
     fresh = _fresh_model(model, options)
+    cost = CostCounter()
     steps = optimise(
         fresh,
         lambda b: loss_fn(fresh, b),
@@ -70,7 +72,13 @@ def retrain(model: nn.Module, loss_fn: Any, retain: Any, forget: Any, options: U
         options,
         method="retrain",
         epochs=options.epochs,
+        cost=cost,
     )
     return ModelRun(
-        fresh, steps, {"init": "model_init" if options.model_init is not None else "reset_parameters"}
+        fresh,
+        steps,
+        {
+            "init": "model_init" if options.model_init is not None else "reset_parameters",
+            "cost": cost.as_dict(),
+        },
     )

@@ -11,11 +11,13 @@ from dist_unlearn.solvers.cubic_gd import cubic_gradient_descent
 from dist_unlearn.solvers.krylov import cubic_subproblem
 from dist_unlearn.solvers.lanczos import LanczosProcess, lanczos, lanczos_combine
 from dist_unlearn.solvers.newton import damped_newton, pinv_newton
+from dist_unlearn.solvers.resolve import KrylovSpace, resolve_cubic
 from dist_unlearn.solvers.results import CubicResult, LanczosResult, NewtonResult
 from dist_unlearn.solvers.spectrum import extreme_eigenvalues, spectral_density
 
 __all__ = [
     "CubicResult",
+    "KrylovSpace",
     "LanczosProcess",
     "LanczosResult",
     "NewtonResult",
@@ -26,6 +28,7 @@ __all__ = [
     "lanczos",
     "lanczos_combine",
     "pinv_newton",
+    "resolve_cubic",
     "solve_cubic_eig",
     "solve_tridiagonal_cubic",
     "spectral_density",

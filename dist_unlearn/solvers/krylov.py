@@ -36,11 +36,13 @@ from dist_unlearn.solvers._vectors import (
     check_positive,
     combine,
     random_like,
+    release_all,
     resolve_space,
     vector_norm,
 )
 from dist_unlearn.solvers.cubic import last_component, quick_tridiagonal_cubic, solve_tridiagonal_cubic
 from dist_unlearn.solvers.lanczos import DEFAULT_BREAKDOWN_TOL, LanczosProcess, lanczos_combine
+from dist_unlearn.solvers.resolve import KrylovSpace
 from dist_unlearn.solvers.results import CubicResult
 
 QUICK_FROM = 2
@@ -69,6 +71,7 @@ def cubic_subproblem(
     seed: int = 0,
     breakdown_tol: float = DEFAULT_BREAKDOWN_TOL,
     callback: Callable[[int, float], None] | None = None,
+    keep_krylov: bool = False,
 ) -> CubicResult:
     """Global minimiser of g.d + 1/2 d.H d + (M/6)|d|^3 restricted to a Krylov space of H and g.
 
@@ -88,6 +91,10 @@ def cubic_subproblem(
         seed: seed of the probe's random start vector.
         breakdown_tol: relative Lanczos breakdown threshold.
         callback: called as callback(hvps_so_far, model_value) after every iteration.
+        keep_krylov: keep the Lanczos space (T and q_1..q_k) in ``result.krylov`` (a
+            :class:`~dist_unlearn.solvers.resolve.KrylovSpace`), so that ``solvers.resolve_cubic`` can solve
+            for another M without a matvec; the caller releases it (``result.krylov.release()``).
+            Needs the basis (``store_basis`` or ``reorthogonalize``); ignored after a hard-case restart.
 
     Returns:
         CubicResult; ``step`` is a new vector of ``space``. Zero g gives step 0, converged (stationary).
@@ -198,15 +205,25 @@ def cubic_subproblem(
                 start,
                 history,
             )
+    krylov = None
     if proc.basis is not None:
         step = combine(space, y, proc.krylov_basis)
-        proc.release()
+        if keep_krylov:
+            k = proc.iterations
+            kept, tail = proc.basis[:k], proc.basis[k:]
+            proc.release(keep_basis=True)
+            release_all(space, tail)
+            krylov = KrylovSpace(list(proc.alphas), list(proc.betas), kept, gnorm, space, proc.breakdown)
+        else:
+            proc.release()
     else:
         proc.release()
         step = lanczos_combine(mv, g, proc.alphas, proc.betas, y, space=space)
-    return _finish(
+    res = _finish(
         step, y, lam, hard, model, iterations, converged, residual, message, proc, mv, start, history
     )
+    res.krylov = krylov
+    return res
 
 
 def _guard_fires(proc: LanczosProcess, lam: float) -> bool:

@@ -91,6 +91,8 @@ class CubicResult(_Result):
     matvec_time: float = 0.0
     solver_time: float = 0.0
     history: list[tuple[int, float]] = field(default_factory=list)
+    krylov: Any = None
+    """The kept Lanczos space (``keep_krylov=True``), a :class:`~dist_unlearn.solvers.resolve.KrylovSpace`."""
 
     @property
     def overhead_fraction(self) -> float:

@@ -102,6 +102,7 @@ class Task:
             raise ConfigError(f"invalid params for task {self.name!r}: {errs}") from None
         self.seed = seed
         self._data: TaskData | None = None
+        self.train_costs: dict[str, dict[str, Any]] = {}
 
     # ----- hooks ---------------------------------------------------------------------------------------
     def build_data(self) -> TaskData:
@@ -168,7 +169,10 @@ class Task:
     ) -> torch.nn.Module:
         """Train ``model`` on ``dataset`` with AdamW (the original model and the retrained oracle).
 
-        Only parameters with ``requires_grad`` are optimised (LoRA: the adapters).
+        Only parameters with ``requires_grad`` are optimised (LoRA: the adapters). The work done is kept in
+        ``self.train_costs[desc]`` (a :class:`~dist_unlearn.cost.CostCounter` dict: ``train_step`` = one
+        example pass per example per epoch), so original training and retraining compare with unlearning in
+        the same machine-independent unit (:meth:`training_cost` gives it without training).
         """
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -194,7 +198,21 @@ class Task:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.close()
         model.eval()
+        self.train_costs[desc] = self.training_cost(n, recipe)
         return model
+
+    @staticmethod
+    def training_cost(n_examples: int, recipe: TrainRecipe) -> dict[str, Any]:
+        """Example passes of :meth:`train` on ``n_examples`` with ``recipe``: epochs x n train steps."""
+        from dist_unlearn.cost import CostCounter
+
+        counter = CostCounter()
+        counter.add(
+            "train_step",
+            recipe.epochs * n_examples,
+            calls=recipe.epochs * math.ceil(n_examples / recipe.batch_size),
+        )
+        return counter.as_dict()
 
     def save(self, model: torch.nn.Module, path: str | Path) -> None:
         """Save a final model (``dist_unlearn.models.save_model``: atomic, safetensors)."""

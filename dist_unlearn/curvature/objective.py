@@ -1,0 +1,258 @@
+r"""Objectives of the curvature methods: which loss the cubic-regularised Newton steps minimise.
+
+The cubic model, ARC and the Krylov solve only see an oracle (loss, gradient, HVP), so a new objective is a
+new oracle. With L_r the mean retain loss, l_i the loss of forget example i, alpha = ``forget_weight``,
+beta = ``beta`` and l_i^ref the loss of the model as given (before unlearning):
+
+- ``"retain"`` (the paper, the default of ``unlearn()``):  L(w) = L_r(w). Right when the model was trained
+  to a stationary point of a *regularised* loss over retain + forget (L2 weight decay, early stopped): then
+  grad L_r(w_0) = -(n_f/n_r) grad L_f(w_0) is not zero and the Newton step moves towards the retrained
+  model. It does nothing for a model that memorised its data (zero training loss: grad L_r ~ 0).
+- ``"grad_diff"`` (the released code's variant):  L(w) = L_r(w) - alpha L_f(w), L_f the mean forget loss.
+  Pushes the forget loss up while holding the retain loss. Unbounded below, so the run is bounded by
+  ``max_steps``; use it with a small alpha or few steps.
+- ``"npo"``:  L(w) = L_r(w) + alpha (2/beta) mean_i softplus(beta (l_i^ref - l_i(w))),  the Negative
+  Preference Optimisation term (Zhang et al. 2024) with log pi = -loss. Bounded below: the forget term
+  saturates once every forget loss is well above its reference, so ARC converges. The choice for memorised
+  models (fine-tuned networks, LMs).
+
+``gradient="influence"`` replaces the first retain gradient by the stationary-point identity
+g_0 = -(n_f/n_r) grad L_f(w_0) (one pass over the forget set instead of the retain set); later steps use the
+true gradient. Valid only at a stationary point of the training loss (objective "retain").
+
+Every part is a :class:`~dist_unlearn.curvature.local.LocalOracle` on the same model; the combined oracle
+applies updates once, through the first part, and shares its fp32 master weights with the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torch.utils.data._utils.collate import default_collate
+
+from dist_unlearn.cost import CostCounter
+from dist_unlearn.curvature.local import LocalOracle
+
+OBJECTIVES = ("retain", "grad_diff", "npo")
+GRADIENTS = ("full", "influence")
+
+
+class CombinedOracle:
+    """L(w) = sum_i c_i L_i(w) over oracles that share one model (a CurvatureOracle).
+
+    Args:
+        parts: (coefficient, oracle) pairs; the first oracle owns the weights (apply_update, snapshot,
+            restore); the others must have been built on the same parameters.
+    """
+
+    def __init__(self, parts: Sequence[tuple[float, LocalOracle]]):
+        self.parts = [(float(c), o) for c, o in parts]
+        self.primary = self.parts[0][1]
+        self.space = self.primary.space
+        for _, o in self.parts[1:]:
+            o._master = self.primary._master  # one set of master weights (low-precision models)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Operation counts: an HVP of the combined objective counts once (one per part in ``cost``)."""
+        return self.primary.counters
+
+    @property
+    def cost(self) -> CostCounter:
+        """Example passes of every part, merged."""
+        total = CostCounter()
+        for _, o in self.parts:
+            total.merge(o.cost)
+        return total
+
+    def _combine(self, vectors: list[Any]) -> Any:
+        return self.space.lincomb([c for c, _ in self.parts], vectors)
+
+    def loss(self) -> float:
+        return float(sum(c * o.loss() for c, o in self.parts))
+
+    def loss_and_gradient(self) -> tuple[float, Any]:
+        values = [o.loss_and_gradient() for _, o in self.parts]
+        loss = float(sum(c * v[0] for (c, _), v in zip(self.parts, values, strict=True)))
+        return loss, self._combine([v[1] for v in values])
+
+    def gradient(self) -> Any:
+        return self.loss_and_gradient()[1]
+
+    def hvp(self, v: Any) -> Any:
+        return self._combine([o.hvp(v) for _, o in self.parts])
+
+    def apply_update(self, d: Any, scale: float = 1.0) -> None:
+        self.primary.apply_update(d, scale)
+
+    def snapshot(self) -> Any:
+        return self.primary.snapshot()
+
+    def restore(self, snap: Any) -> None:
+        self.primary.restore(snap)
+
+    def resample(self, seed: int | None) -> None:
+        for _, o in self.parts:
+            o.resample(seed)
+
+    def __getattr__(self, name: str) -> Any:  # params, model, parameters_vector, ... of the primary
+        if name in ("parts", "primary"):
+            raise AttributeError(name)
+        return getattr(self.primary, name)
+
+
+class InfluenceFirstGradient:
+    """An oracle whose first gradient is -(n_f/n_r) grad L_f (the stationary-point identity); then the
+    retain oracle's own. The first loss is the retain loss (forward only)."""
+
+    def __init__(self, retain: LocalOracle, forget: LocalOracle):
+        self.retain, self.forget = retain, forget
+        self.space = retain.space
+        self.forget._master = retain._master
+        self.first = True
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.retain.counters
+
+    @property
+    def cost(self) -> CostCounter:
+        return CostCounter().merge(self.retain.cost).merge(self.forget.cost)
+
+    def loss_and_gradient(self) -> tuple[float, Any]:
+        if not self.first:
+            return self.retain.loss_and_gradient()
+        self.first = False
+        loss = self.retain.loss()
+        g_f = self.forget.gradient()
+        ratio = self.forget.num_examples / self.retain.num_examples
+        self.retain.counters["gradients"] += 1
+        return loss, self.space.lincomb([-ratio], [g_f])
+
+    def gradient(self) -> Any:
+        return self.loss_and_gradient()[1]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("retain", "forget"):
+            raise AttributeError(name)
+        return getattr(self.retain, name)
+
+
+class IndexedRows(Dataset):
+    """``ds[i] -> (row i, i)``: lets a loss look up per-example constants (the NPO reference losses)."""
+
+    def __init__(self, data: Any, collate_fn: Any = None):
+        try:
+            import datasets
+
+            if isinstance(data, datasets.Dataset) and collate_fn is None:
+                data = data.with_format("torch")
+        except ImportError:  # pragma: no cover
+            pass
+        self.data, self.inner = data, collate_fn or default_collate
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.data[i], int(i)
+
+    def collate(self, rows: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
+        return self.inner([r for r, _ in rows]), torch.tensor([i for _, i in rows])
+
+
+def per_example(loss_fn: Any, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """Differentiable loss of each example: the loss's own per-example path, else one call per row."""
+    from dist_unlearn.methods.first_order import _row, per_example_losses
+
+    if callable(getattr(loss_fn, "per_example", None)) or (
+        callable(getattr(loss_fn, "outputs", None)) and callable(getattr(loss_fn, "from_outputs", None))
+    ):
+        return per_example_losses(loss_fn, model, batch)
+    from dist_unlearn.methods._training import count_examples
+
+    if isinstance(batch, list) and batch and all(isinstance(t, torch.Tensor) for t in batch):
+        batch = tuple(batch)  # default_collate of (x, y) rows gives a list of columns
+    n = count_examples(batch)
+    return torch.stack([loss_fn(model, _row(batch, i, n)).reshape(()) for i in range(n)])
+
+
+class NPOForgetLoss:
+    """(2/beta) mean_i softplus(beta (l_i^ref - l_i(w))) on an :class:`IndexedRows` batch (batch, idx)."""
+
+    def __init__(self, loss_fn: Any, reference: torch.Tensor, beta: float):
+        self.loss_fn, self.reference, self.beta = loss_fn, reference, float(beta)
+
+    def __call__(self, model: torch.nn.Module, batch: tuple[Any, torch.Tensor]) -> torch.Tensor:
+        inner, idx = batch
+        losses = per_example(self.loss_fn, model, inner)
+        ref = self.reference.to(losses.device)[idx.to(self.reference.device)].to(losses.dtype)
+        return (2.0 / self.beta) * F.softplus(self.beta * (ref - losses)).mean()
+
+
+@torch.no_grad()
+def reference_losses(loss_fn: Any, model: torch.nn.Module, rows: IndexedRows, batch_size: int, device: Any):
+    """l_i^ref: the per-example losses of the model as it is now, indexed by example (float64)."""
+    from dist_unlearn.data.device import to_device
+
+    out = torch.empty(len(rows), dtype=torch.float64)
+    for start in range(0, len(rows), batch_size):
+        part = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        inner, idx = rows.collate(part)
+        out[idx] = per_example(loss_fn, model, to_device(inner, device)).double().cpu()
+    return out
+
+
+def build_oracle(
+    model: torch.nn.Module,
+    loss_fn: Any,
+    retain: Any,
+    forget: Any,
+    *,
+    objective: str = "retain",
+    gradient: str = "full",
+    forget_weight: float = 1.0,
+    beta: float = 0.1,
+    **oracle_kwargs: Any,
+) -> Any:
+    """The curvature oracle of an objective (module docstring) over ``retain`` (and ``forget``).
+
+    Args:
+        model, loss_fn, retain: as for :class:`LocalOracle` (``oracle_kwargs`` go to the retain oracle).
+        forget: the forget set (needed unless objective="retain" and gradient="full").
+        objective: "retain", "grad_diff" or "npo".
+        gradient: "full" or "influence" (objective "retain" only).
+        forget_weight: alpha; beta: the NPO inverse temperature.
+    """
+    retain_oracle = LocalOracle(model, loss_fn, retain, **oracle_kwargs)
+    if objective == "retain" and gradient == "full":
+        return retain_oracle
+    common = {
+        k: oracle_kwargs[k] for k in ("hvp", "batch_size", "params", "device", "fd_eps") if k in oracle_kwargs
+    }
+    loss_fn = retain_oracle.loss_fn
+    if objective == "retain":  # gradient == "influence"
+        forget_oracle = LocalOracle(
+            model, loss_fn, forget, collate_fn=oracle_kwargs.get("collate_fn"), params=retain_oracle.params,
+            **{k: v for k, v in common.items() if k != "params"},
+        )  # fmt: skip
+        return InfluenceFirstGradient(retain_oracle, forget_oracle)
+    if objective == "grad_diff":
+        forget_oracle = LocalOracle(
+            model, loss_fn, forget, collate_fn=oracle_kwargs.get("collate_fn"), params=retain_oracle.params,
+            **{k: v for k, v in common.items() if k != "params"},
+        )  # fmt: skip
+        return CombinedOracle([(1.0, retain_oracle), (-float(forget_weight), forget_oracle)])
+    rows = IndexedRows(forget, oracle_kwargs.get("collate_fn"))
+    ref = reference_losses(loss_fn, model, rows, retain_oracle.batch_size, retain_oracle.device)
+    retain_oracle.cost.add("loss", len(rows))  # the reference forward over the forget set
+    forget_oracle = LocalOracle(
+        model, NPOForgetLoss(loss_fn, ref, beta), rows, collate_fn=rows.collate, params=retain_oracle.params,
+        **{k: v for k, v in common.items() if k not in ("params", "hvp")},
+        hvp="fd" if common.get("hvp") == "fd" else "exact",
+    )  # fmt: skip
+    return CombinedOracle([(1.0, retain_oracle), (float(forget_weight), forget_oracle)])
