@@ -220,7 +220,8 @@ def run_experiment(
     log = log or (lambda msg: tqdm.write(msg))
     validate_methods(cfg)
     out = check_output_dir(out_dir or cfg.output_dir, overwrite=overwrite)
-    check_experiment(cfg)
+    for warning in check_experiment(cfg):
+        log(f"WARNING {warning}")
     task = get_task(cfg.task.name)(cfg.task.params, seed=cfg.seed)
     recipe = task.recipe(cfg.train.model_dump())
     data = task.data()

@@ -72,8 +72,11 @@ def available_slots(use_gpu: bool) -> tuple[int, str]:
 
 def check_workers(
     workers: int | None, *, use_gpu: bool | None = None, oversubscribe: bool = False, where: str = "workers"
-) -> None:
+) -> str | None:
     """``workers`` must fit the machine (one CPU core, or one GPU, per worker) unless ``oversubscribe``.
+
+    Returns:
+        None when it fits; the warning (also logged) when oversubscribing on purpose.
 
     A remote cluster (``RAY_ADDRESS`` set, not yet joined) is not checked here: its size is only known
     once connected.
@@ -82,23 +85,25 @@ def check_workers(
         ConfigError: more workers than slots, naming both numbers and the opt-in.
     """
     if workers is None:
-        return
+        return None
     if os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
-        return
+        return None
     if use_gpu is None:
         import torch
 
         use_gpu = torch.cuda.is_available()
     slots, what = available_slots(use_gpu)
     if workers <= slots:
-        return
+        return None
     msg = f"{where}={workers} but this machine has {slots} {what}"
     if not oversubscribe:
         raise ConfigError(
             f"{msg}; use at most {slots} workers, or set oversubscribe: true (CLI --oversubscribe) to run "
             "more workers than cores on purpose (slower: they share the cores)"
         )
-    log.warning("%s: oversubscribing on purpose (oversubscribe=true); workers share the cores", msg)
+    warning = f"{msg}: oversubscribing on purpose (oversubscribe=true); the workers share them"
+    log.warning(warning)
+    return warning
 
 
 def check_deepspeed_config(value: Any, zero_stage: int, *, where: str = "deepspeed_config") -> None:
@@ -158,13 +163,18 @@ def check_input_file(value: Any, *, where: str) -> None:
         raise ConfigError(f"{where}={str(value)!r} is not readable")
 
 
-def check_experiment(cfg: Any) -> None:
-    """Every check above on an :class:`~dist_unlearn.config.ExperimentConfig` and its method options."""
+def check_experiment(cfg: Any) -> list[str]:
+    """Every check above on an :class:`~dist_unlearn.config.ExperimentConfig` and its method options.
+
+    Returns:
+        Warnings to show the user (oversubscription on purpose).
+    """
     from dist_unlearn.config import CURVATURE_METHODS
 
+    warnings: list[str] = []
     check_input_file(cfg.forget.ids_file, where="forget.ids_file")
     check_deepspeed_config(cfg.deepspeed_config, cfg.zero_stage)
-    check_workers(cfg.workers, oversubscribe=cfg.oversubscribe)
+    warnings.append(check_workers(cfg.workers, oversubscribe=cfg.oversubscribe))
     for i, m in enumerate(cfg.methods):
         opts = cfg.method_options(m)
         at = f"methods[{i}] ({m.display})"
@@ -172,10 +182,13 @@ def check_experiment(cfg: Any) -> None:
         check_writable_dir(opts.get("checkpoint_dir"), where=f"{at}.checkpoint_dir")
         if m.name in CURVATURE_METHODS and opts.get("workers") is not None:
             if opts.get("workers") != cfg.workers:
-                check_workers(opts["workers"], oversubscribe=cfg.oversubscribe, where=f"{at}.workers")
+                warnings.append(
+                    check_workers(opts["workers"], oversubscribe=cfg.oversubscribe, where=f"{at}.workers")
+                )
             if opts.get("deepspeed_config") is not cfg.deepspeed_config:
                 check_deepspeed_config(
                     opts.get("deepspeed_config"),
                     int(opts.get("zero_stage") or 0),
                     where=f"{at}.deepspeed_config",
                 )
+    return [w for w in warnings if w]
