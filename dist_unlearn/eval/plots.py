@@ -63,7 +63,7 @@ def _zoom(values: list[float], log: bool) -> tuple[float, float]:
     if log:
         return lo / 1.5, hi * 1.5
     span = hi - lo
-    pad = 0.12 * span if span > 0 else max(abs(hi) * 0.05, 1e-3)
+    pad = 0.12 * span if span > 0 else max(abs(hi) * 0.05, 0.05)
     return lo - pad, hi + pad
 
 
@@ -71,6 +71,7 @@ def plot_metrics(methods: Mapping[str, Any], metrics: list[str]) -> bytes | None
     """Dot plot per metric (methods on the y axis), retrained value as a dashed reference line; None when
     there is nothing to plot."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if not metrics:
         return None
@@ -97,6 +98,8 @@ def plot_metrics(methods: Mapping[str, Any], metrics: list[str]) -> bytes | None
             ax.axvline(target, color="k", linestyle="--", linewidth=1, label="retrained")
         if log:
             ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(5))
         if pool:
             ax.set_xlim(*_zoom(pool, log))
         ax.set_yticks(range(len(names)))
@@ -124,7 +127,7 @@ def _steps_panel(
 ) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    all_y = []
+    all_y, all_x = [], []
     for name, (color, steps) in series.items():
         ok = [(s.get("step", j), s["step_norm"]) for j, s in enumerate(steps) if s.get("accepted", True)]
         rej = [(s.get("step", j), s["step_norm"]) for j, s in enumerate(steps) if s.get("accepted") is False]
@@ -140,9 +143,12 @@ def _steps_panel(
                 label=f"{name}: rejected (ARC)",
             )
         all_y += [y for _, y in ok + rej]
+        all_x += [x for x, _ in ok + rej]
     if all_y and all(y > 0 for y in all_y):
         ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if all_x:
+        ax.set_xlim(min(all_x) - 0.5, max(max(all_x), min(all_x) + 1) + 0.5)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("update norm |d| (log)")
     ax.set_title(title, fontsize=9)
