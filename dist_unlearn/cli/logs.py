@@ -24,7 +24,10 @@ from typing import Any
 
 #: library loggers silenced by ``-q`` (records below ERROR are dropped)
 QUIET_LOGGERS = ("ray", "DeepSpeed", "deepspeed", "torch.distributed", "datasets", "transformers")
-QUIET_ENV = {"RAY_LOGGER_LEVEL": "error", "RAY_BACKEND_LOG_LEVEL": "error", "PYTHONWARNINGS": "ignore"}
+QUIET_ENV = {
+    "RAY_LOGGER_LEVEL": "error",
+    "PYTHONWARNINGS": "ignore",
+}  # not RAY_BACKEND_LOG_LEVEL: it logs itself
 
 
 def _plain_class() -> type:
