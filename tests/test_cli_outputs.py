@@ -270,3 +270,14 @@ def test_output_dir_that_is_a_file_fails_before_training(tmp_path):
     (tmp_path / "out").write_text("x")
     res = _run("run", "-c", str(_cfg(tmp_path)), "-q")
     assert res.exit_code != 0 and "OutputError" in res.output and "not a folder" in res.output
+
+
+def test_eval_after_a_no_cache_run_records_the_cache_it_creates(tmp_path):
+    cfg = _cfg(tmp_path)
+    out = tmp_path / "out"
+    assert _run("run", "-c", str(cfg), "-q", "--no-cache").exit_code == 0
+    assert not (out / "cache").exists()
+    assert _run("eval", "-c", str(cfg), "-q").exit_code == 0  # retrains the oracle into out/cache
+    man = json.loads((out / MANIFEST_NAME).read_text())
+    assert man["entries"]["cache"]["kind"] == "cache"
+    assert _run("run", "-c", str(cfg), "-q", "--overwrite").exit_code == 0  # the cache is ours: reused

@@ -107,58 +107,65 @@ def evaluate_saved(
     log = log or (lambda msg: tqdm.write(msg))
     run_dir = Path(run_dir)
     dest = check_output_dir(out_dir or run_dir, overwrite=overwrite, will_write=["eval.json"])
-    if models is None:
-        mdir = run_dir / "models"
-        if not mdir.is_dir():
-            raise DataError(
-                f"no saved models in {str(mdir)!r}: give --model NAME=PATH or run with save_models"
-            )
-        models = {p.name: p for p in sorted(mdir.iterdir()) if p.is_dir()}
-    task = get_task(cfg.task.name)(cfg.task.params, seed=cfg.seed)
-    recipe = task.recipe(cfg.train.model_dump())
-    data = task.data()
-    rnd = plan_rounds(data.train, cfg.forget)[-1]
-    cache = ModelCache(run_dir / "cache")
-    original, _ = cache.get_or_train(
-        f"original-{cfg.task.name}-{cfg.hash('task', 'train')}",
-        task,
-        data.train,
-        recipe,
-        seed=cfg.seed,
-        progress=cfg.progress,
-        desc="train original",
-        log=log,
-    )
-    oracle, t_retrain = cache.get_or_train(
-        f"oracle-{cfg.task.name}-{cfg.hash('task', 'train', 'forget')}-r{rnd.index}",
-        task,
-        rnd.retain,
-        recipe,
-        seed=cfg.seed,
-        progress=cfg.progress,
-        desc="retrain oracle",
-        log=log,
-    )
-    splits = {"retain": rnd.retain, "forget": rnd.forgotten, "test": data.test}
-    reference = task.reference(oracle, **splits, batch_size=cfg.eval.batch_size)
-    kw = dict(**splits, oracle=reference, original=original, batch_size=cfg.eval.batch_size)
-    out: dict[str, Any] = {
-        "experiment": {
-            "name": cfg.name,
-            "task": cfg.task.name,
-            "kind": task.kind,
-            "retrain": t_retrain,
-            "evaluated": "saved models",
-        },
-        "methods": {
-            "original": {"metrics": task.evaluate(original, **kw)},
-            "retrain": {"metrics": task.evaluate(oracle, **kw), "resources": t_retrain},
-        },
-    }
-    for name, path in tqdm(models.items(), desc="evaluate", disable=not cfg.progress, leave=False):
-        out["methods"][name] = {"metrics": task.evaluate(task.load(path), **kw), "stats": {"path": str(path)}}
-    out = _jsonable(out)
     with OutputDir(dest, overwrite=overwrite, command="dist-unlearn eval", will_write=["eval.json"]) as od:
+        if models is None:
+            mdir = run_dir / "models"
+            if not mdir.is_dir():
+                raise DataError(
+                    f"no saved models in {str(mdir)!r}: give --model NAME=PATH or run with save_models"
+                )
+            models = {p.name: p for p in sorted(mdir.iterdir()) if p.is_dir()}
+        task = get_task(cfg.task.name)(cfg.task.params, seed=cfg.seed)
+        recipe = task.recipe(cfg.train.model_dump())
+        data = task.data()
+        rnd = plan_rounds(data.train, cfg.forget)[-1]
+        # the run's cache; recorded in the manifest when eval creates it in the folder it writes to
+        cache_dir = run_dir / "cache"
+        if od.path == run_dir.resolve() and not cache_dir.exists():
+            cache_dir = od.claim("cache")
+        cache = ModelCache(cache_dir)
+        original, _ = cache.get_or_train(
+            f"original-{cfg.task.name}-{cfg.hash('task', 'train')}",
+            task,
+            data.train,
+            recipe,
+            seed=cfg.seed,
+            progress=cfg.progress,
+            desc="train original",
+            log=log,
+        )
+        oracle, t_retrain = cache.get_or_train(
+            f"oracle-{cfg.task.name}-{cfg.hash('task', 'train', 'forget')}-r{rnd.index}",
+            task,
+            rnd.retain,
+            recipe,
+            seed=cfg.seed,
+            progress=cfg.progress,
+            desc="retrain oracle",
+            log=log,
+        )
+        splits = {"retain": rnd.retain, "forget": rnd.forgotten, "test": data.test}
+        reference = task.reference(oracle, **splits, batch_size=cfg.eval.batch_size)
+        kw = dict(**splits, oracle=reference, original=original, batch_size=cfg.eval.batch_size)
+        out: dict[str, Any] = {
+            "experiment": {
+                "name": cfg.name,
+                "task": cfg.task.name,
+                "kind": task.kind,
+                "retrain": t_retrain,
+                "evaluated": "saved models",
+            },
+            "methods": {
+                "original": {"metrics": task.evaluate(original, **kw)},
+                "retrain": {"metrics": task.evaluate(oracle, **kw), "resources": t_retrain},
+            },
+        }
+        for name, path in tqdm(models.items(), desc="evaluate", disable=not cfg.progress, leave=False):
+            out["methods"][name] = {
+                "metrics": task.evaluate(task.load(path), **kw),
+                "stats": {"path": str(path)},
+            }
+        out = _jsonable(out)
         (od.stage / "eval.json").write_text(json.dumps(out, indent=2))
         od.commit()
     return out
