@@ -78,3 +78,31 @@ def test_quiet_drops_library_warnings_and_restores(name, source):
     finally:
         logger.removeHandler(handler)
     assert [r.getMessage() for r in records] == ["a real error", "after"]
+
+
+def test_long_step_shows_the_lanczos_count(monkeypatch):
+    """Inside one outer step (damped Newton: one long solve) the HVP count appears in the log."""
+    from dist_unlearn.cli.logs import _plain_class, output_mode
+    from dist_unlearn.methods.outer_loop import _watch_hvps
+
+    monkeypatch.setattr(_plain_class(), "min_interval", 0.0)
+
+    class Oracle:
+        def hvp(self, v):
+            return 2 * v
+
+    oracle = Oracle()
+    buf = io.StringIO()
+    with output_mode(plain=True):
+        import tqdm.auto
+
+        bar = tqdm.auto.tqdm(total=1, desc="damped_newton", unit="step", file=buf)
+        stop = _watch_hvps(oracle, bar)
+        assert [oracle.hvp(k) for k in range(3)] == [0, 2, 4]  # the products are unchanged
+        stop()
+        bar.update(1)
+        bar.close()
+    assert "hvp" not in vars(oracle)  # unwrapped
+    lines = buf.getvalue().splitlines()
+    assert any(line.startswith("damped_newton: 0/1 step") and "Lanczos/HVP 3" in line for line in lines)
+    assert lines[-1].startswith("damped_newton: 1/1 step")

@@ -12,6 +12,7 @@ many commands in one process).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ QUIET_ENV = {
 }  # not RAY_BACKEND_LOG_LEVEL: it logs itself
 
 
+@functools.cache
 def _plain_class() -> type:
     """:class:`PlainProgress`, built on first use (tqdm is imported only when progress is shown)."""
     from tqdm.std import tqdm as std_tqdm
@@ -48,6 +50,7 @@ def _plain_class() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self._plain_t = -math.inf
             self._plain_n: float | None = None
+            self._plain_post: str | None = None
             kwargs.update(mininterval=0, miniters=1, dynamic_ncols=False)
             super().__init__(*args, **kwargs)
 
@@ -61,18 +64,16 @@ def _plain_class() -> type:
         def display(self, msg: str | None = None, pos: int | None = None) -> bool:
             if msg == "":  # tqdm asks to erase the bar: nothing was drawn
                 return False
-            if self._plain_n == self.n:
-                return True
             now = time.monotonic()
+            moved = self._plain_n != self.n
+            changed = moved or self._plain_post != self.postfix
             total = self.total
-            if (
-                (total is not None and (total <= self.few or self.n >= total))
-                or now - self._plain_t >= self.min_interval
-                or msg == "final"
-            ):
+            every = moved and total is not None and (total <= self.few or self.n >= total)
+            # a long step: a new line when the postfix (e.g. the Lanczos count) changed after min_interval
+            if msg == "final" or every or (changed and now - self._plain_t >= self.min_interval):
                 self.fp.write(self.plain_line() + "\n")
                 self.fp.flush()
-                self._plain_t, self._plain_n = now, self.n
+                self._plain_t, self._plain_n, self._plain_post = now, self.n, self.postfix
             return True
 
         def clear(self, nolock: bool = False) -> None:  # nothing to erase: lines are never redrawn
