@@ -225,3 +225,98 @@ def test_cli_report(tmp_path):
     assert res.exit_code != 0 and "methods" in res.output
     res = runner.invoke(cli, ["report", "--result", "x"])
     assert res.exit_code != 0 and "--results" in res.output
+
+
+def test_report_is_an_audit_record(tmp_path):
+    """Verdicts, the values after the last update, cost vs retraining, definitions, provenance, hashes;
+    the config in an appendix file, not in the body."""
+    from dist_unlearn.cost import CostCounter
+    from dist_unlearn.eval.verdict import decide, loss_evidence
+    from dist_unlearn.provenance import provenance
+
+    rng = np.random.default_rng(0)
+    unseen = rng.exponential(1.0, 200)
+    before = loss_evidence(rng.exponential(0.2, 50), unseen)  # memorised: clearly distinguishable
+    after = loss_evidence(rng.exponential(1.0, 50), unseen)
+    oracle = loss_evidence(rng.exponential(1.0, 50), unseen)
+    retrain_cost, cure_cost = CostCounter(), CostCounter()
+    retrain_cost.add("train_step", 1000)
+    cure_cost.add("hvp_exact", 50)  # 150 passes = 15% of retraining
+    steps = [
+        {"step": 0, "loss": 0.1732, "grad_norm": 0.5, "step_norm": 1.0, "hvps": 10, "accepted": True},
+    ]
+    results = {
+        "experiment": {
+            "name": "audit",
+            "task": "digits_cnn",
+            "config": {"seed": 0, "methods": [{"name": "damped_newton"}]},
+            "forgotten_ids": {"path": "forget_ids.txt", "count": 50, "sha256": "ab" * 32},
+            "saved_models": {
+                "damped_newton": {"path": "models/damped_newton", "sha256": {"model.safetensors": "cd" * 32}}
+            },
+        },
+        "methods": {
+            "original": {
+                "metrics": {"tow": 0.9},
+                "resources": {"wall_time_s": 10.0, "peak_rss_bytes": 200 * 2**20},
+            },
+            "retrain": {
+                "metrics": {"tow": 1.0, "time_fraction_of_retrain": 1.0},
+                "resources": {"wall_time_s": 9.0, "peak_rss_bytes": 210 * 2**20},
+                "stats": {"cost": retrain_cost.as_dict()},
+            },
+            "damped_newton": {
+                "metrics": {"tow": 0.95, "time_fraction_of_retrain": 0.2},
+                "steps": steps,
+                "resources": {"wall_time_s": 1.8, "peak_rss_bytes": 220 * 2**20},
+                "stats": {
+                    "method": "damped_newton",
+                    "final_loss": 0.1868,
+                    "final_grad_norm": 0.04,
+                    "cost": cure_cost.as_dict(),
+                },
+            },
+        },
+        "verdicts": {
+            "original": {
+                "evidence": before,
+                "vs_retrained": decide(before, reference=oracle),
+                "vs_unseen": decide(before),
+            },
+            "damped_newton": {
+                "evidence": after,
+                "vs_retrained": decide(after, before=before, reference=oracle),
+                "vs_unseen": decide(after, before=before),
+            },
+        },
+        "provenance": provenance({"workers": 2, "command": "dist-unlearn run -c x.yaml"}),
+    }
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "```json" not in text and '"methods"' not in text  # no config dump in the body
+    assert yaml_load(tmp_path / "config.yaml") == results["experiment"]["config"]
+    assert "[config.yaml](config.yaml) (appendix)" in text
+    # verdict rows: the original is not forgotten, the unlearned model is
+    verdict_rows = [line for line in text.splitlines() if line.startswith("| original (before")]
+    assert verdict_rows and "not forgotten" in verdict_rows[0]
+    assert results["verdicts"]["damped_newton"]["vs_retrained"]["status"] == "forgotten"
+    # the step table shows the loss after the update (stats), and that it got worse
+    step_row = [line for line in text.splitlines() if line.startswith("| damped_newton")][-1]
+    assert "0.1732" in step_row and "0.1868 (worse)" in step_row and "0.04" in step_row
+    # cost: 150 passes = 15% of the 1000 of retraining; wall 20% of retraining
+    verdict_row, summary, _steps = [line for line in text.splitlines() if line.startswith("| damped_newton")]
+    assert "| forgotten |" in verdict_row
+    cells = [c.strip() for c in summary.split("|")]
+    assert "150" in cells and "15" in cells and "20" in cells
+    # peak memory for the references too
+    assert "200.0" in next(line for line in text.splitlines() if line.startswith("| original |"))
+    assert "210.0" in next(line for line in text.splitlines() if line.startswith("| retrain |"))
+    assert "Forgotten: 50 examples" in text and "ab" * 32 in text and "cd" * 32 in text
+    assert "## Metric definitions" in text and "| tow | Tug-of-War" in text
+    assert "## Provenance" in text and "| workers | 2 |" in text and "`dist-unlearn run -c x.yaml`" in text
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())

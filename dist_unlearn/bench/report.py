@@ -176,7 +176,7 @@ def plot(bench: dict[str, Any], projection: list[dict[str, Any]] | None, path: s
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("GPUs (H100)")
         ax.set_ylabel("scaling efficiency vs smallest fitting count")
-        ax.set_title("Cost model: time per outer step")
+        ax.set_title("Cost model: scaling efficiency per outer step (projected)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     _atomic(path, lambda f: fig.savefig(f, dpi=110, format="png"), binary=True)

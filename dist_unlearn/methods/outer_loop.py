@@ -124,6 +124,7 @@ def run_outer_loop(
     elif adaptive and state.M is None and options.M_init is not None:
         state.M = options.M_init
     bar = _progress(options, method, max_steps, state.accepted)
+    unwatch = _watch_hvps(oracle, bar)
     good: Any = None  # snapshot of the weights before the last applied update (the last good point)
     cached: tuple[float, Vector] | None = None  # (L, g) kept across a rejection (same weights and sample)
     krylov: Any = None  # the Krylov space of the current point, kept across a rejection
@@ -228,6 +229,7 @@ def run_outer_loop(
                 break
     finally:
         _release_krylov(krylov)
+        unwatch()
         if bar is not None:
             bar.close()
     state.finished = True
@@ -380,6 +382,26 @@ def _record(
     if on_step is not None:
         on_step(rec, state)
     return rec
+
+
+def _watch_hvps(oracle: Any, bar: Any) -> Any:
+    """Show the running HVP (= Lanczos iteration) count of the current step on ``bar`` while a long solve
+    runs; returns the function that stops watching."""
+    try:
+        if bar is None or "hvp" in vars(oracle):
+            return lambda: None
+    except TypeError:  # no instance dict (slots): nothing to watch
+        return lambda: None
+    inner = oracle.hvp
+    count = [0]
+
+    def hvp(v: Any) -> Any:
+        count[0] += 1
+        bar.set_postfix_str(f"Lanczos/HVP {count[0]} this run")
+        return inner(v)
+
+    oracle.hvp = hvp
+    return lambda: vars(oracle).pop("hvp", None)
 
 
 def _progress(options: UnlearnOptions, method: str, total: int, done: int) -> Any:
