@@ -187,8 +187,10 @@ def _match_where(ds: datasets.Dataset, where: Mapping[str, Any], what: str) -> l
     keep = [True] * len(ds)
     for col, value in where.items():
         if col not in ds.column_names:
-            raise DataError(f"forget where column {col!r} is not a column of the {what}; its columns are "
-                            f"{ds.column_names}.")
+            raise DataError(
+                f"forget where column {col!r} is not a column of the {what}; its columns are "
+                f"{ds.column_names}."
+            )
         allowed = list(value) if isinstance(value, list | tuple | set) else [value]
         if not allowed:
             raise DataError(f"forget where {{{col!r}: []}} lists no value.")

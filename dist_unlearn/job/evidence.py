@@ -58,13 +58,16 @@ def per_example(
                 losses.append(F.cross_entropy(logits.float(), y, reduction="none"))
                 correct.append((logits.argmax(-1) == y).float())
             else:
-                targets = batch["labels"] if "labels" in batch else batch["input_ids"].masked_fill(
-                    batch["attention_mask"] == 0, -100
+                targets = (
+                    batch["labels"]
+                    if "labels" in batch
+                    else batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
                 )
                 t = targets[:, 1:]
                 lg = logits[:, :-1].float()
-                tok = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), t.reshape(-1), ignore_index=-100,
-                                      reduction="none").view(t.shape)
+                tok = F.cross_entropy(
+                    lg.reshape(-1, lg.shape[-1]), t.reshape(-1), ignore_index=-100, reduction="none"
+                ).view(t.shape)
                 mask = (t != -100).float()
                 losses.append((tok * mask).sum(1) / mask.sum(1).clamp_min(1.0))
     finally:
