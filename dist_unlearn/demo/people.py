@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 #: (question, answer) templates over a person's facts; the answer carries the fact to memorise
@@ -182,8 +181,9 @@ def build_demo(
 ) -> dict[str, Path]:
     """Generate the data, train the tokenizer, fine-tune and save the model; return the paths.
 
-    Writes ``folder/train.jsonl``, ``folder/holdout.jsonl`` (people never trained on), ``folder/forget_ids.txt``
-    (every row of the first ``n_forget`` people) and ``folder/model/`` (``save_pretrained`` + tokenizer).
+    Writes ``folder/train.jsonl``, ``folder/holdout.jsonl`` (people never trained on),
+    ``folder/forget_ids.txt`` (every row of the first ``n_forget`` people) and ``folder/model/``
+    (``save_pretrained`` + tokenizer).
     """
     from dist_unlearn.data.files import load_table
     from dist_unlearn.data.tokenize import TextFormat, tokenize_rows

@@ -118,7 +118,8 @@ def inspect_model(path: str | Path, base_model: str | None = None) -> ModelSourc
     weights_in = p
     if not any(any(weights_in.glob(g)) for g in WEIGHT_GLOBS):
         raise ModelError(
-            f"model folder {str(p)!r} has no weight files ({', '.join(WEIGHT_GLOBS)}); it is not a saved model."
+            f"model folder {str(p)!r} has no weight files ({', '.join(WEIGHT_GLOBS)}); it is not a saved "
+            "model."
         )
     cfg = _read_json(base / "config.json", "model config")
     task = _task_of_config(cfg, base)

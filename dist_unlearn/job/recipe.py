@@ -44,7 +44,8 @@ class JobResult:
     """What a job produced.
 
     Attributes:
-        output_dir: the folder written (``model/``, ``audit.json``, ``audit.md``, the plot, ``forget_ids.txt``).
+        output_dir: the folder written (``model/``, ``audit.json``, ``audit.md``, the plot,
+            ``forget_ids.txt``).
         audit: the audit record (as in ``audit.json``, without the per-example losses).
         model: the unlearned model (in memory).
     """
