@@ -1,4 +1,4 @@
-"""User data files (dist_unlearn.data.files) and tokenisation for the job's losses (dist_unlearn.data.tokenize)."""
+"""User data files (data.files) and tokenisation for the job's losses (data.tokenize)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -318,8 +317,12 @@ def test_cli_unlearn_runs_the_job_and_prints_the_verdict(lm, tmp_path):
 
 
 def test_classifier_job_outputs_load_and_report_accuracy(lm, tmp_path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config
-    from transformers import GPT2ForSequenceClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        GPT2Config,
+        GPT2ForSequenceClassification,
+    )
 
     tok = AutoTokenizer.from_pretrained(str(lm["model"]))
     cfg = GPT2Config(
