@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -441,3 +442,11 @@ def test_two_worker_zero3_job_loads_the_model_on_the_workers(lm, tmp_path):
     # cure_newton minimises the retain loss: it must not go up on the retain sample
     ev = res.audit["evidence"]
     assert ev["after"]["retain_loss"] <= ev["before"]["retain_loss"] + 1e-6
+
+
+def test_example_job_config_is_valid():
+    from dist_unlearn.job import load_job
+
+    cfg = load_job(Path(__file__).resolve().parents[1] / "configs" / "jobs" / "example.yaml")
+    assert cfg.workers == 2 and cfg.zero_stage == 3 and cfg.forget.ids_file
+    assert cfg.data.text_format().kind == "prompt_response"
