@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 
 # The unlearn job on a generated model that memorised fictitious people (see dist_unlearn/demo).
 demo: $(STAMP)
-	$(PY) -m dist_unlearn.demo --out runs/demo
+	$(PY) -m dist_unlearn.demo --out runs/unlearn_demo
 
 # The experiment benchmark on digits (CNN, retrained oracle, CureNewton vs baselines).
 demo-digits: $(STAMP)

@@ -32,7 +32,7 @@ PEOPLE, HOLDOUT_PEOPLE, FORGET_PEOPLE, EPOCHS = 30, 8, 3, 80
 def main(argv: list[str] | None = None) -> int:
     """Build the inputs (cached), write job.yaml, run the unlearn job; returns its exit code."""
     ap = argparse.ArgumentParser(prog="python -m dist_unlearn.demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/demo", help="demo folder (inputs/, job.yaml, unlearned/)")
+    ap.add_argument("--out", default="runs/unlearn_demo", help="demo folder (inputs/, job.yaml, unlearned/)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--zero-stage", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the fine-tuning")
