@@ -19,6 +19,10 @@ Example::
       - {name: finetune, epochs: 2}
     workers: null          # N >= 1 runs curvature methods through the distributed engine
     zero_stage: 0
+    oversubscribe: false   # true: allow more workers than cores/GPUs (a warning instead of an error)
+
+Relative paths (``deepspeed_config``, ``forget.ids_file``) are relative to the working directory; every
+path is checked before anything is trained (``dist_unlearn.preflight``).
 """
 
 from __future__ import annotations
@@ -154,6 +158,8 @@ class ExperimentConfig(_Section):
     workers: int | None = Field(default=None, ge=1)
     zero_stage: int = Field(default=0, ge=0, le=3)
     deepspeed_config: dict[str, Any] | str | None = None
+    oversubscribe: bool = False
+    """Allow more workers than CPU cores / GPUs (they then share them; a warning is logged)."""
     progress: bool = True
 
     @field_validator("methods", mode="before")

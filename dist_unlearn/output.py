@@ -13,8 +13,8 @@ Rules, in the order they are checked:
    into place by :meth:`OutputDir.commit`, entry by entry with :func:`os.replace`; on an exception the
    staging folder is removed and the destination is exactly as before.
 
-Adding new entries to a directory of ours (e.g. ``eval.json`` next to a run's results) needs no
-``--overwrite`` when the command says what it will write (``will_write``) and none of it exists yet.
+Adding new entries (e.g. ``eval.json`` or ``report.md`` next to a ``results.json``) needs no ``--overwrite``
+when the command says what it will write (``will_write``) and none of it exists yet: nothing can be lost.
 
 Usage::
 
@@ -153,8 +153,10 @@ def check_output_dir(
         path: the output directory (need not exist).
         overwrite: the user passed ``--overwrite``: entries an earlier dist_unlearn command wrote may be
             replaced (never anything else).
-        will_write: the top-level names the command will write, when it knows them (report, eval). Then a
-            directory of ours may receive new names without ``overwrite``, as long as none of them exists.
+        will_write: the top-level names the command will write, when it knows them (report, eval). Then
+            any directory may receive these names without ``overwrite`` as long as none of them exists;
+            an existing one is replaced only with ``overwrite`` and only if an earlier command of ours
+            wrote it.
 
     Returns:
         The resolved path.
@@ -172,6 +174,11 @@ def check_output_dir(
     content = sorted(p.name for p in out.iterdir() if not _ignored(p.name, manifest))
     if not content:
         return out
+    if will_write is not None:  # adding names that do not exist yet can lose nothing
+        clash = sorted(n for n in set(will_write) if (out / n).exists() or (out / n).is_symlink())
+        if not clash:
+            return out
+        content = clash
     shown = ", ".join(content[:5]) + (f" and {len(content) - 5} more" if len(content) > 5 else "")
     if manifest is None:
         raise OutputError(
@@ -180,12 +187,6 @@ def check_output_dir(
             "files can be lost. Choose an empty or new directory with --out."
         )
     entries = manifest["entries"]
-    if will_write is not None:
-        clash = sorted(n for n in set(will_write) if (out / n).exists() or (out / n).is_symlink())
-        if not clash:
-            return out
-        content = clash
-        shown = ", ".join(clash)
     if not overwrite:
         raise OutputError(
             f"output directory {str(out)!r} already holds {shown}; pass --overwrite to replace what an "

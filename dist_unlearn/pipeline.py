@@ -11,21 +11,17 @@ seeded);
 round r forgets chunk r with retain = train minus chunks 0..r, and the oracle of round r is retrained on that
 retain set. Round 1 of 1 is ordinary batch unlearning.
 
-Outputs are staged in a hidden folder inside the output directory and moved into place only when everything
-succeeded, so a failed run leaves no half-written results, reports or models (the model cache, written file by
-file atomically, survives to speed up the next try).
+Outputs go through :mod:`dist_unlearn.output`: a non-empty output directory is refused unless
+``overwrite`` (and then only what an earlier run wrote is replaced); everything is staged in a hidden folder
+and moved into place only when the whole run succeeded, so a failed run leaves no half-written results,
+reports or models (the model cache, written file by file atomically, survives to speed up the next try).
+Every path, device and worker count is checked (:mod:`dist_unlearn.preflight`) before anything is trained.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +33,7 @@ from tqdm.auto import tqdm
 from dist_unlearn.config import ExperimentConfig, ForgetConfig
 from dist_unlearn.errors import ConfigError, DataError, DistUnlearnError, OutputError
 from dist_unlearn.eval import measure_resources
+from dist_unlearn.output import OutputDir, check_output_dir
 from dist_unlearn.tasks import Task, get_task
 from dist_unlearn.tasks.base import TrainRecipe, atomic_torch_save
 
@@ -109,31 +106,7 @@ def numeric_view(dataset: Any) -> Any:
     return dataset.select_columns(keep)
 
 
-# ----- outputs ---------------------------------------------------------------------------------------------
-@contextmanager
-def staged_output(out_dir: Path) -> Iterator[Path]:
-    """A hidden staging folder inside ``out_dir``; its entries replace those of ``out_dir`` on success
-    only."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
-    except OSError as exc:
-        raise OutputError(f"cannot create output directory {str(out_dir)!r}: {exc}") from exc
-    try:
-        yield stage
-        old = stage / ".replaced"
-        old.mkdir()
-        for entry in sorted(stage.iterdir()):
-            if entry.name == ".replaced":
-                continue
-            dest = out_dir / entry.name
-            if dest.exists():
-                os.replace(dest, old / entry.name)
-            os.replace(entry, dest)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
+# ----- outputs: dist_unlearn.output (staging dir, manifest, --overwrite) ----------------------------
 class ModelCache:
     """Trained models keyed by a hash of everything that determines them (``<out>/cache/<key>.pt``)."""
 
@@ -152,7 +125,8 @@ class ModelCache:
         desc: str,
         log: Log,
     ) -> tuple[torch.nn.Module, dict[str, float]]:
-        """(trained model, {"wall_time_s", "cpu_time_s"}) of the run that trained it (also when cached)."""
+        """(trained model, resources of the run that trained it: wall/cpu time, peak memory; also when
+        cached, as recorded then)."""
         path = self.root / f"{key}.pt"
         model = task.build_model()
         if self.enabled and path.is_file():
@@ -160,9 +134,9 @@ class ModelCache:
             model.load_state_dict(blob["state"])
             log(f"{desc}: loaded from cache {path} (trained in {blob['times']['wall_time_s']:.1f} s)")
             return model.eval(), dict(blob["times"])
-        t0, c0 = time.perf_counter(), time.process_time()
-        task.train(model, dataset, recipe, seed=seed, progress=progress, desc=desc)
-        times = {"wall_time_s": time.perf_counter() - t0, "cpu_time_s": time.process_time() - c0}
+        with measure_resources() as usage:
+            task.train(model, dataset, recipe, seed=seed, progress=progress, desc=desc)
+        times = usage.as_dict()
         log(f"{desc}: trained in {times['wall_time_s']:.1f} s on {len(dataset)} examples")
         if self.enabled:
             atomic_torch_save({"state": model.state_dict(), "times": times}, path)
@@ -187,6 +161,17 @@ def _jsonable(x: Any) -> Any:
     return repr(x)
 
 
+def train_cost(recipe: TrainRecipe, n_examples: int) -> dict[str, Any]:
+    """Example passes of training on ``n_examples`` rows for ``recipe.epochs`` epochs (1 per example per
+    epoch, :mod:`dist_unlearn.cost`), the same whether the model was trained now or loaded from the cache."""
+    from dist_unlearn.cost import CostCounter
+
+    counter = CostCounter()
+    steps = recipe.epochs * -(-n_examples // recipe.batch_size)
+    counter.add("train_step", recipe.epochs * n_examples, calls=steps)
+    return counter.as_dict()
+
+
 def validate_methods(cfg: ExperimentConfig) -> None:
     """Check every method name and its options before anything is trained (ConfigError with a suggestion)."""
     from dist_unlearn.methods import get_method
@@ -207,28 +192,41 @@ def run_experiment(
     out_dir: str | Path | None = None,
     use_cache: bool = True,
     log: Log | None = None,
+    overwrite: bool = False,
+    command: str = "dist-unlearn run",
 ) -> dict[str, Any]:
-    """Run ``cfg`` and write ``results.json``, ``report.md`` (+ plots) and ``models/<method>/`` to the
-    output dir.
+    """Run ``cfg`` and write ``results.json``, ``report.md`` (+ plots, ``config.yaml`` appendix),
+    ``forget_ids.txt`` and ``models/<method>/`` to the output dir.
+
+    Args:
+        cfg: the experiment.
+        out_dir: output directory (default ``cfg.output_dir``); must be empty or new unless ``overwrite``.
+        use_cache: reuse trained original/oracle models from ``<out>/cache``.
+        log: where log lines go (default: tqdm.write).
+        overwrite: replace the outputs of an earlier run there (never files dist_unlearn did not write).
+        command: the command line recorded in the provenance.
 
     Returns:
         The results dictionary written to ``results.json``.
 
     Raises:
         ConfigError / DataError / NumericalError / OutputError: the run stops and nothing is written but
-        cache.
+        cache. Output, path, device and worker problems are raised before anything is trained.
     """
     from dist_unlearn.api import unlearn
+    from dist_unlearn.eval.evidence import evidence_of, verdict_record, warn_verdict
+    from dist_unlearn.preflight import check_experiment
 
     log = log or (lambda msg: tqdm.write(msg))
-    out = Path(out_dir or cfg.output_dir)
     validate_methods(cfg)
+    out = check_output_dir(out_dir or cfg.output_dir, overwrite=overwrite)
+    check_experiment(cfg)
     task = get_task(cfg.task.name)(cfg.task.params, seed=cfg.seed)
     recipe = task.recipe(cfg.train.model_dump())
     data = task.data()
     rounds = plan_rounds(data.train, cfg.forget)
-    cache = ModelCache(out / "cache", enabled=use_cache)
     progress = cfg.progress
+    bs = cfg.eval.batch_size
 
     experiment: dict[str, Any] = {
         "name": cfg.name,
@@ -239,11 +237,14 @@ def run_experiment(
         "n_train": len(data.train),
         "n_test": len(data.test),
         "n_forget_total": sum(len(r.forget) for r in rounds),
+        "workers": cfg.workers,
+        "zero_stage": cfg.zero_stage if cfg.workers else None,
         "recipe": dict(recipe.__dict__),
         "config": cfg.model_dump(mode="json"),
     }
     round_records: list[dict[str, Any]] = []
-    with staged_output(out) as stage:
+    with OutputDir(out, overwrite=overwrite, command=command) as od:
+        cache = ModelCache(od.claim("cache") if use_cache else out / "cache", enabled=use_cache)
         base_key = f"original-{cfg.task.name}-{cfg.hash('task', 'train')}"
         original, t_orig = cache.get_or_train(
             base_key,
@@ -271,27 +272,35 @@ def run_experiment(
                 log=log,
             )
             splits = {"retain": rnd.retain, "forget": rnd.forgotten, "test": data.test}
-            reference = task.reference(oracle, **splits, batch_size=cfg.eval.batch_size)
+            reference = task.reference(oracle, **splits, batch_size=bs)
 
             def evaluate(model: torch.nn.Module, splits: dict = splits, reference: Any = reference) -> dict:
-                return task.evaluate(
-                    model, **splits, oracle=reference, original=original, batch_size=cfg.eval.batch_size
-                )
+                return task.evaluate(model, **splits, oracle=reference, original=original, batch_size=bs)
 
+            def evidence(model: torch.nn.Module, rnd: Round = rnd) -> dict:
+                return evidence_of(task, model, rnd.forgotten, data.test, batch_size=bs)
+
+            before, oracle_ev = evidence(original), evidence(oracle)
+            verdicts = {
+                "original": verdict_record(before, before=None, reference=oracle_ev),
+                "retrain": {"evidence": oracle_ev, "vs_retrained": None, "vs_unseen": None},
+            }
             methods: dict[str, Any] = {
                 "original": {
                     "metrics": evaluate(original),
                     "resources": t_orig,
-                    "stats": {"role": "model before unlearning (trained on everything)"},
+                    "stats": {
+                        "role": "model before unlearning (trained on everything)",
+                        "cost": train_cost(recipe, len(data.train)),
+                    },
                 },
                 "retrain": {
-                    "metrics": {
-                        **evaluate(oracle),
-                        "time_fraction_of_retrain": 1.0,
-                        "cpu_time_fraction_of_retrain": 1.0,
-                    },
+                    "metrics": {**evaluate(oracle), "time_fraction_of_retrain": 1.0},
                     "resources": t_retrain,
-                    "stats": {"role": "oracle: retrained from scratch on the retain set"},
+                    "stats": {
+                        "role": "oracle: retrained from scratch on the retain set",
+                        "cost": train_cost(recipe, len(rnd.retain)),
+                    },
                 },
             }
             for m in tqdm(cfg.methods, desc=f"{tag}: methods", disable=not progress, leave=False):
@@ -312,15 +321,14 @@ def run_experiment(
                 current[m.display] = res.model
                 metrics = evaluate(res.model)
                 metrics["time_fraction_of_retrain"] = usage.wall_time_s / t_retrain["wall_time_s"]
-                metrics["cpu_time_fraction_of_retrain"] = usage.cpu_time_s / max(
-                    t_retrain["cpu_time_s"], 1e-9
-                )
                 methods[m.display] = {
                     "metrics": metrics,
                     "steps": res.steps,
                     "resources": usage,
                     "stats": {"method": m.name, "options": opts, **res.stats},
                 }
+                verdicts[m.display] = verdict_record(evidence(res.model), before=before, reference=oracle_ev)
+                warn_verdict(m.display, verdicts[m.display], log)
                 log(f"{tag}: {m.display} done in {usage.wall_time_s:.2f} s, ToW={metrics.get('tow')}")
             round_records.append(
                 {
@@ -330,41 +338,60 @@ def run_experiment(
                     "n_forgotten": len(rnd.forgotten),
                     "retrain": t_retrain,
                     "methods": methods,
+                    "verdicts": verdicts,
                 }
             )
         experiment["retrain"] = round_records[-1]["retrain"]
-        results = _jsonable(
-            {
-                "experiment": experiment,
-                "methods": round_records[-1]["methods"],
-                "rounds": round_records if len(rounds) > 1 else [],
-            }
-        )
-        _write_outputs(results, stage, cfg, task, current)
+        results = {
+            "experiment": experiment,
+            "methods": round_records[-1]["methods"],
+            "verdicts": round_records[-1]["verdicts"],
+            "rounds": round_records if len(rounds) > 1 else [],
+        }
+        results = _write_outputs(results, od.stage, cfg, task, current, rounds[-1].forgotten, command)
+        od.commit()
     return results
 
 
-def _write_outputs(results: dict, stage: Path, cfg: ExperimentConfig, task: Task, models: dict) -> None:
-    """results.json, report and models into the staging folder (moved into place by staged_output)."""
-    try:
-        from dist_unlearn.eval import write_results
+def _write_outputs(
+    results: dict,
+    stage: Path,
+    cfg: ExperimentConfig,
+    task: Task,
+    models: dict,
+    forgotten: Any,
+    command: str,
+) -> dict:
+    """Models, forgotten ids, results.json, config appendix and report into the staging folder (moved into
+    place by ``OutputDir.commit``); returns the results as written."""
+    from dist_unlearn.eval import write_results
+    from dist_unlearn.provenance import provenance, weight_file_hashes, write_ids_file
 
-        write_results(results, stage)
-    except ImportError:  # pragma: no cover - eval module not there yet
-        (stage / "results.json").write_text(json.dumps(results, indent=2))
+    saved: dict[str, Any] = {}
+    if cfg.eval.save_models:
+        for name, model in tqdm(models.items(), desc="save models", disable=not cfg.progress, leave=False):
+            folder = stage / "models" / _safe(name)
+            try:
+                task.save(model, folder)
+            except DistUnlearnError:
+                raise
+            except OSError as exc:
+                raise OutputError(f"cannot save model of {name!r}: {exc}") from exc
+            saved[name] = {"path": f"models/{_safe(name)}", "sha256": weight_file_hashes(folder)}
+    ids = write_ids_file(stage / "forget_ids.txt", list(forgotten["id"]))
+    results["experiment"]["forgotten_ids"] = {**ids, "path": "forget_ids.txt"}
+    results["experiment"]["saved_models"] = saved
+    results["provenance"] = provenance(
+        {"command": command, "workers": cfg.workers, "zero_stage": cfg.zero_stage if cfg.workers else None}
+    )
+    results = _jsonable(results)
+    write_results(results, stage)
     (stage / "config.yaml").write_text(_yaml_dump(cfg.model_dump(mode="json")))
     if cfg.eval.report:
         from dist_unlearn.eval import write_report
 
         write_report(results, stage)
-    if cfg.eval.save_models:
-        for name, model in tqdm(models.items(), desc="save models", disable=not cfg.progress, leave=False):
-            try:
-                task.save(model, stage / "models" / _safe(name))
-            except DistUnlearnError:
-                raise
-            except OSError as exc:
-                raise OutputError(f"cannot save model of {name!r}: {exc}") from exc
+    return results
 
 
 def _safe(name: str) -> str:

@@ -136,8 +136,11 @@ def test_failure_mid_run_leaves_nothing_half_written(tmp_path, monkeypatch):
     """A method failing after others finished: no results/models/report, no staging folder; an earlier
     run's results in the same folder stay as they were."""
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "results.json").write_text('{"previous": true}')
+    from dist_unlearn.output import OutputDir
+
+    with OutputDir(out) as od:  # an earlier run's output (with its manifest)
+        (od.stage / "results.json").write_text('{"previous": true}')
+        od.commit()
     import dist_unlearn.api as api
     from dist_unlearn.errors import NumericalError
 
@@ -150,7 +153,7 @@ def test_failure_mid_run_leaves_nothing_half_written(tmp_path, monkeypatch):
 
     monkeypatch.setattr(api, "unlearn", flaky)
     cfg = _write(tmp_path, {**TINY, "eval": {"report": True}})
-    res = _run("run", "--config", str(cfg), "--quiet")
+    res = _run("run", "--config", str(cfg), "--quiet", "--overwrite")
     assert res.exit_code != 0 and "injected" in res.output
-    assert _visible(out) == ["results.json"]
+    assert _visible(out) == [".dist_unlearn_manifest.json", "results.json"]
     assert json.loads((out / "results.json").read_text()) == {"previous": True}

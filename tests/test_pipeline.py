@@ -9,7 +9,7 @@ import torch
 
 from dist_unlearn.config import parse_config
 from dist_unlearn.errors import ConfigError, DataError
-from dist_unlearn.pipeline import ModelCache, plan_rounds, staged_output
+from dist_unlearn.pipeline import ModelCache, plan_rounds, train_cost
 from dist_unlearn.tasks import get_task
 from dist_unlearn.tasks.base import TrainRecipe
 
@@ -64,18 +64,10 @@ def test_class_and_group_forgetting():
         plan_rounds(_toy(10), _forget(fraction=0.2, rounds=3))
 
 
-def test_staged_output_commits_on_success_and_leaves_nothing_on_failure(tmp_path):
-    out = tmp_path / "out"
-    with staged_output(out) as stage:
-        (stage / "results.json").write_text("new")
-        (stage / "models").mkdir()
-    assert sorted(p.name for p in out.iterdir()) == ["models", "results.json"]
-    with pytest.raises(RuntimeError), staged_output(out) as stage:
-        (stage / "results.json").write_text("half")
-        (stage / "report.md").write_text("half")
-        raise RuntimeError("boom")
-    assert sorted(p.name for p in out.iterdir()) == ["models", "results.json"]
-    assert (out / "results.json").read_text() == "new"
+def test_train_cost_counts_one_pass_per_example_per_epoch():
+    cost = train_cost(TrainRecipe(epochs=3, lr=0.01, batch_size=16), 50)
+    assert cost["example_passes"] == 150.0  # 3 epochs x 50 examples, 1 pass each (dist_unlearn.cost)
+    assert cost["by_kind"]["train_step"]["calls"] == 3 * 4  # ceil(50 / 16) = 4 batches per epoch
 
 
 def test_model_cache_returns_the_trained_weights_without_retraining(tmp_path, monkeypatch):

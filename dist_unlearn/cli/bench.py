@@ -3,11 +3,56 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+from typing import Any
 
 import click
 
 from dist_unlearn.cli import cli
+from dist_unlearn.errors import DataError
+
+#: what a bench run writes into --out
+BENCH_FILES = ("bench.json", "projection.json", "bench.png", "bench.md")
+#: fields of bench.json the tables and the projection read
+BENCH_KEYS = ("model", "num_params", "machine", "runs")
+RUN_KEYS = ("workers", "zero_stage", "hvp", "ok")
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {path!r} is not a text JSON file ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what} {path!r} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{what} {path!r} cannot be read: {exc}") from None
+
+
+def load_bench_json(path: str) -> dict[str, Any]:
+    """Read a bench.json written by ``dist-unlearn bench`` (for ``--from-json``).
+
+    Raises:
+        DataError: not JSON, not an object, or missing the fields the tables and projection need.
+    """
+    bench = _read_json(path, "--from-json")
+    if not isinstance(bench, dict):
+        raise DataError(f"--from-json {path!r} holds a JSON {type(bench).__name__}, not a bench.json object")
+    missing = [k for k in BENCH_KEYS if k not in bench]
+    if missing:
+        raise DataError(
+            f"--from-json {path!r} is not a bench.json written by dist-unlearn bench: missing {missing} "
+            f"(expected keys {list(BENCH_KEYS)})"
+        )
+    if not isinstance(bench["runs"], list) or not bench["runs"]:
+        raise DataError(f"--from-json {path!r}: 'runs' must be a non-empty list of measured configurations")
+    for i, run in enumerate(bench["runs"]):
+        lost = [k for k in RUN_KEYS if not isinstance(run, dict) or k not in run]
+        if lost:
+            raise DataError(f"--from-json {path!r}: runs[{i}] lacks {lost}")
+    return bench
 
 
 def _int_list(text: str, what: str, allowed: range | None = None) -> list[int]:
@@ -81,6 +126,9 @@ def _int_list(text: str, what: str, allowed: range | None = None) -> list[int]:
     help="gpu_bench.json of benchmarks/gpu/gpu_bench.py: its HVP/gradient ratios feed the projection.",
 )
 @click.option("--no-project", is_flag=True, help="Measure only; no cost-model projection.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace the outputs of an earlier bench in --out (never other files)."
+)
 def bench_command(
     workers: str,
     zero_text: str,
@@ -94,6 +142,7 @@ def bench_command(
     from_json: str | None,
     gpu_json: str | None,
     no_project: bool,
+    overwrite: bool,
 ) -> None:
     """Scale-out benchmark: HVP throughput, per-iteration compute / all-reduce / coordinator time, bytes
     per Lanczos iteration and efficiency over worker counts x ZeRO stages; then the cost model's
@@ -109,6 +158,7 @@ def bench_command(
         rich_table,
     )
     from dist_unlearn.errors import DistUnlearnError
+    from dist_unlearn.output import OutputDir, check_output_dir
 
     worker_counts = _int_list(workers, "--workers")
     stages = _int_list(zero_text, "--zero", range(0, 4))
@@ -137,9 +187,9 @@ def bench_command(
         + (["--gpu-json", gpu_json] if gpu_json else [])
     )
     try:
+        check_output_dir(out_dir, overwrite=overwrite, will_write=BENCH_FILES)
         if from_json:
-            with open(from_json) as f:
-                bench = json.load(f)
+            bench = load_bench_json(from_json)
         else:
             from dist_unlearn.bench.scaleout import run_bench
 
@@ -155,18 +205,24 @@ def bench_command(
                 log=lambda msg: console.print(msg, style="dim"),
             )
             bench["command"] = command
-        console.print(
-            rich_table(
+        try:
+            table = rich_table(
                 f"Scale-out benchmark: {bench['model']} ({bench['num_params']:,} params), {bench['machine']}",
                 BENCH_COLUMNS,
                 bench_rows(bench),
             )
-        )
-        gpu_result = None
-        if gpu_json:
-            with open(gpu_json) as f:
-                gpu_result = json.load(f)
-        proj = projection_for(bench, gpu=gpu_result) if not no_project else None
+            gpu_result = _read_json(gpu_json, "--gpu-json") if gpu_json else None
+            if gpu_result is not None and not isinstance(gpu_result, dict):
+                raise DataError(f"--gpu-json {gpu_json!r} must hold a JSON object (gpu_bench.json)")
+            proj = projection_for(bench, gpu=gpu_result) if not no_project else None
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            if not (from_json or gpu_json):
+                raise
+            raise DataError(
+                f"{from_json or gpu_json!r} does not have the fields this version of dist-unlearn bench "
+                f"writes ({type(exc).__name__}: {exc}); re-run the benchmark or give a file it wrote"
+            ) from None
+        console.print(table)
         if proj:
             console.print(
                 rich_table(
@@ -175,11 +231,15 @@ def bench_command(
                     projection_rows(proj["rows"]),
                 )
             )
-            paths = write_outputs(out_dir, bench, proj, command)
-        else:
-            from dist_unlearn.bench.report import write_json
+        with OutputDir(out_dir, overwrite=overwrite, command=command, will_write=BENCH_FILES) as od:
+            if proj:
+                staged = write_outputs(str(od.stage), bench, proj, command)
+            else:
+                from dist_unlearn.bench.report import write_json
 
-            paths = {"bench": write_json(bench, f"{out_dir}/bench.json")}
+                staged = {"bench": write_json(bench, str(od.stage / "bench.json"))}
+            od.commit()
+        paths = {k: str(od.path / os.path.relpath(v, od.stage)) for k, v in staged.items()}
     except DistUnlearnError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     failed = [r for r in bench["runs"] if not r.get("ok")]

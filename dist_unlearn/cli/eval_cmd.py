@@ -36,26 +36,48 @@ Log = Callable[[str], None]
     metavar="NAME=PATH",
     help="Evaluate this saved model (repeatable); default: every folder in <run-dir>/models.",
 )
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where eval.json goes (default: the run directory).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an eval.json an earlier dist-unlearn eval wrote.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def eval_cmd_command(config_path: str, run_dir: str | None, models: tuple[str, ...], quiet: bool) -> None:
+def eval_cmd_command(
+    config_path: str,
+    run_dir: str | None,
+    models: tuple[str, ...],
+    out_dir: str | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Metrics of saved models vs the oracle retrained without the forget set; writes <run-dir>/eval.json."""
+    from dist_unlearn.cli.logs import output_mode
     from dist_unlearn.cli.run import print_results_table
     from dist_unlearn.config import load_config
     from dist_unlearn.errors import DistUnlearnError
 
-    try:
-        cfg = load_config(config_path, {"progress": False} if quiet else None)
-        named = {}
-        for item in models:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise click.BadParameter(f"{item!r} is not NAME=PATH", param_hint="--model")
-            named[name] = path
-        out = evaluate_saved(
-            cfg, run_dir or cfg.output_dir, named or None, log=(lambda msg: None) if quiet else None
-        )
-    except DistUnlearnError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    named = {}
+    for item in models:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{item!r} is not NAME=PATH", param_hint="--model")
+        named[name] = path
+    with output_mode(quiet=quiet):
+        try:
+            cfg = load_config(config_path, {"progress": False} if quiet else None)
+            out = evaluate_saved(
+                cfg,
+                run_dir or cfg.output_dir,
+                named or None,
+                log=(lambda msg: None) if quiet else None,
+                out_dir=out_dir,
+                overwrite=overwrite,
+            )
+        except DistUnlearnError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     print_results_table(out, title=f"{cfg.name}: saved models vs retrained oracle")
 
 
@@ -65,20 +87,26 @@ def evaluate_saved(
     models: dict[str, str | Path] | None = None,
     *,
     log: Log | None = None,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Re-evaluate saved models of a run (``<run_dir>/models/*`` or ``models``) against the last round's
     oracle.
 
-    The oracle comes from the run's cache (retrained when absent). Writes ``<run_dir>/eval.json`` atomically.
+    The oracle comes from the run's cache (retrained when absent). Writes ``eval.json`` into ``out_dir``
+    (default ``run_dir``) through :mod:`dist_unlearn.output`: a new name in a directory of ours is added,
+    an existing eval.json is replaced only with ``overwrite``; checked before anything is evaluated.
     """
     from tqdm.auto import tqdm
 
     from dist_unlearn.errors import DataError
-    from dist_unlearn.pipeline import ModelCache, _jsonable, plan_rounds, staged_output
+    from dist_unlearn.output import OutputDir, check_output_dir
+    from dist_unlearn.pipeline import ModelCache, _jsonable, plan_rounds
     from dist_unlearn.tasks import get_task
 
     log = log or (lambda msg: tqdm.write(msg))
     run_dir = Path(run_dir)
+    dest = check_output_dir(out_dir or run_dir, overwrite=overwrite, will_write=["eval.json"])
     if models is None:
         mdir = run_dir / "models"
         if not mdir.is_dir():
@@ -130,6 +158,7 @@ def evaluate_saved(
     for name, path in tqdm(models.items(), desc="evaluate", disable=not cfg.progress, leave=False):
         out["methods"][name] = {"metrics": task.evaluate(task.load(path), **kw), "stats": {"path": str(path)}}
     out = _jsonable(out)
-    with staged_output(run_dir) as stage:
-        (stage / "eval.json").write_text(json.dumps(out, indent=2))
+    with OutputDir(dest, overwrite=overwrite, command="dist-unlearn eval", will_write=["eval.json"]) as od:
+        (od.stage / "eval.json").write_text(json.dumps(out, indent=2))
+        od.commit()
     return out

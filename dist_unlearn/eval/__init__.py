@@ -5,85 +5,63 @@ Causal LMs: :func:`evaluate_lm` (TOFU-style forget quality, model utility, perpl
 Both accept a precomputed oracle reference (:func:`classifier_reference`, :func:`lm_reference`) so the
 retrained model is run once for all methods. :func:`measure_resources` times a block;
 :func:`write_results` / :func:`write_report` write ``results.json`` and ``report.md`` + PNGs atomically.
+
+Submodules are imported on first use (``dist-unlearn report`` must not pay for torch).
 """
 
-from dist_unlearn.eval.classification import (
-    ClassifierReference,
-    accuracy,
-    classifier_reference,
-    evaluate_classifier,
-    js_divergence,
-    kl_divergence,
-    tug_of_war,
-)
-from dist_unlearn.eval.lm import (
-    LMReference,
-    QAScores,
-    answer_logprobs,
-    evaluate_lm,
-    forget_quality,
-    harmonic_mean,
-    lm_reference,
-    perplexity,
-    score_qa,
-    truth_ratio_from_logprobs,
-)
-from dist_unlearn.eval.mia import auc_score, loss_mia_auc, min_k_mia_auc, min_k_scores, privleak
-from dist_unlearn.eval.params import parameter_distance, parameter_norm, update_norm
-from dist_unlearn.eval.predictions import Predictions, predict, token_logprobs
-from dist_unlearn.eval.report import write_report
-from dist_unlearn.eval.resources import ResourceUsage, measure_resources
-from dist_unlearn.eval.results import (
-    SCHEMA_VERSION,
-    atomic_write_bytes,
-    load_results,
-    method_record,
-    to_jsonable,
-    validate_results,
-    write_results,
-)
-from dist_unlearn.eval.text import QAFormat, generate_answers, rouge_l_recall
+from __future__ import annotations
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "ClassifierReference",
-    "LMReference",
-    "Predictions",
-    "QAFormat",
-    "QAScores",
-    "ResourceUsage",
-    "accuracy",
-    "answer_logprobs",
-    "atomic_write_bytes",
-    "auc_score",
-    "classifier_reference",
-    "evaluate_classifier",
-    "evaluate_lm",
-    "forget_quality",
-    "generate_answers",
-    "harmonic_mean",
-    "js_divergence",
-    "kl_divergence",
-    "lm_reference",
-    "load_results",
-    "loss_mia_auc",
-    "measure_resources",
-    "method_record",
-    "min_k_mia_auc",
-    "min_k_scores",
-    "parameter_distance",
-    "parameter_norm",
-    "perplexity",
-    "predict",
-    "privleak",
-    "rouge_l_recall",
-    "score_qa",
-    "to_jsonable",
-    "token_logprobs",
-    "truth_ratio_from_logprobs",
-    "tug_of_war",
-    "update_norm",
-    "validate_results",
-    "write_report",
-    "write_results",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "ClassifierReference": "dist_unlearn.eval.classification",
+    "LMReference": "dist_unlearn.eval.lm",
+    "Predictions": "dist_unlearn.eval.predictions",
+    "QAFormat": "dist_unlearn.eval.text",
+    "QAScores": "dist_unlearn.eval.lm",
+    "ResourceUsage": "dist_unlearn.eval.resources",
+    "SCHEMA_VERSION": "dist_unlearn.eval.results",
+    "accuracy": "dist_unlearn.eval.classification",
+    "answer_logprobs": "dist_unlearn.eval.lm",
+    "atomic_write_bytes": "dist_unlearn.eval.results",
+    "auc_score": "dist_unlearn.eval.mia",
+    "classifier_reference": "dist_unlearn.eval.classification",
+    "evaluate_classifier": "dist_unlearn.eval.classification",
+    "evaluate_lm": "dist_unlearn.eval.lm",
+    "forget_quality": "dist_unlearn.eval.lm",
+    "generate_answers": "dist_unlearn.eval.text",
+    "harmonic_mean": "dist_unlearn.eval.lm",
+    "js_divergence": "dist_unlearn.eval.classification",
+    "kl_divergence": "dist_unlearn.eval.classification",
+    "lm_reference": "dist_unlearn.eval.lm",
+    "load_results": "dist_unlearn.eval.results",
+    "loss_mia_auc": "dist_unlearn.eval.mia",
+    "measure_resources": "dist_unlearn.eval.resources",
+    "method_record": "dist_unlearn.eval.results",
+    "min_k_mia_auc": "dist_unlearn.eval.mia",
+    "min_k_scores": "dist_unlearn.eval.mia",
+    "parameter_distance": "dist_unlearn.eval.params",
+    "parameter_norm": "dist_unlearn.eval.params",
+    "perplexity": "dist_unlearn.eval.lm",
+    "predict": "dist_unlearn.eval.predictions",
+    "privleak": "dist_unlearn.eval.mia",
+    "rouge_l_recall": "dist_unlearn.eval.text",
+    "score_qa": "dist_unlearn.eval.lm",
+    "to_jsonable": "dist_unlearn.eval.results",
+    "token_logprobs": "dist_unlearn.eval.predictions",
+    "truth_ratio_from_logprobs": "dist_unlearn.eval.lm",
+    "tug_of_war": "dist_unlearn.eval.classification",
+    "update_norm": "dist_unlearn.eval.params",
+    "validate_results": "dist_unlearn.eval.results",
+    "write_report": "dist_unlearn.eval.report",
+    "write_results": "dist_unlearn.eval.results",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dist_unlearn.eval' has no attribute {name!r}")

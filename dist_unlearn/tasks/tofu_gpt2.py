@@ -128,8 +128,8 @@ def make_qa(authors: list[dict[str, str]], per_author: int, n_perturbed: int, se
                     "answer": ans.format(**author),
                     "paraphrased_answer": para.format(**author),
                     # as in TOFU, perturbed answers alter the paraphrase (not the trained answer), so the
-                # truth ratio compares two untrained phrasings that differ only in the fact
-                "perturbed_answers": [para.format(**{**author, fact: candidates[int(i)]}) for i in picks],
+                    # truth ratio compares two untrained phrasings that differ only in the fact
+                    "perturbed_answers": [para.format(**{**author, fact: candidates[int(i)]}) for i in picks],
                 }
             )
     return rows
