@@ -160,7 +160,7 @@ BAD = {
     "too many workers": (
         lambda lm, t: {"workers": 999},
         ConfigError,
-        "workers=999 is more than the cluster has",
+        "workers=999 but this machine has",
     ),
 }
 

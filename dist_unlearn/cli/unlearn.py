@@ -33,6 +33,7 @@ from dist_unlearn.cli import cli
     default=None,
     help="Output folder (default: the job's output_dir).",
 )
+@click.option("--oversubscribe", is_flag=True, help="Allow more workers than cores / GPUs.")
 @click.option(
     "--overwrite", is_flag=True, help="Replace what an earlier job wrote there (never other files)."
 )
@@ -43,6 +44,7 @@ def unlearn_command(
     workers: int | None,
     zero_stage: int | None,
     output_dir: str | None,
+    oversubscribe: bool,
     overwrite: bool,
     threads: int | None,
     quiet: bool,
@@ -52,6 +54,8 @@ def unlearn_command(
     from dist_unlearn.job import load_job, run_job
 
     overrides: dict[str, Any] = {"workers": workers, "zero_stage": zero_stage, "output_dir": output_dir}
+    if oversubscribe:
+        overrides["oversubscribe"] = True
     try:
         cfg = load_job(config_path, overrides)
         if threads:

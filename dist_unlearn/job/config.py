@@ -115,6 +115,8 @@ class JobConfig(_Section):
     workers: int | None = Field(default=None, ge=1)
     zero_stage: int = Field(default=0, ge=0, le=3)
     deepspeed_config: dict[str, Any] | str | None = None
+    oversubscribe: bool = False
+    """Allow more workers than cores / GPUs (they then share them)."""
     output_dir: str = "unlearned"
     retain_sample: int = Field(default=256, ge=1)
     """Retain rows the audit's retain loss is measured on (a fixed, seeded sample)."""

@@ -79,48 +79,32 @@ def path_sha256(path: str | Path) -> str:
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def available_workers(use_gpu: bool) -> tuple[int, str]:
-    """How many workers the cluster can host: (count, what was counted).
+def check_workers(workers: int | None, use_gpu: bool, *, oversubscribe: bool = False) -> bool:
+    """Raise ConfigError when ``workers`` exceeds what the cluster has (``preflight.check_workers``).
 
-    With a Ray cluster (``RAY_ADDRESS`` set, or Ray already initialised) its CPUs (GPUs with ``use_gpu``);
-    otherwise this machine's usable CPUs (GPUs), which the embedded Ray gets.
-    """
-    import ray
-
-    key = "GPU" if use_gpu else "CPU"
-    if ray.is_initialized():
-        return int(ray.cluster_resources().get(key, 0)), f"{key}s of the Ray cluster"
-    if use_gpu:
-        import torch
-
-        return torch.cuda.device_count(), "GPUs of this machine"
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return n, "CPUs of this machine (embedded Ray)"
-
-
-def check_workers(workers: int | None, use_gpu: bool) -> bool:
-    """Raise ConfigError when ``workers`` exceeds what the cluster has; connect to ``RAY_ADDRESS`` first.
+    With ``RAY_ADDRESS`` set (e.g. under ``ray job submit``) the cluster is joined first, so its size is
+    what is checked; otherwise this machine's cores (GPUs), which the embedded Ray gets.
 
     Returns:
         True when this call connected to Ray (the caller shuts it down).
     """
     if workers is None:
         return False
+    from dist_unlearn.preflight import check_workers as preflight_workers
+
     started = False
     if os.environ.get("RAY_ADDRESS"):
         from dist_unlearn.distributed.engine import ensure_ray
 
         started = ensure_ray(workers)
-    have, what = available_workers(use_gpu)
-    if workers > have:
+    try:
+        preflight_workers(workers, use_gpu=use_gpu, oversubscribe=oversubscribe)
+    except ConfigError:
         if started:
             import ray
 
             ray.shutdown()
-        raise ConfigError(
-            f"workers={workers} is more than the cluster has: {have} {what} (one per worker). Use "
-            f"--workers {max(have, 1)} or fewer, or a bigger cluster (RAY_ADDRESS)."
-        )
+        raise
     return started
 
 
@@ -201,7 +185,11 @@ def run_job(
     if cfg.workers is not None and not spec.curvature:
         engine_note = f"{cfg.method.name} is a first-order method: it ran in-process (workers not used)"
         log(f"note: {engine_note}")
-    connected = check_workers(cfg.workers if distributed else None, use_gpu)
+    if distributed:
+        from dist_unlearn.preflight import check_deepspeed_config
+
+        check_deepspeed_config(cfg.deepspeed_config, cfg.zero_stage)
+    connected = check_workers(cfg.workers if distributed else None, use_gpu, oversubscribe=cfg.oversubscribe)
     try:
         result, record = _run(cfg, src, fmt, train, holdout, sel, distributed, log)
     finally:
