@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow bench lint clean
+.PHONY: venv demo demo-digits test test-slow bench lint clean
 
 venv: $(STAMP)
 
@@ -24,7 +24,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The unlearn job on a generated model that memorised fictitious people (see dist_unlearn/demo).
 demo: $(STAMP)
+	$(PY) -m dist_unlearn.demo --out runs/unlearn_demo
+
+# The experiment benchmark on digits (CNN, retrained oracle, CureNewton vs baselines).
+demo-digits: $(STAMP)
 	$(PY) -m dist_unlearn run --config configs/demo.yaml
 
 test: $(STAMP)

@@ -150,6 +150,7 @@ def run_distributed(
     output_dir: str | Path | None = None,
     use_gpu: bool | None = None,
     cpus_per_worker: float = 1,
+    model_kwargs: dict | None = None,
 ):
     """Run the curvature ``method`` on ``options.workers`` Ray workers; ``dist_unlearn.unlearn(workers=N)``.
 
@@ -165,6 +166,8 @@ def run_distributed(
         output_dir: when given, the final model is saved there (rank 0, atomically).
         use_gpu: one GPU per worker with nccl (None: when CUDA is available).
         cpus_per_worker: CPUs reserved per worker.
+        model_kwargs: for a model path, the keyword arguments of ``dist_unlearn.models.load_model`` (e.g.
+            ``{"task": "causal_lm"}``) the workers and the driver load it with.
 
     Returns:
         ``UnlearnResult(model, steps, stats)``; stats add ``coordinator_bytes_per_lanczos_iteration``,
@@ -228,6 +231,7 @@ def run_distributed(
                     collate_fn=opts.collate_fn,
                     use_gpu=use_gpu,
                     cpus_per_worker=cpus_per_worker,
+                    model_kwargs=model_kwargs,
                 )
                 if committed is not None:
                     group.execute_all("load_shard", str(ckpt / "weights-rank{rank}.pt"))
@@ -299,7 +303,7 @@ def run_distributed(
     else:
         from dist_unlearn.models import load_model
 
-        out_model = load_model(str(model))
+        out_model = load_model(str(model), **(model_kwargs or {}))
     with torch.no_grad():
         own = out_model.state_dict()
         for k, v in sd.items():

@@ -64,6 +64,7 @@ def load_model(
     lora: dict | bool | None = None,
     dtype: str | torch.dtype | None = None,
     factory: Callable[[], nn.Module] | None = None,
+    base_model: str | Path | None = None,
     **hf_kwargs: Any,
 ) -> nn.Module:
     """Load or build a model, optionally with LoRA adapters.
@@ -77,6 +78,8 @@ def load_model(
         lora: None, True (defaults) or {r, alpha, target_modules, dropout}: see :func:`apply_lora`.
         dtype: parameter dtype ("float32", "bfloat16", ... or a torch.dtype); None keeps the stored one.
         factory: builds the empty module whose weights a plain-module folder holds.
+        base_model: for a peft adapter folder, the base model to load it on (None: the base named in its
+            ``adapter_config.json``).
         **hf_kwargs: passed to ``from_pretrained`` (e.g. ``num_labels=3``).
 
     Raises:
@@ -99,6 +102,7 @@ def load_model(
             torch_dtype,
             factory,
             hf_kwargs,
+            base_model,
         )
     if torch_dtype is not None:
         model.to(torch_dtype)
@@ -108,7 +112,12 @@ def load_model(
 
 
 def _load_named(
-    name: str | Path, task: str, dtype: torch.dtype | None, factory: Callable | None, hf_kwargs: dict
+    name: str | Path,
+    task: str,
+    dtype: torch.dtype | None,
+    factory: Callable | None,
+    hf_kwargs: dict,
+    base_model: str | Path | None = None,
 ) -> nn.Module:
     path = Path(name)
     if path.is_dir():
@@ -121,7 +130,7 @@ def _load_named(
                 )
             return load_plain_weights(factory(), path)
         if (path / "adapter_config.json").is_file():
-            return _load_adapter(path, task, dtype, hf_kwargs)
+            return _load_adapter(path, task, dtype, hf_kwargs, base_model)
     elif isinstance(name, Path) or str(name).startswith((".", "/", "~")):
         raise ModelError(f"model folder {str(name)!r} does not exist.")
     kwargs = dict(hf_kwargs)
@@ -137,10 +146,12 @@ def _load_named(
         ) from e
 
 
-def _load_adapter(path: Path, task: str, dtype: torch.dtype | None, hf_kwargs: dict) -> nn.Module:
+def _load_adapter(
+    path: Path, task: str, dtype: torch.dtype | None, hf_kwargs: dict, base_model: str | Path | None = None
+) -> nn.Module:
     from peft import PeftConfig, PeftModel
 
-    base_name = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+    base_name = base_model or PeftConfig.from_pretrained(str(path)).base_model_name_or_path
     if not base_name:
         raise ModelError(f"the adapter in {str(path)!r} does not name its base model.")
     base = _load_named(base_name, task, dtype, None, hf_kwargs)

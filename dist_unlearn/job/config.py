@@ -1,0 +1,206 @@
+"""The schema of ``job.yaml``, the user's unlearning job (``dist-unlearn unlearn --config job.yaml``).
+
+Example (every key; see ``configs/jobs/example.yaml``)::
+
+    model: path/to/finetuned        # save_pretrained folder, or a peft adapter folder (adapter_config.json)
+    base_model: null                # adapter only: overrides the base named in adapter_config.json
+    merged: false                   # adapter only: also write the merged full model (model/merged/)
+    data:
+      path: train.jsonl             # .jsonl / .json / .csv / .parquet or a datasets.save_to_disk folder
+      id_column: id                 # default "id"; row numbers when absent
+      prompt_column: question       # or text_column (plain text), or text_column + label_column
+      response_column: answer
+      max_length: 256
+    holdout: unseen.jsonl           # optional: rows the model never saw (the audit's reference)
+    forget: {ids_file: forget_ids.txt}   # or {ids: [...]} or {where: {column: value or [values]}}
+    method: {name: cure_newton}     # optional (DEFAULT_METHOD); any registered method with its options
+    workers: 2                      # optional: Ray workers (curvature methods); null = in-process
+    zero_stage: 3
+    output_dir: unlearned/
+
+Unknown keys are rejected with the closest allowed key, like the experiment configs
+(:mod:`dist_unlearn.config`). Relative paths are relative to the working directory (what ``ray job submit
+--working-dir .`` uploads).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from dist_unlearn.config import MethodConfig, _format_validation_error, _Section
+from dist_unlearn.errors import ConfigError
+
+#: The method a job runs when ``method:`` is not given: the configuration recommended for removing memorised
+#: records. One constant so that it can be switched in one place.
+DEFAULT_METHOD: dict[str, Any] = {"name": "cure_newton"}
+
+
+class DataSection(_Section):
+    """The data the model was fine-tuned on, and how its rows become tokens."""
+
+    section: ClassVar[str] = "data"
+    path: str
+    id_column: str = "id"
+    text_column: str | None = None
+    prompt_column: str | None = None
+    response_column: str | None = None
+    label_column: str | None = None
+    max_length: int = Field(default=256, ge=2)
+    chat: bool = False
+    prompt_template: str = "{prompt}"
+    response_prefix: str = " "
+    add_eos: bool = True
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_prompt(cls, value: str) -> str:
+        if "{prompt}" not in value:
+            raise ValueError(f"prompt_template {value!r} must contain the field {{prompt}}")
+        return value
+
+    def text_format(self) -> Any:
+        """The :class:`~dist_unlearn.data.tokenize.TextFormat` these keys describe."""
+        from dist_unlearn.data.tokenize import TextFormat
+
+        return TextFormat.infer(
+            text_column=self.text_column,
+            prompt_column=self.prompt_column,
+            response_column=self.response_column,
+            label_column=self.label_column,
+            max_length=self.max_length,
+            chat=self.chat,
+            prompt_template=self.prompt_template,
+            response_prefix=self.response_prefix,
+            add_eos=self.add_eos,
+        )
+
+
+class ForgetSection(_Section):
+    """Exactly one selector of the rows to forget."""
+
+    section: ClassVar[str] = "forget"
+    ids: list[int | str] | None = None
+    ids_file: str | None = None
+    where: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ForgetSection:
+        given = [k for k in ("ids", "ids_file", "where") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of ids, ids_file, where (got {', '.join(given) or 'none'})")
+        return self
+
+    def selector(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`dist_unlearn.data.files.select_forget`."""
+        return {k: getattr(self, k) for k in ("ids", "ids_file", "where") if getattr(self, k) is not None}
+
+
+class JobConfig(_Section):
+    """The whole job (top level of job.yaml)."""
+
+    section: ClassVar[str] = "top level"
+    model: str
+    base_model: str | None = None
+    merged: bool = False
+    dtype: str | None = None
+    data: DataSection
+    holdout: str | None = None
+    forget: ForgetSection
+    method: MethodConfig = Field(default_factory=lambda: MethodConfig(**copy.deepcopy(DEFAULT_METHOD)))
+    workers: int | None = Field(default=None, ge=1)
+    zero_stage: int = Field(default=0, ge=0, le=3)
+    deepspeed_config: dict[str, Any] | str | None = None
+    oversubscribe: bool = False
+    """Allow more workers than cores / GPUs (they then share them)."""
+    output_dir: str = "unlearned"
+    retain_sample: int = Field(default=256, ge=1)
+    """Retain rows the audit's retain loss is measured on (a fixed, seeded sample)."""
+    eval_batch_size: int = Field(default=16, ge=1)
+    seed: int = 0
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    def method_options(self) -> dict[str, Any]:
+        """The method's options for ``dist_unlearn.unlearn`` (without data/model plumbing)."""
+        opts = dict(self.method.options)
+        opts.pop("label", None)
+        return opts
+
+
+def validate_method(cfg: JobConfig) -> None:
+    """Check the method name and its options now, before any data or model is loaded.
+
+    Raises:
+        ConfigError: unknown method (closest name) or option (closest name), or a bad option value.
+    """
+    from dist_unlearn.methods import get_method
+    from dist_unlearn.options import UnlearnOptions
+
+    try:
+        spec = get_method(cfg.method.name)
+        UnlearnOptions(**cfg.method_options()).with_defaults(spec.defaults)
+    except ConfigError as e:
+        raise ConfigError(f"job method {cfg.method.name!r}: {e}") from None
+
+
+def parse_job(data: Any, *, source: str = "<dict>") -> JobConfig:
+    """Validate a job mapping.
+
+    Raises:
+        ConfigError: unknown keys (with the closest allowed key), missing keys or bad values.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"job config {source} must be a mapping at top level, got {type(data).__name__}")
+    try:
+        cfg = JobConfig.model_validate(data)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid job config {source}: {exc}") from None
+    except ValidationError as exc:
+        for e in exc.errors():
+            ctx = e.get("ctx") or {}
+            if isinstance(ctx.get("error"), ConfigError):
+                loc = ".".join(str(p) for p in e["loc"])
+                where = f" at {loc}" if loc else ""
+                raise ConfigError(f"invalid job config {source}{where}: {ctx['error']}") from None
+        raise ConfigError(_format_validation_error(exc, source).replace("config", "job config", 1)) from None
+    cfg.data.text_format()  # a layout must follow from the columns named
+    validate_method(cfg)
+    return cfg
+
+
+def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Read and validate job.yaml; ``overrides`` (top-level keys, e.g. from the CLI; None skipped) win.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown keys or bad values.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"job config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"job config file {str(p)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"job config file {str(p)!r} must hold a mapping, got {type(data).__name__}")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return parse_job(data, source=repr(str(p)))
+
+
+def as_job(config: JobConfig | dict | str | Path) -> JobConfig:
+    """A :class:`JobConfig` from a config object, a mapping or a YAML path."""
+    if isinstance(config, JobConfig):
+        return config
+    if isinstance(config, BaseModel):
+        raise ConfigError(f"expected a JobConfig, got {type(config).__name__}")
+    if isinstance(config, dict):
+        return parse_job(copy.deepcopy(config))
+    return load_job(config)

@@ -1,0 +1,66 @@
+"""`ray job submit -- python -m dist_unlearn unlearn --config job.yaml --workers 2 --zero-stage 3` on a
+loopback head the test starts and stops by its PID (the head fixture of test_launch.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from test_launch import BIN, REPO, ray_head  # noqa: F401  (the fixture is used by name)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_unlearn_job_on_two_zero3_workers(ray_head, tmp_path):  # noqa: F811
+    from transformers import AutoModelForCausalLM
+
+    from dist_unlearn.demo.people import build_demo
+
+    address, env = ray_head
+    job_dir = tmp_path / "job"  # what --working-dir uploads: the job, the model and the data
+    paths = build_demo(
+        job_dir, n_people=6, n_holdout=3, n_forget=1, per_person=3, epochs=10, n_embd=32, n_layer=1
+    )
+    out = tmp_path / "unlearned"
+    job = {
+        "model": "model",  # relative to the working dir, as a user's repository would have it
+        "data": {"path": "train.jsonl", "prompt_column": "question", "response_column": "answer"},
+        "holdout": "holdout.jsonl",
+        "forget": {"ids_file": "forget_ids.txt"},
+        "method": {"name": "cure_newton", "max_steps": 1, "krylov_max_iter": 4, "eig_iterations": 3},
+        "output_dir": str(out),
+    }
+    (job_dir / "job.yaml").write_text(yaml.safe_dump(job))
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(job_dir),
+        "--",
+        "python",
+        "-m",
+        "dist_unlearn",
+        "unlearn",
+        "--config",
+        "job.yaml",
+        "--workers",
+        "2",
+        "--zero-stage",
+        "3",
+    ]
+    env = {**env, "PATH": f"{BIN}:{env['PATH']}"}
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-5000:]
+    assert "succeeded" in log and "after" in log and "2 workers, ZeRO-3" in log
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["run"]["workers"] == 2 and audit["run"]["zero_stage"] == 3
+    assert audit["request"]["data"]["rows"] == 18
+    AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    assert paths["model"].is_dir()
+    shutil.rmtree(job_dir, ignore_errors=True)
