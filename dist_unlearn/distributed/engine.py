@@ -33,6 +33,21 @@ FAULT_ENV = "DIST_UNLEARN_TEST_KILL"
 ``hvps=K,always`` does it on every attempt (restarts are then exhausted)."""
 
 
+OUTER_STEP_CALLS = (
+    "loss",
+    "loss_and_gradient",
+    "apply_update",
+    "snapshot",
+    "restore",
+    "drop_snapshot",
+    "save_shard",
+    "load_shard",
+    "resample",
+)
+"""Worker calls made once per outer step or trial point (loss, gradient, update, snapshots, checkpoints), not
+per Lanczos iteration: the first-M search and ARC trials add these, the fused iteration does not."""
+
+
 def ensure_ray(num_cpus: int, num_gpus: int = 0) -> bool:
     """Connect to a running Ray (RAY_ADDRESS or already initialised) or start a local one.
 
@@ -237,7 +252,7 @@ def run_distributed(
                     group.execute_all("load_shard", str(ckpt / "weights-rank{rank}.pt"))
                 times["setup_s"] += time.perf_counter() - t0
                 bytes0, wait0, t_run = group.bytes_received, group.wait_s, time.perf_counter()
-                calls0 = group.calls
+                calls0, by_method0 = group.calls, dict(group.calls_by_method)
                 oracle.hvp_hook = _fault_hook(group, restarts)
                 state = copy.deepcopy(committed) if committed is not None else OuterLoopState(seed=opts.seed)
 
@@ -255,6 +270,9 @@ def run_distributed(
                 run_s = time.perf_counter() - t_run
                 run_bytes, run_wait = group.bytes_received - bytes0, group.wait_s - wait0
                 run_calls = group.calls - calls0
+                outer_calls = sum(
+                    group.calls_by_method.get(m, 0) - by_method0.get(m, 0) for m in OUTER_STEP_CALLS
+                )
                 run_hvps = max(1, oracle.counters["hvps"])
                 t0 = time.perf_counter()
                 final_loss = None
@@ -344,8 +362,11 @@ def run_distributed(
             "coordinator_s": max(run_s - run_wait, 0.0),
             "coordinator_share": max(run_s - run_wait, 0.0) / max(run_s, 1e-12),
             "driver_round_trips": run_calls,
-            # every driver call on the group during the method, per HVP (one HVP = one Lanczos iteration)
-            "driver_round_trips_per_lanczos_iteration": run_calls / run_hvps,
+            # the solve's driver calls (all but the outer step's OUTER_STEP_CALLS) per Lanczos iteration
+            # (one HVP = one iteration), and every driver call of the run per HVP
+            "driver_round_trips_per_lanczos_iteration": (run_calls - outer_calls) / run_hvps,
+            "driver_round_trips_per_hvp_whole_run": run_calls / run_hvps,
+            "outer_step_round_trips": outer_calls,
             "worker_wait_s": run_wait,
             "setup_s": times["setup_s"],
             "gather_s": times["gather_s"],

@@ -50,6 +50,7 @@ class WorkerGroup:
         self.bytes_received = 0
         self.wait_s = 0.0
         self.calls = 0
+        self.calls_by_method: dict[str, int] = {}
         bundle = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
         self.pg = placement_group([dict(bundle) for _ in range(num_workers)], strategy=placement_strategy)
         try:
@@ -112,6 +113,7 @@ class WorkerGroup:
 
         t0 = time.perf_counter()
         self.calls += 1
+        self.calls_by_method[what] = self.calls_by_method.get(what, 0) + 1
         pending = list(refs)
         try:
             while pending:
