@@ -43,6 +43,8 @@ OUTER_STEP_CALLS = (
     "save_shard",
     "load_shard",
     "resample",
+    "state_dict_numpy",
+    "stats",
 )
 """Worker calls made once per outer step or trial point (loss, gradient, update, snapshots, checkpoints), not
 per Lanczos iteration: the first-M search and ARC trials add these, the fused iteration does not."""
@@ -367,6 +369,11 @@ def run_distributed(
             "driver_round_trips_per_lanczos_iteration": (run_calls - outer_calls) / run_hvps,
             "driver_round_trips_per_hvp_whole_run": run_calls / run_hvps,
             "outer_step_round_trips": outer_calls,
+            "round_trips_by_call": {
+                m: c - by_method0.get(m, 0)
+                for m, c in group.calls_by_method.items()
+                if c > by_method0.get(m, 0)
+            },
             "worker_wait_s": run_wait,
             "setup_s": times["setup_s"],
             "gather_s": times["gather_s"],
