@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("names", nargs="*", default=ALL)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out-root", default=str(ROOT / "runs"))
+    ap.add_argument(
+        "--overwrite", action="store_true", help="replace what an earlier run of the experiment wrote there"
+    )
     args = ap.parse_args(argv)
     for k, v in {"DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(k, v)
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg_path = ROOT / "configs" / f"{name}.yaml"
         cfg = load_config(cfg_path)
         t0 = time.perf_counter()
-        results = run_experiment(cfg, out_dir=Path(args.out_root) / name)
+        results = run_experiment(cfg, out_dir=Path(args.out_root) / name, overwrite=args.overwrite)
         total = time.perf_counter() - t0
         exp = results["experiment"]
         text = [
