@@ -47,3 +47,17 @@ def test_verdict_memorised_vs_unseen():
     # against a retrained model the target is its AUC
     ref = {"forget_vs_unseen_auc": 0.62}
     assert decide({"forget_vs_unseen_auc": 0.64, "ks_pvalue": 0.01}, reference=ref)["status"] == "forgotten"
+    # a retrained model that cannot tell a random forget set apart (KS p >= alpha): the unlearned model must
+    # not either; one that can (a class): the AUC gap decides
+    random_ref = {"forget_vs_unseen_auc": 0.485, "ks_pvalue": 0.57}
+    still_memorised = {"forget_vs_unseen_auc": 0.561, "ks_pvalue": 1.5e-6}
+    assert decide(still_memorised, reference=random_ref)["status"] == "partially_forgotten"
+    assert (
+        decide({"forget_vs_unseen_auc": 0.51, "ks_pvalue": 0.4}, reference=random_ref)["status"]
+        == "forgotten"
+    )
+    class_ref = {"forget_vs_unseen_auc": 0.12, "ks_pvalue": 1e-120}
+    assert (
+        decide({"forget_vs_unseen_auc": 0.13, "ks_pvalue": 1e-100}, reference=class_ref)["status"]
+        == "forgotten"
+    )

@@ -13,8 +13,9 @@ are themselves only slightly distinguishable).
 
 Status, with the thresholds recorded next to it:
 
-- ``forgotten``: ``|AUC - target| <= auc_tolerance`` and KS p-value >= ``ks_alpha`` (or, against a retrained
-  model, the AUC condition alone);
+- ``forgotten``: ``|AUC - target| <= auc_tolerance`` and KS p-value >= ``ks_alpha``; against a retrained
+  model whose own forget losses are distinguishable from unseen data (KS p < ``ks_alpha``: a class, flipped
+  labels), the AUC condition alone;
 - ``not_forgotten``: ``|AUC - target| > auc_distinguishable``, or the run did not change the forget losses;
 - ``partially_forgotten``: in between;
 - ``unknown_without_holdout``: no unseen data was given, so nothing could be checked.
@@ -121,7 +122,12 @@ def decide(
     gap = abs(float(auc) - target)
     record["auc_gap"] = gap
     ks = after.get("ks_pvalue")
-    ks_ok = ref_auc is not None or ks is None or ks >= th.ks_alpha
+    # The KS condition applies when the target is "indistinguishable": always without a retrained model, and
+    # with one when the retrained model's own forget losses pass it (a random forget set); when the retrained
+    # model itself tells the forget set apart (a class, flipped labels) its AUC alone is the target.
+    ref_ks = reference.get("ks_pvalue") if reference else None
+    ks_applies = ref_auc is None or (ref_ks is not None and ref_ks >= th.ks_alpha)
+    ks_ok = not ks_applies or ks is None or ks >= th.ks_alpha
     desc = f"forget-vs-unseen loss AUC {auc:.3f} (target {target:.3f}"
     desc += f", KS p={ks:.3g})" if ks is not None else ")"
     if changed is False:
