@@ -228,20 +228,30 @@ def parse_config(data: dict[str, Any], *, source: str = "<dict>") -> ExperimentC
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The top-level mapping of a YAML file (``what`` names the file in error messages).
+
+    Raises:
+        ConfigError: missing file, bad YAML, or a top level that is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read and validate a YAML config; ``overrides`` (top-level keys, e.g. from the CLI) win.
 
     Raises:
         ConfigError: missing file, bad YAML, unknown keys or bad values.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return parse_config(data, source=repr(str(path)))

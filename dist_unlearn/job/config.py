@@ -29,10 +29,9 @@ import copy
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from dist_unlearn.config import MethodConfig, _format_validation_error, _Section
+from dist_unlearn.config import MethodConfig, _format_validation_error, _Section, read_yaml_mapping
 from dist_unlearn.errors import ConfigError
 
 #: The method a job runs when ``method:`` is not given: the configuration recommended for removing memorised
@@ -182,17 +181,9 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobCo
     Raises:
         ConfigError: missing file, bad YAML, unknown keys or bad values.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"job config file {str(p)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"job config file {str(p)!r} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"job config file {str(p)!r} must hold a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "job config file")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return parse_job(data, source=repr(str(p)))
+    return parse_job(data, source=repr(str(path)))
 
 
 def as_job(config: JobConfig | dict | str | Path) -> JobConfig:
