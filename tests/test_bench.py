@@ -336,7 +336,11 @@ def test_gpu_script_dry_run_without_ray(tmp_path):
     # one full outer step through RayOracle on the in-process rank: gradient, M0 estimate, Krylov solve, ARC
     assert step["outer_steps"] == 1 and step["hvps"] >= 3 and step["gradients"] >= 1
     assert step["cost"]["by_kind"]["hvp_fd"]["calls"] == step["hvps"]
-    assert step["driver_calls"] < 2 * step["hvps"]  # fused Lanczos: about one call per HVP
+    # fused Lanczos: every Lanczos HVP is one fused call (the hard-case probe's few matvecs are plain HVPs);
+    # the solve's calls stay under 2 per HVP (the outer step's first-M trials and ARC calls are counted apart)
+    by = step["calls_by_method"]
+    assert by.get("lanczos_step", 0) + by.get("hvp", 0) == step["hvps"] and by["lanczos_step"] >= 1
+    assert step["driver_round_trips_per_lanczos_iteration"] < 2
     z0 = res["phases"]["zero0_exact"]
     # FD against the exact double-backward product on the same vector (independent reference).
     assert z0["fd_rel_error"] < 0.05

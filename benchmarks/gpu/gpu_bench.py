@@ -149,9 +149,11 @@ class InProcessGroup:
     def __init__(self, worker) -> None:
         self.worker, self.num_workers = worker, 1
         self.calls, self.bytes_received, self.wait_s = 0, 0, 0.0
+        self.calls_by_method: dict[str, int] = {}
 
     def execute_all(self, method: str, *args):
         self.calls += 1
+        self.calls_by_method[method] = self.calls_by_method.get(method, 0) + 1
         return [getattr(self.worker, method)(*args)]
 
     def submit_all(self, method: str, *args) -> None:
@@ -161,6 +163,7 @@ class InProcessGroup:
 def cure_newton_step(r, args, use_gpu: bool) -> dict:
     """One CureNewton outer step (ARC, automatic M, Krylov subproblem) through RayOracle on rank ``r``."""
     from dist_unlearn.cost import cost_between
+    from dist_unlearn.distributed.engine import OUTER_STEP_CALLS
     from dist_unlearn.distributed.oracle import RayOracle
     from dist_unlearn.methods import OuterLoopState, run_curvature_method
     from dist_unlearn.options import UnlearnOptions
@@ -184,7 +187,12 @@ def cure_newton_step(r, args, use_gpu: bool) -> dict:
         "hvps": oracle.counters["hvps"],
         "gradients": oracle.counters["gradients"],
         "driver_calls": group.calls,
-        "driver_round_trips_per_lanczos_iteration": group.calls / max(1, oracle.counters["hvps"]),
+        "calls_by_method": dict(group.calls_by_method),
+        # the solve's calls (all but the outer step's loss/gradient/update/snapshot calls) per iteration
+        "driver_round_trips_per_lanczos_iteration": (
+            group.calls - sum(group.calls_by_method.get(m, 0) for m in OUTER_STEP_CALLS)
+        )
+        / max(1, oracle.counters["hvps"]),
         "M": [float(s.M) for s in steps],
         "cost": cost_between(cost0, oracle.cost.snapshot()),
         "peak_gib": peak_gib(use_gpu),
