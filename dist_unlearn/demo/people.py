@@ -77,22 +77,9 @@ def write_jsonl(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def train_tokenizer(texts: list[str], vocab_size: int = 1024) -> Any:
     """A byte-level BPE tokenizer trained on ``texts`` with the ``tokenizers`` library (fast tokenizer)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from dist_unlearn.tasks.tofu_gpt2 import train_tokenizer as train_bpe_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<pad>"],
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<pad>"
-    )
+    return train_bpe_tokenizer(texts, vocab_size)
 
 
 def small_gpt2(
