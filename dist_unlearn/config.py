@@ -205,27 +205,35 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"invalid config {source}:\n  " + "\n  ".join(lines)
 
 
+def validate_mapping(schema: type[BaseModel], data: Any, source: str, what: str = "config") -> Any:
+    """``schema.model_validate(data)`` with every failure as one ConfigError naming ``what`` and ``source``.
+
+    ``reject_unknown`` raises ConfigError inside a validator and pydantic wraps it: unwrapped here so the
+    closest-key suggestion keeps its text.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {source} must be a mapping at top level, got {type(data).__name__}")
+    try:
+        return schema.model_validate(data)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid {what} {source}: {exc}") from None
+    except ValidationError as exc:
+        for e in exc.errors():
+            ctx = e.get("ctx") or {}
+            if isinstance(ctx.get("error"), ConfigError):
+                loc = ".".join(str(p) for p in e["loc"])
+                where = f" at {loc}" if loc else ""
+                raise ConfigError(f"invalid {what} {source}{where}: {ctx['error']}") from None
+        raise ConfigError(_format_validation_error(exc, source).replace("config", what, 1)) from None
+
+
 def parse_config(data: dict[str, Any], *, source: str = "<dict>") -> ExperimentConfig:
     """Validate a config mapping.
 
     Raises:
         ConfigError: unknown keys (with the closest allowed key) or bad values (naming the key and value).
     """
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {source} must be a mapping at top level, got {type(data).__name__}")
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ConfigError as exc:
-        raise ConfigError(f"invalid config {source}: {exc}") from None
-    except ValidationError as exc:
-        # reject_unknown raises ConfigError inside a validator: pydantic wraps it; unwrap to keep its text.
-        for e in exc.errors():
-            ctx = e.get("ctx") or {}
-            if isinstance(ctx.get("error"), ConfigError):
-                loc = ".".join(str(p) for p in e["loc"])
-                where = f" at {loc}" if loc else ""
-                raise ConfigError(f"invalid config {source}{where}: {ctx['error']}") from None
-        raise ConfigError(_format_validation_error(exc, source)) from None
+    return validate_mapping(ExperimentConfig, data, source)
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:

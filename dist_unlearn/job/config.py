@@ -29,9 +29,9 @@ import copy
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from dist_unlearn.config import MethodConfig, _format_validation_error, _Section, read_yaml_mapping
+from dist_unlearn.config import MethodConfig, _Section, read_yaml_mapping, validate_mapping
 from dist_unlearn.errors import ConfigError
 
 #: The method a job runs when ``method:`` is not given: the configuration recommended for removing memorised
@@ -156,20 +156,7 @@ def parse_job(data: Any, *, source: str = "<dict>") -> JobConfig:
     Raises:
         ConfigError: unknown keys (with the closest allowed key), missing keys or bad values.
     """
-    if not isinstance(data, dict):
-        raise ConfigError(f"job config {source} must be a mapping at top level, got {type(data).__name__}")
-    try:
-        cfg = JobConfig.model_validate(data)
-    except ConfigError as exc:
-        raise ConfigError(f"invalid job config {source}: {exc}") from None
-    except ValidationError as exc:
-        for e in exc.errors():
-            ctx = e.get("ctx") or {}
-            if isinstance(ctx.get("error"), ConfigError):
-                loc = ".".join(str(p) for p in e["loc"])
-                where = f" at {loc}" if loc else ""
-                raise ConfigError(f"invalid job config {source}{where}: {ctx['error']}") from None
-        raise ConfigError(_format_validation_error(exc, source).replace("config", "job config", 1)) from None
+    cfg = validate_mapping(JobConfig, data, source, "job config")
     cfg.data.text_format()  # a layout must follow from the columns named
     validate_method(cfg)
     return cfg
