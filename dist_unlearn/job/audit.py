@@ -216,7 +216,17 @@ def audit_markdown(a: dict[str, Any]) -> str:
 
 def model_card(a: dict[str, Any]) -> str:
     """``model/README.md``: what this model is, how it was unlearned, where the audit is."""
-    req, ver = a["request"], a["verdict"]
+    req, ver, run = a["request"], a["verdict"], a.get("run") or {}
+    if run.get("workers"):
+        engine = f"on {run['workers']} Ray workers, DeepSpeed ZeRO-{run.get('zero_stage')}"
+    else:
+        engine = "in one process"
+    cost = (run.get("cost") or {}).get("example_passes")
+    how = f"It ran {engine}" + (f", at a cost of {cost:.0f} example passes." if cost is not None else ".")
+    given = a["method"].get("given") or {}
+    if given:
+        how += " Options given: " + ", ".join(f"`{k}={v}`" for k, v in sorted(given.items())) + "."
+    audit_dir = Path(a["model"]["output"]["path"]).parent if a["model"].get("output") else None
     return "\n".join(
         [
             "---",
@@ -230,11 +240,14 @@ def model_card(a: dict[str, Any]) -> str:
             f"`{req['data']['path']}` were removed from its influence (ids in `../forget_ids.txt`, sha256 "
             f"`{req['forget']['ids_file']['sha256']}`).",
             "",
+            how,
+            "",
             f"Verdict: **{ver['status']}**. {ver['sentence']}",
             "",
             "The full audit record (what was asked, hashes of the input and output weights, method options, "
             "versions, cost, and the forget / retain / holdout evidence before and after) is in "
-            "`../audit.json` and `../audit.md`.",
+            "`../audit.json` and `../audit.md`"
+            + (f" (written to `{audit_dir / 'audit.json'}`)." if audit_dir is not None else "."),
             "",
         ]
     )
