@@ -271,3 +271,125 @@ def test_two_worker_model_card_says_how_and_where_the_audit_is(minilm_run):
     assert "../audit.json" in card and "../audit.md" in card  # where the audit is, relative to model/
     assert str(out / "audit.json") in card  # and where it was written
     assert a["verdict"]["status"] in card
+
+
+# ------------------------------------------------------------------------------------------- LoRA
+@pytest.fixture(scope="module")
+def adapter(lm, tmp_path_factory):  # noqa: F811
+    """A LoRA adapter (r=2 on c_attn, B != 0 as after fine-tuning) on the tiny GPT-2 of ``lm``."""
+    from transformers import AutoModelForCausalLM
+
+    from dist_unlearn.models import apply_lora
+
+    torch.manual_seed(0)
+    peft_model = apply_lora(
+        AutoModelForCausalLM.from_pretrained(str(lm["model"])), r=2, alpha=4, target_modules=["c_attn"]
+    )
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    folder = tmp_path_factory.mktemp("adapter") / "adapter"
+    peft_model.save_pretrained(str(folder))
+    return folder
+
+
+def test_lora_krylov_vectors_hold_only_the_adapter_and_the_gradient_matches_local(lm, adapter, ray_cpus):  # noqa: F811
+    """Each worker loads base + adapter from the paths; the sharded vectors have exactly the adapter's
+    parameters, and the ZeRO-3 gradient equals a row-by-row autograd gradient of the in-process peft model."""
+    from transformers import AutoTokenizer
+
+    from dist_unlearn.data import pad_collate
+    from dist_unlearn.data.files import load_table
+    from dist_unlearn.data.tokenize import TextFormat, tokenize_rows
+    from dist_unlearn.distributed import build_group
+    from dist_unlearn.distributed.layout import gather_shards
+    from dist_unlearn.models import CausalLMLoss, load_model
+
+    tok = AutoTokenizer.from_pretrained(str(lm["model"]))
+    rows = tokenize_rows(
+        load_table(lm["train"]),
+        tok,
+        TextFormat.infer(prompt_column="question", response_column="answer"),
+    )
+    kw = {"task": "causal_lm", "base_model": str(lm["model"])}
+    local = load_model(str(adapter), **kw).eval()
+    trainable = [(n, p) for n, p in local.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n, _ in trainable)
+    group, oracle = build_group(
+        2,
+        str(adapter),
+        None,
+        rows,
+        zero_stage=3,
+        hvp="fd",
+        batch_size=1,
+        collate_fn=pad_collate(tok.pad_token_id),
+        model_kwargs=kw,
+    )
+    try:
+        layouts = group.execute_all("layout")
+        assert [tuple(s) for s in layouts[0]["shapes"]] == [tuple(p.shape) for _, p in trainable]
+        assert sum(numel for _, numel in layouts[0]["parts"]) == sum(p.numel() for _, p in trainable)
+        g = oracle.gradient()
+        shards = [group.execute_rank(r, "fetch", g.id) for r in range(2)]
+        got = gather_shards(layouts, shards)
+    finally:
+        group.shutdown()
+    loss_fn, collate = CausalLMLoss(), pad_collate(tok.pad_token_id)
+    ref = [torch.zeros_like(p) for _, p in trainable]
+    for i in range(len(rows)):  # mean over rows of each row's loss: what batch_size=1 shards compute
+        grads = torch.autograd.grad(loss_fn(local, collate([rows[i]])), [p for _, p in trainable])
+        for acc, gr in zip(ref, grads, strict=True):
+            acc += gr / len(rows)
+    num = sum(float((a - b).pow(2).sum()) for a, b in zip(got, ref, strict=True)) ** 0.5
+    den = sum(float(b.pow(2).sum()) for b in ref) ** 0.5
+    assert den > 0 and num / den < 1e-5
+
+
+def test_lora_adapter_job_on_two_zero3_workers_changes_only_the_adapter(lm, adapter, ray_cpus, tmp_path):  # noqa: F811
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    res = run_job(_job(lm, out, model=str(adapter), merged=True, workers=2, zero_stage=3), log=_quiet)
+    a = res.audit
+    assert a["model"]["input"]["adapter"] is True and a["method"]["name"] == "cure_newton"
+    assert a["run"]["workers"] == 2 and a["run"]["zero_stage"] == 3 and a["run"]["hvp_mode"] == "fd"
+    assert (out / "model" / "adapter_config.json").is_file()
+    assert not (out / "model" / "model.safetensors").exists()  # the adapter, not a full model
+    before_ad = load_file(str(adapter / "adapter_model.safetensors"))
+    after_ad = load_file(str(out / "model" / "adapter_model.safetensors"))
+    assert before_ad.keys() == after_ad.keys()
+    assert any(not torch.equal(before_ad[k], after_ad[k]) for k in before_ad)
+    base_ref = AutoModelForCausalLM.from_pretrained(str(lm["model"])).state_dict()
+
+    def base_key(name: str) -> str:
+        return name.removeprefix("base_model.model.").replace(".base_layer", "")
+
+    # the job's model (weights gathered from the ZeRO-3 shards): base weights bit-identical, adapter moved
+    for name, p in res.model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(p.detach(), base_ref[base_key(name)]), name
+    # the saved adapter loads with peft on the untouched base and is the job's adapter
+    loaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(lm["model"])), str(out / "model")
+    )
+    loaded.eval()
+    mine = dict(res.model.named_parameters())
+    for name, p in loaded.named_parameters():
+        if "lora_" in name:
+            assert torch.equal(p.detach(), mine[name].detach()), name
+        else:
+            assert torch.equal(p.detach(), base_ref[base_key(name)]), name
+    # merged/: base + the adapter's delta, a plain model that predicts like base + adapter
+    merged = AutoModelForCausalLM.from_pretrained(str(out / "model" / "merged")).eval()
+    for name, p in merged.named_parameters():
+        if "c_attn" not in name:  # layers without an adapter are the base's, bit for bit
+            assert torch.equal(p, base_ref[name]), name
+    x = torch.tensor([[3, 5, 7, 9, 11]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=x).logits, loaded(input_ids=x).logits, atol=1e-5)
+    ev = a["evidence"]
+    assert ev["after"]["retain_loss"] <= ev["before"]["retain_loss"] + 1e-6
