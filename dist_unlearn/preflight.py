@@ -95,7 +95,8 @@ def check_workers(
     slots, what = available_slots(use_gpu)
     if workers <= slots:
         return None
-    msg = f"{where}={workers} but this machine has {slots} {what}"
+    host = "the Ray cluster" if what.endswith(" in the Ray cluster") else "this machine"
+    msg = f"{where}={workers} but {host} has {slots} {what.removesuffix(' in the Ray cluster')}"
     if not oversubscribe:
         raise ConfigError(
             f"{msg}; use at most {slots} workers, or set oversubscribe: true (CLI --oversubscribe) to run "

@@ -100,6 +100,31 @@ def _file(tmp, name, text):
     return str(p)
 
 
+def _bigger_tokenizer(lm, tmp):
+    """The model with a tokenizer that has 5 tokens more than the model's vocab_size (ids out of range)."""
+    from transformers import AutoTokenizer
+
+    d = tmp / "mismatch"
+    shutil.copytree(lm["model"], d)
+    tok = AutoTokenizer.from_pretrained(str(d))
+    tok.add_tokens([f"<extra{i}>" for i in range(5)])
+    tok.save_pretrained(str(d))
+    return {"model": str(d)}
+
+
+def _broken_tokenizer(lm, tmp):
+    d = tmp / "broken_tok"
+    shutil.copytree(lm["model"], d)
+    (d / "tokenizer.json").write_text("{not json")
+    return {"model": str(d)}
+
+
+def _holdout_without_answer(lm, tmp):
+    rows = [json.loads(x) for x in Path(lm["holdout"]).read_text().splitlines()]
+    text = "".join(json.dumps({k: v for k, v in r.items() if k != "answer"}) + "\n" for r in rows)
+    return {"holdout": _file(tmp, "h.jsonl", text)}
+
+
 BAD = {
     "model missing": (lambda lm, t: {"model": str(t / "nope")}, ModelError, "does not exist"),
     "not a model": (
@@ -116,7 +141,18 @@ BAD = {
         ModelError,
         "no weight files",
     ),
+    "model path is a file": (
+        lambda lm, t: {"model": _file(t, "model.safetensors", "x")},
+        ModelError,
+        "is a file; give the folder",
+    ),
     "tokenizer missing": (_no_tokenizer, ModelError, "no tokenizer"),
+    "tokenizer unreadable": (_broken_tokenizer, ModelError, "cannot be loaded"),
+    "tokenizer/model mismatch": (
+        _bigger_tokenizer,
+        ModelError,
+        r"tokenizer/model mismatch: .* the tokenizer has (\d+) tokens but the model's vocab_size is",
+    ),
     "data missing": (lambda lm, t: {"data": {"path": str(t / "none.jsonl")}}, DataError, "does not exist"),
     "data unreadable": (
         lambda lm, t: {"data": {"path": _file(t, "x.jsonl", "{oops\n")}},
@@ -132,6 +168,21 @@ BAD = {
         lambda lm, t: {"data": {"prompt_column": "query"}},
         DataError,
         r"prompt_column='query' is not a column .*\['id', 'person', 'question', 'answer'\]",
+    ),
+    "holdout missing": (
+        lambda lm, t: {"holdout": str(t / "unseen.jsonl")},
+        DataError,
+        "holdout path .*unseen.jsonl' does not exist",
+    ),
+    "holdout column absent": (
+        _holdout_without_answer,
+        DataError,
+        r"response_column='answer' is not a column of the holdout .*\['id', 'person', 'question'\]",
+    ),
+    "forget ids file missing": (
+        lambda lm, t: {"forget": {"ids_file": str(t / "ids.txt")}},
+        DataError,
+        "ids.txt",
     ),
     "id column absent": (lambda lm, t: {"data": {"id_column": "uid"}}, DataError, "id_column='uid'"),
     "forget ids absent": (
@@ -200,6 +251,7 @@ def test_holdout_overlapping_training_data_warns_with_the_count(lm, tmp_path):
     with pytest.warns(UserWarning, match="18 of the 18 holdout rows are identical to training rows"):
         with pytest.raises(ConfigError):  # stops right after the warning (cheap), nothing written
             run_job(cfg, log=_quiet)
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------- evidence

@@ -64,3 +64,35 @@ def test_ray_job_submit_runs_the_unlearn_job_on_two_zero3_workers(ray_head, tmp_
     AutoModelForCausalLM.from_pretrained(str(out / "model"))
     assert paths["model"].is_dir()
     shutil.rmtree(job_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_with_more_workers_than_the_cluster_fails_early_and_writes_nothing(
+    ray_head,  # noqa: F811
+    tmp_path,
+):
+    """The loopback head has 2 CPUs: --workers 3 is refused by the job (joined to the cluster) before the
+    model is loaded, naming the cluster's size, and no output folder appears."""
+    from dist_unlearn.demo.people import build_demo
+
+    address, env = ray_head
+    job_dir = tmp_path / "job"
+    build_demo(job_dir, n_people=4, n_holdout=2, n_forget=1, per_person=2, epochs=1, n_embd=16, n_layer=1)
+    out = tmp_path / "unlearned"
+    job = {
+        "model": "model",
+        "data": {"path": "train.jsonl", "prompt_column": "question", "response_column": "answer"},
+        "holdout": "holdout.jsonl",
+        "forget": {"ids_file": "forget_ids.txt"},
+        "output_dir": str(out),
+    }
+    (job_dir / "job.yaml").write_text(yaml.safe_dump(job))
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(job_dir), "--"]
+    cmd += ["python", "-m", "dist_unlearn", "unlearn", "--config", "job.yaml", "--workers", "3"]
+    env = {**env, "PATH": f"{BIN}:{env['PATH']}"}
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = r.stdout + r.stderr
+    assert r.returncode != 0, log[-5000:]
+    assert "ConfigError" in log and "workers=3 but the Ray cluster has 2 CPUs" in log, log[-5000:]
+    assert "loading causal_lm model" not in log  # refused before the model was loaded
+    assert not out.exists()

@@ -393,3 +393,20 @@ def test_lora_adapter_job_on_two_zero3_workers_changes_only_the_adapter(lm, adap
         assert torch.allclose(merged(input_ids=x).logits, loaded(input_ids=x).logits, atol=1e-5)
     ev = a["evidence"]
     assert ev["after"]["retain_loss"] <= ev["before"]["retain_loss"] + 1e-6
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def test_more_workers_than_the_ray_cluster_has_fails_before_loading_and_writes_nothing(
+    minilm_classifier, ray_cpus, tmp_path, monkeypatch
+):
+    """Joined to a 2-CPU Ray cluster, workers=3 is refused naming the cluster's size (no model loaded)."""
+    import dist_unlearn.job.model as job_model
+    from dist_unlearn.errors import ConfigError
+
+    def loaded(*a, **k):
+        raise AssertionError("the model was loaded before the input was validated")
+
+    monkeypatch.setattr(job_model, "load_job_model", loaded)
+    with pytest.raises(ConfigError, match="workers=3 but the Ray cluster has 2 CPUs; use at most 2 workers"):
+        run_job(_minilm_job(minilm_classifier, tmp_path / "out", workers=3), log=_quiet)
+    assert not (tmp_path / "out").exists()

@@ -83,9 +83,12 @@ def _has_tokenizer(folder: Path) -> bool:
 def inspect_model(path: str | Path, base_model: str | None = None) -> ModelSource:
     """Check a model folder without loading weights.
 
+    The tokenizer (small) is loaded to check it against the config's ``vocab_size``.
+
     Raises:
         ModelError: missing folder, not a model (no config.json / adapter_config.json, no weight files), an
-            adapter whose base cannot be found, an unsupported architecture, or no tokenizer files.
+            adapter whose base cannot be found, an unsupported architecture, no tokenizer files, a tokenizer
+            that cannot be loaded, or one with ids past the model's vocabulary.
     """
     p = Path(path)
     if not p.exists():
@@ -132,7 +135,45 @@ def inspect_model(path: str | Path, base_model: str | None = None) -> ModelSourc
             f"no tokenizer next to the model in {str(p)!r} (none of {', '.join(TOKENIZER_FILES)}); save it "
             "with tokenizer.save_pretrained(model_folder)."
         )
-    return ModelSource(path=p, task=task, adapter=adapter, base=base, tokenizer_path=tok, config=cfg)
+    src = ModelSource(path=p, task=task, adapter=adapter, base=base, tokenizer_path=tok, config=cfg)
+    check_vocab(src, load_tokenizer(src))
+    return src
+
+
+def config_vocab_size(cfg: dict[str, Any]) -> int | None:
+    """``vocab_size`` of a model config (or of its ``text_config``), None when it names none."""
+    for c in (cfg, cfg.get("text_config") or {}):
+        size = c.get("vocab_size") if isinstance(c, dict) else None
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size
+    return None
+
+
+def check_vocab(src: ModelSource, tokenizer: Any) -> None:
+    """The tokenizer/model mismatch check of :func:`dist_unlearn.models.check_tokenizer`, from the config's
+    ``vocab_size`` alone, so that it fails before any weights are loaded.
+
+    Raises:
+        ModelError: the tokenizer has more tokens, or a special-token id at or past, the model's vocabulary.
+    """
+    rows = config_vocab_size(src.config)
+    if rows is None:
+        return  # checked on the loaded model's input embedding instead
+    size = len(tokenizer)
+    where = f"the tokenizer in {str(src.tokenizer_path)!r} and the model in {str(src.base)!r}"
+    if size > rows:
+        raise ModelError(
+            f"tokenizer/model mismatch: {where} do not belong together: the tokenizer has {size} tokens but "
+            f"the model's vocab_size is {rows} (ids >= {rows} would be out of range). Save the tokenizer the "
+            "model was fine-tuned with next to it, or resize the embeddings (model.resize_token_embeddings)."
+        )
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id"):
+        tid = getattr(tokenizer, name, None)
+        if isinstance(tid, int) and tid >= rows:
+            raise ModelError(
+                f"tokenizer/model mismatch: {where} do not belong together: tokenizer {name}={tid} is >= the "
+                f"model's vocab_size {rows}."
+            )
 
 
 def load_tokenizer(src: ModelSource) -> Any:
