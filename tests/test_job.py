@@ -328,6 +328,7 @@ def test_in_process_job_writes_a_loadable_model_and_a_complete_audit(lm, tmp_pat
     assert a["run"]["start_utc"] <= a["run"]["end_utc"] and a["run"]["wall_time_s"] > 0
     card = (out / "model" / "README.md").read_text()
     assert "unlearning" in card and "../audit.json" in card and ids["sha256"] in card
+    assert "It ran in one process" in card and str(out / "audit.json") in card
     md = (out / "audit.md").read_text()
     assert a["verdict"]["status"] in md and "forget_vs_holdout_auc" in md
 
