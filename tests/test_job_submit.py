@@ -96,3 +96,77 @@ def test_ray_job_submit_with_more_workers_than_the_cluster_fails_early_and_write
     assert "ConfigError" in log and "workers=3 but the Ray cluster has 2 CPUs" in log, log[-5000:]
     assert "loading causal_lm model" not in log  # refused before the model was loaded
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_ray_job_submit_unlearns_a_saved_classifier_on_two_zero3_workers(ray_head, tmp_path):  # noqa: F811
+    """A saved sequence classifier (GPT-2-shaped, with its tokenizer) through `ray job submit`: the output
+    loads with AutoModelForSequenceClassification + AutoTokenizer and the audit holds the accuracies."""
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        GPT2Config,
+        GPT2ForSequenceClassification,
+    )
+
+    from dist_unlearn.demo.people import build_demo
+
+    address, env = ray_head
+    job_dir = tmp_path / "job"
+    lm = build_demo(
+        tmp_path / "lm", n_people=4, n_holdout=2, n_forget=1, per_person=2, epochs=1, n_embd=16, n_layer=1
+    )
+    tok = AutoTokenizer.from_pretrained(str(lm["model"]))  # a tokenizer trained on the demo's text
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=64,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        num_labels=2,
+        id2label={0: "neg", 1: "pos"},
+        label2id={"neg": 0, "pos": 1},
+        pad_token_id=tok.pad_token_id,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(cfg).save_pretrained(str(job_dir / "clf"))
+    tok.save_pretrained(str(job_dir / "clf"))
+    rows = [
+        {"id": i, "text": f"{'good' if i % 2 else 'bad'} answer {i}", "label": "pos" if i % 2 else "neg"}
+        for i in range(20)
+    ]
+    (job_dir / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:14]))
+    (job_dir / "h.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[14:]))
+    out = tmp_path / "unlearned"
+    job = {
+        "model": "clf",
+        "data": {"path": "t.jsonl", "text_column": "text", "label_column": "label", "max_length": 16},
+        "holdout": "h.jsonl",
+        "forget": {"ids": [0, 1, 2]},
+        "method": {"name": "cure_newton", "max_steps": 1, "krylov_max_iter": 4, "eig_iterations": 3},
+        "output_dir": str(out),
+    }
+    (job_dir / "job.yaml").write_text(yaml.safe_dump(job))
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(job_dir), "--"]
+    cmd += ["python", "-m", "dist_unlearn", "unlearn", "--config", "job.yaml", "--workers", "2"]
+    cmd += ["--zero-stage", "3"]
+    env = {**env, "PATH": f"{BIN}:{env['PATH']}"}
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-5000:]
+    assert "loading classification model" in log and "2 workers, ZeRO-3" in log
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["run"]["workers"] == 2 and audit["run"]["zero_stage"] == 3
+    assert audit["model"]["input"]["kind"] == "classification"
+    for when in ("before", "after"):
+        for key in ("forget_accuracy", "retain_accuracy", "holdout_accuracy"):
+            assert 0.0 <= audit["evidence"][when][key] <= 1.0, (when, key)
+    model = AutoModelForSequenceClassification.from_pretrained(str(out / "model"))
+    AutoTokenizer.from_pretrained(str(out / "model"))
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    orig = AutoModelForSequenceClassification.from_pretrained(str(job_dir / "clf"))
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), orig.parameters(), strict=True))
+    assert (out / "model" / "README.md").is_file()
+    shutil.rmtree(job_dir, ignore_errors=True)
