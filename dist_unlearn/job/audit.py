@@ -47,14 +47,17 @@ def strip_losses(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 def utility_checks(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Relative change of the retain and holdout losses, and whether each stays within ``UTILITY_RTOL``."""
+    """Relative change of the retain and holdout losses, and whether each rose by at most ``UTILITY_RTOL``.
+
+    A fall is not a failure: a lower retain or holdout loss is better utility, not damage.
+    """
     from dist_unlearn.job.evidence import relative_change
 
     out: dict[str, Any] = {"tolerance": UTILITY_RTOL}
     for key in ("retain_loss", "holdout_loss"):
         ch = relative_change(before.get(key), after.get(key))
         out[f"{key}_change"] = ch
-        out[f"{key}_within_tolerance"] = None if ch is None else abs(ch) <= UTILITY_RTOL
+        out[f"{key}_within_tolerance"] = None if ch is None else ch <= UTILITY_RTOL
     return out
 
 
