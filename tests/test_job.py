@@ -258,7 +258,9 @@ def test_holdout_overlapping_training_data_warns_with_the_count(lm, tmp_path):
 def test_utility_check_fails_a_rise_beyond_tolerance_and_never_a_fall():
     from dist_unlearn.job.audit import utility_checks
 
-    chk = utility_checks({"retain_loss": 0.04, "holdout_loss": 1.0}, {"retain_loss": 0.01, "holdout_loss": 1.2})
+    chk = utility_checks(
+        {"retain_loss": 0.04, "holdout_loss": 1.0}, {"retain_loss": 0.01, "holdout_loss": 1.2}
+    )
     assert chk["retain_loss_change"] == pytest.approx(-0.75) and chk["retain_loss_within_tolerance"] is True
     assert chk["holdout_loss_change"] == pytest.approx(0.2) and chk["holdout_loss_within_tolerance"] is False
     assert utility_checks({"retain_loss": 1.0}, {"retain_loss": 1.05})["retain_loss_within_tolerance"] is True
