@@ -13,9 +13,8 @@ Each kind of operation is predicted by the average cost of the operations of tha
 (``by_kind`` example passes / the oracle's call counters). Before the first of its kind an HVP is predicted
 to cost three gradients (an exact HVP on the gradient sample: an upper bound for sub-sampled, finite-
 difference and Gauss-Newton HVPs) and a loss a third of a gradient (exact for the local oracle). The Krylov
-solves check
-before every HVP; damped / pinv Newton and the GD cubic solver get a per-solve HVP limit instead. A run
-therefore ends at most one operation over the cap: in practice below it, or over it by the first gradient
+solves check before every HVP; damped / pinv Newton and the GD cubic solver get a per-solve HVP limit
+instead. A run therefore ends at most one operation over the cap: in practice below it, or over it by the first gradient
 when the cap is smaller than one gradient (the run then stops with the weights unchanged).
 """
 
