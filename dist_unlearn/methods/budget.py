@@ -93,16 +93,16 @@ class PassBudget:
         return int(math.floor(room / unit["hvp"] + 1e-9))
 
     def stop_rule(self, hvps_per_iteration: int = 1, **reserve: float) -> Any:
-        """A ``stop(k)`` for :func:`~dist_unlearn.solvers.cubic_subproblem`: True when the next Lanczos
-        iteration (and, without a stored basis, the k+1 HVPs of the pass that rebuilds the step) no longer
-        fits after ``reserve``. None without a cap."""
+        """A ``stop(k, more=1)`` for :func:`~dist_unlearn.solvers.cubic_subproblem`: True when ``more``
+        further HVPs after the k-th Lanczos iteration (and, without a stored basis, the HVPs of the pass that
+        rebuilds the step) no longer fit after ``reserve``. None without a cap."""
         if self.cap is None:
             return None
 
-        def stop(k: int) -> bool:
-            rebuild = (k + 1) if hvps_per_iteration > 1 else 0
+        def stop(k: int, more: int = 1) -> bool:
+            rebuild = (k + more) if hvps_per_iteration > 1 else 0
             ops = dict(reserve)
-            ops["hvp"] = ops.get("hvp", 0.0) + 1 + rebuild
+            ops["hvp"] = ops.get("hvp", 0.0) + more + rebuild
             return not self.fits(**ops)
 
         return stop

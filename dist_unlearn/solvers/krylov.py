@@ -72,7 +72,7 @@ def cubic_subproblem(
     breakdown_tol: float = DEFAULT_BREAKDOWN_TOL,
     callback: Callable[[int, float], None] | None = None,
     keep_krylov: bool = False,
-    stop: Callable[[int], bool] | None = None,
+    stop: Callable[..., bool] | None = None,
 ) -> CubicResult:
     """Global minimiser of g.d + 1/2 d.H d + (M/6)|d|^3 restricted to a Krylov space of H and g.
 
@@ -97,7 +97,9 @@ def cubic_subproblem(
             for another M without a matvec; the caller releases it (``result.krylov.release()``).
             Needs the basis (``store_basis`` or ``reorthogonalize``); ignored after a hard-case restart.
         stop: called as stop(k) after the k-th Lanczos iteration, before the next matvec; True ends the solve
-            there as if max_iter were k (a cost cap: ``methods.budget``). No hard-case probe follows.
+            there as if max_iter were k (a cost cap: ``methods.budget``), and no hard-case probe follows.
+            Before a probe, stop(k, p + 1) asks whether its p matvecs and the residual check fit; True skips
+            it (only a probe that finds the hard case may then run on to max_iter).
 
     Returns:
         CubicResult; ``step`` is a new vector of ``space``. Zero g gives step 0, converged (stationary).
@@ -195,6 +197,8 @@ def cubic_subproblem(
         hard_case_probe = 0
     elif auto:
         hard_case_probe = AUTO_PROBE if (reorthogonalize and _guard_fires(proc, lam)) else 0
+    if hard_case_probe and stop is not None and stop(proc.iterations, hard_case_probe + 1):
+        hard_case_probe = 0  # the probe's matvecs (and the residual check) do not fit
     if hard_case_probe:
         probe = _probe_hard_case(
             mv, g, space, proc, gnorm, M, tol, max_iter, hard_case_probe, seed, sol, history
