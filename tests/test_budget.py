@@ -50,6 +50,7 @@ CURVATURE_CASES = [
     ("cure_newton", {"hvp": "fd", "hvp_sample": 16}, 2 * 16),
     ("cure_newton_stochastic", {"grad_batch_size": 16, "hvp_batch_size": 8}, 3 * 8),
     ("cure_newton", {"objective": "grad_diff", "forget_weight": 0.1}, 3 * (N_RETAIN + N_FORGET)),
+    ("cure_newton", {"gradient": "influence", "hvp_sample": 16}, 3 * 16),  # first gradient: forget set
     ("damped_newton", {"max_steps": 3}, 3 * N_RETAIN),
 ]
 

@@ -105,6 +105,21 @@ GRIDS: dict[str, dict[str, tuple[str, dict]]] = {
             objective="npo", forget_weight=0.2, hvp_sample=128, krylov_max_iter=10, **CHEAP
         ),
     },
+    "memorised_cheap": {
+        f"npo fw0.1 {tag}@cap": maker(objective="npo", forget_weight=0.1, **kw)
+        for tag, maker, kw in [
+            ("fd", _cn, {"hvp": "fd"}),
+            ("cheap", _cn, CHEAP),
+            ("fd cheap", _cn, {"hvp": "fd", **CHEAP}),
+            ("fd s256 k10 cheap", _cn, {"hvp": "fd", "hvp_sample": 256, "krylov_max_iter": 10, **CHEAP}),
+            ("s128 k10 cheap", _cn, {"hvp_sample": 128, "krylov_max_iter": 10, **CHEAP}),
+            ("fd Minit0.02 k10", _cn, {"hvp": "fd", "M_init": 0.02, "first_M_tries": 1, "krylov_max_iter": 10}),
+            ("fd Minit0.02 k10 st20", _cn, {"hvp": "fd", "M_init": 0.02, "first_M_tries": 1,
+                                            "krylov_max_iter": 10, "max_steps": 20}),
+            ("stoch g256 h128 k10 st20 cheap", _st, {"grad_batch_size": 256, "hvp_batch_size": 128,
+                                                     "krylov_max_iter": 10, "max_steps": 20, **CHEAP}),
+        ]
+    },
     "first_order": {
         **{f"{m}@cap": (m, {"epochs": 200}) for m in ("finetune", "npo", "grad_diff", "scrub")},
         "grad_ascent@cap": ("grad_ascent", {"epochs": 200, "lr": 1e-4}),

@@ -57,14 +57,19 @@ class PassBudget:
         counters = getattr(self.oracle, "counters", {}) or {}
         by_kind = d.get("by_kind", {})
 
-        def avg(kinds: list[str], counter: str) -> float | None:
-            n = int(counters.get(counter, 0))
-            passes = sum(float(by_kind[k]["example_passes"]) for k in kinds if k in by_kind)
-            return passes / n if n > 0 and passes > 0 else None
+        def passes(kinds: list[str]) -> float:
+            return sum(float(by_kind[k]["example_passes"]) for k in kinds if k in by_kind)
 
-        grad = avg(["gradient"], "gradients")
-        hvp = avg([k for k in by_kind if k.startswith("hvp")], "hvps")
-        loss = avg(["loss"], "losses")
+        def per_op(total: float, ops: int) -> float | None:
+            return total / ops if ops > 0 and total > 0 else None
+
+        n_grad = int(counters.get("gradients", 0))
+        # loss_and_gradient counts a loss and a gradient: the forward-only evaluations are the difference
+        loss = per_op(passes(["loss"]), max(1, int(counters.get("losses", 0)) - n_grad))
+        grad = per_op(passes(["gradient"]), n_grad)
+        if loss is not None:  # a gradient costs 3 forwards of its sample (the influence first gradient less)
+            grad = max(grad or 0.0, 3.0 * loss)
+        hvp = per_op(passes([k for k in by_kind if k.startswith("hvp")]), int(counters.get("hvps", 0)))
         g = grad or 0.0
         unit = {
             "gradient": g,
