@@ -75,13 +75,18 @@ GRIDS: dict[str, dict[str, tuple[str, dict]]] = {
         "M1e-4 k30@cap": _cn(hvp_sample="all", M=1e-4, max_steps=20),
         "M1e-5 k30@cap": _cn(hvp_sample="all", M=1e-5, max_steps=20),
         "M1e-4 fd k30@cap": _cn(hvp="fd", hvp_sample="all", M=1e-4, max_steps=20),
-        "M1e-4 tol1e-3 k60 st2": _cn(hvp_sample="all", M=1e-4, max_steps=2, krylov_tol=1e-3, krylov_max_iter=60),
-        "Minit1e-4 eta0.01 fd k30@cap": _cn(hvp="fd", hvp_sample="all", M_init=1e-4, first_M_tries=1,
-                                            arc_eta1=0.01),
+        "M1e-4 tol1e-3 k60 st2": _cn(
+            hvp_sample="all", M=1e-4, max_steps=2, krylov_tol=1e-3, krylov_max_iter=60
+        ),
+        "Minit1e-4 eta0.01 fd k30@cap": _cn(
+            hvp="fd", hvp_sample="all", M_init=1e-4, first_M_tries=1, arc_eta1=0.01
+        ),
         "M1e-4 fd k30 st2": _cn(hvp="fd", hvp_sample="all", M=1e-4, max_steps=2),
         "M1e-3 fd k30@cap": _cn(hvp="fd", hvp_sample="all", M=1e-3, max_steps=20),
         "M1e-5 fd k30@cap": _cn(hvp="fd", hvp_sample="all", M=1e-5, max_steps=20),
-        "stoch g256 h64 k10 st10": _st(grad_batch_size=256, hvp_batch_size=64, krylov_max_iter=10, max_steps=10),
+        "stoch g256 h64 k10 st10": _st(
+            grad_batch_size=256, hvp_batch_size=64, krylov_max_iter=10, max_steps=10
+        ),
         "stoch g512 h128 k10 st10 cheap": _st(
             grad_batch_size=512, hvp_batch_size=128, krylov_max_iter=10, max_steps=10, **CHEAP
         ),
@@ -113,11 +118,27 @@ GRIDS: dict[str, dict[str, tuple[str, dict]]] = {
             ("fd cheap", _cn, {"hvp": "fd", **CHEAP}),
             ("fd s256 k10 cheap", _cn, {"hvp": "fd", "hvp_sample": 256, "krylov_max_iter": 10, **CHEAP}),
             ("s128 k10 cheap", _cn, {"hvp_sample": 128, "krylov_max_iter": 10, **CHEAP}),
-            ("fd Minit0.02 k10", _cn, {"hvp": "fd", "M_init": 0.02, "first_M_tries": 1, "krylov_max_iter": 10}),
-            ("fd Minit0.02 k10 st20", _cn, {"hvp": "fd", "M_init": 0.02, "first_M_tries": 1,
-                                            "krylov_max_iter": 10, "max_steps": 20}),
-            ("stoch g256 h128 k10 st20 cheap", _st, {"grad_batch_size": 256, "hvp_batch_size": 128,
-                                                     "krylov_max_iter": 10, "max_steps": 20, **CHEAP}),
+            (
+                "fd Minit0.02 k10",
+                _cn,
+                {"hvp": "fd", "M_init": 0.02, "first_M_tries": 1, "krylov_max_iter": 10},
+            ),
+            (
+                "fd Minit0.02 k10 st20",
+                _cn,
+                {"hvp": "fd", "M_init": 0.02, "first_M_tries": 1, "krylov_max_iter": 10, "max_steps": 20},
+            ),
+            (
+                "stoch g256 h128 k10 st20 cheap",
+                _st,
+                {
+                    "grad_batch_size": 256,
+                    "hvp_batch_size": 128,
+                    "krylov_max_iter": 10,
+                    "max_steps": 20,
+                    **CHEAP,
+                },
+            ),
         ]
     },
     "first_order": {
@@ -204,7 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = ROOT / "benchmarks" / "experiments" / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()} CPU, torch threads {args.threads}"
-    cmd = "python benchmarks/experiments/cost_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python benchmarks/experiments/cost_sweep.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     results, text = [], [f"{stamp}. Command: `{cmd.strip()}`.", ""]
     for case in args.cases:
         t0 = time.perf_counter()

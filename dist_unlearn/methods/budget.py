@@ -10,12 +10,13 @@ first-M try on the first step) and the loss and gradient at the new point, which
 evaluates before it stops (they give ``final_loss`` / ``final_grad_norm`` and the stop rules).
 
 Each kind of operation is predicted by the average cost of the operations of that kind so far in this run
-(``by_kind`` example passes / the oracle's call counters). Before the first of its kind an HVP is predicted
-to cost three gradients (an exact HVP on the gradient sample: an upper bound for sub-sampled, finite-
-difference and Gauss-Newton HVPs) and a loss a third of a gradient (exact for the local oracle). The Krylov
-solves check before every HVP; damped / pinv Newton and the GD cubic solver get a per-solve HVP limit
-instead. A run therefore ends at most one operation over the cap: in practice below it, or over it by the first gradient
-when the cap is smaller than one gradient (the run then stops with the weights unchanged).
+(``by_kind`` example passes / the oracle's call counters). Before the first of its kind an HVP is predicted by
+the oracle's ``hvp_pass_cost()`` when it has one (the local oracles), else to cost three gradients (an exact
+HVP on the gradient sample: an upper bound for sub-sampled, finite-difference and Gauss-Newton HVPs) and a
+loss a third of a gradient (exact for the local oracle). The Krylov solves check before every HVP; damped /
+pinv Newton and the GD cubic solver get a per-solve HVP limit instead. A run therefore ends at most one
+operation over the cap: in practice below it, or over it by the first gradient when the cap is smaller than
+one gradient (the run then stops with the weights unchanged).
 """
 
 from __future__ import annotations
@@ -71,9 +72,12 @@ class PassBudget:
             grad = max(grad or 0.0, 3.0 * loss)
         hvp = per_op(passes([k for k in by_kind if k.startswith("hvp")]), int(counters.get("hvps", 0)))
         g = grad or 0.0
+        if hvp is None:  # before the first HVP: the oracle's own count when it has one, else an upper bound
+            hint = getattr(self.oracle, "hvp_pass_cost", None)
+            hvp = float(hint()) if callable(hint) else FIRST_HVP_GRADIENTS * g
         unit = {
             "gradient": g,
-            "hvp": hvp if hvp is not None else FIRST_HVP_GRADIENTS * g,
+            "hvp": hvp,
             "loss": loss if loss is not None else g / 3.0,
         }
         return float(d.get("example_passes", 0.0)), unit
