@@ -142,3 +142,17 @@ def test_eigen_estimate_stop_hook():
 
     extreme_eigenvalues(mv, torch.from_numpy(g), 30, tol=1e-30, stop=lambda j: j >= 3)
     assert calls[0] == 3
+
+
+@pytest.mark.parametrize("mode", ["exact", "fd"])
+@pytest.mark.parametrize("objective", ["retain", "npo"])
+def test_hvp_pass_cost_is_what_one_hvp_counts(data, mode, objective):
+    from dist_unlearn.curvature.objective import build_oracle
+
+    retain, forget = data
+    oracle = build_oracle(tiny(), ce, retain, forget, objective=objective, hvp=mode, hvp_batch_size=16)
+    predicted = oracle.hvp_pass_cost()
+    before = oracle.cost.example_passes
+    oracle.hvp(tuple(torch.ones_like(p) for p in oracle.params))
+    assert oracle.cost.example_passes - before == pytest.approx(predicted)
+    assert predicted > 0
