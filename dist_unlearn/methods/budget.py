@@ -65,11 +65,14 @@ class PassBudget:
             return total / ops if ops > 0 and total > 0 else None
 
         n_grad = int(counters.get("gradients", 0))
-        # loss_and_gradient counts a loss and a gradient: the forward-only evaluations are the difference
-        loss = per_op(passes(["loss"]), max(1, int(counters.get("losses", 0)) - n_grad))
-        grad = per_op(passes(["gradient"]), n_grad)
-        if loss is not None:  # a gradient costs 3 forwards of its sample (the influence first gradient less)
-            grad = max(grad or 0.0, 3.0 * loss)
+        # loss_and_gradient counts a loss and a gradient: the forward-only evaluations are the difference.
+        # A loss costs a third of a gradient on the same sample; "loss" passes without a counted loss (the
+        # NPO reference forward) or gradients on another sample (the influence first gradient, over the
+        # forget set) must not make either look cheaper: each is bounded below by the other.
+        raw_loss = per_op(passes(["loss"]), max(1, int(counters.get("losses", 0)) - n_grad))
+        raw_grad = per_op(passes(["gradient"]), n_grad)
+        grad = max(raw_grad or 0.0, 3.0 * (raw_loss or 0.0)) or None
+        loss = max(raw_loss or 0.0, (raw_grad or 0.0) / 3.0) or None
         hvp = per_op(passes([k for k in by_kind if k.startswith("hvp")]), int(counters.get("hvps", 0)))
         g = grad or 0.0
         if hvp is None:  # before the first HVP: the oracle's own count when it has one, else an upper bound
