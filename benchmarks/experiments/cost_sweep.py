@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--grid", default="l2", choices=sorted(GRIDS))
     ap.add_argument("--only", nargs="*", help="run only these variant labels")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default=None, help="output name (default: cases + grid)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out_dir = ROOT / "benchmarks" / "experiments" / "tables"
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
                  f"target <= {100 * res['target_fraction']:.0f}% passes; {time.perf_counter() - t0:.0f} s)",
                  "", table(res), ""]  # fmt: skip
         print(text[-2], flush=True)
-    tag = "_".join(args.cases) + f"_{args.grid}"
+    tag = args.tag or "_".join(args.cases) + f"_{args.grid}"
     for ext, body in (("md", "\n".join(text) + "\n"), ("json", json.dumps(results, indent=1, default=float))):
         tmp = out_dir / f".cost_sweep_{tag}.{ext}.tmp"
         tmp.write_text(body)
