@@ -119,6 +119,16 @@ GRIDS: dict[str, dict[str, tuple[str, dict]]] = {
             ("fd s256 k10 cheap", _cn, {"hvp": "fd", "hvp_sample": 256, "krylov_max_iter": 10, **CHEAP}),
             ("s128 k10 cheap", _cn, {"hvp_sample": 128, "krylov_max_iter": 10, **CHEAP}),
             (
+                "fd s256 k10 st25 cheap",
+                _cn,
+                {"hvp": "fd", "hvp_sample": 256, "krylov_max_iter": 10, "max_steps": 25, **CHEAP},
+            ),
+            (
+                "s128 k10 st30 cheap",
+                _cn,
+                {"hvp_sample": 128, "krylov_max_iter": 10, "max_steps": 30, **CHEAP},
+            ),
+            (
                 "fd Minit0.02 k10",
                 _cn,
                 {"hvp": "fd", "M_init": 0.02, "first_M_tries": 1, "krylov_max_iter": 10},
