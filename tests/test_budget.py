@@ -49,6 +49,7 @@ CURVATURE_CASES = [
     ("cure_newton", {"M": 1.0, "max_steps": 20}, 3 * N_RETAIN),
     ("cure_newton", {"hvp": "fd", "hvp_sample": 16}, 2 * 16),
     ("cure_newton_stochastic", {"grad_batch_size": 16, "hvp_batch_size": 8}, 3 * 8),
+    ("cure_newton_stochastic", {"cubic_solver": "gd", "grad_batch_size": 16, "hvp_batch_size": 8}, 3 * 8),
     ("cure_newton", {"objective": "grad_diff", "forget_weight": 0.1}, 3 * (N_RETAIN + N_FORGET)),
     ("cure_newton", {"gradient": "influence", "hvp_sample": 16}, 3 * 16),  # first gradient: forget set
     ("cure_newton", {"objective": "npo", "forget_weight": 0.1, "hvp_sample": 8}, 3 * (8 + N_FORGET)),

@@ -14,9 +14,11 @@ Each kind of operation is predicted by the average cost of the operations of tha
 the oracle's ``hvp_pass_cost()`` when it has one (the local oracles), else to cost three gradients (an exact
 HVP on the gradient sample: an upper bound for sub-sampled, finite-difference and Gauss-Newton HVPs) and a
 loss a third of a gradient (exact for the local oracle). The Krylov solves check before every HVP; damped /
-pinv Newton and the GD cubic solver get a per-solve HVP limit instead. A run therefore ends at most one
-operation over the cap: in practice below it, or over it by the first gradient when the cap is smaller than
-one gradient (the run then stops with the weights unchanged).
+pinv Newton and the GD cubic solver get a per-solve HVP limit instead (the GD solver's own fixed HVPs, its |H|
+estimate and two more, included; a step is only started when one HVP fits, so a GD step started with less room
+may exceed the cap by those). A run therefore ends at most one operation over the cap: in practice below it,
+or over it by the first gradient when the cap is smaller than one gradient (the run then stops with the
+weights unchanged).
 """
 
 from __future__ import annotations
@@ -152,11 +154,14 @@ def solve_stop(options: UnlearnOptions, state: OuterLoopState | None, oracle: Cu
     return budget.stop_rule(per_iteration, **step_reserve(options, state, adaptive))
 
 
-def max_iter_within(options: UnlearnOptions, oracle: CurvatureOracle, max_iter: int) -> int:
+def max_iter_within(
+    options: UnlearnOptions, oracle: CurvatureOracle, max_iter: int, trial: bool = False
+) -> int:
     """``max_iter`` cut to the HVPs that still fit under the cap after the next point's loss and gradient
-    (at least 1: the loop only starts a step when one HVP fits). For solvers without a per-iteration stop
-    (damped / pinv Newton, the GD cubic solver)."""
+    (and the ARC trial loss when ``trial``); at least 1, as the loop only starts a step when one HVP fits.
+    For solvers without a per-iteration stop (damped / pinv Newton, the GD cubic solver)."""
     if options.max_example_passes is None:
         return max_iter
-    room = PassBudget(options.max_example_passes, oracle).affordable_hvps(gradient=1.0)
+    reserve = {"gradient": 1.0, "loss": 1.0 if trial else 0.0}
+    room = PassBudget(options.max_example_passes, oracle).affordable_hvps(**reserve)
     return max(1, min(max_iter, room))

@@ -157,9 +157,19 @@ def krylov_solver(options: UnlearnOptions, state: OuterLoopState | None = None) 
     return solve, resolve
 
 
+NORM_ITERS = 10
+"""Lanczos steps of the GD solver's |H| estimate (its step size), when ``cubic_lr`` is not given."""
+
+
 def gd_solver(options: UnlearnOptions) -> Solve:
-    """Gradient descent on the cubic model (``solvers.cubic_gradient_descent``, Carmon-Duchi)."""
+    """Gradient descent on the cubic model (``solvers.cubic_gradient_descent``, Carmon-Duchi).
+
+    Under ``max_example_passes`` its iterations are cut so that the solver's fixed HVPs (the |H| estimate
+    without ``cubic_lr``, the H g of the Cauchy start and the final H d) fit too."""
     from dist_unlearn.solvers import cubic_gradient_descent
+
+    overhead = 2 + (NORM_ITERS if options.cubic_lr is None else 0)
+    adaptive = options.M is None
 
     def solve(oracle: CurvatureOracle, g: Vector, gnorm: float, M: float | None) -> Proposal:
         res = cubic_gradient_descent(
@@ -167,7 +177,12 @@ def gd_solver(options: UnlearnOptions) -> Solve:
             g,
             M,
             lr=options.cubic_lr,
-            max_iter=max_iter_within(options, oracle, options.krylov_max_iter or 30),
+            max_iter=max(
+                1,
+                max_iter_within(options, oracle, overhead + (options.krylov_max_iter or 30), trial=adaptive)
+                - overhead,
+            ),
+            norm_iters=NORM_ITERS,
             tol=options.krylov_tol,
             space=oracle.space,
         )
