@@ -128,10 +128,7 @@ def unlearn(
     stats["peak_memory_source"] = mem.source
     if not spec.curvature:
         extra.update(_final_retain_metrics(out_model, loss_fn, retain, opts))
-        extra.setdefault(
-            "stop_reason",
-            "max_steps" if opts.max_steps is not None and len(steps) >= opts.max_steps else "epochs",
-        )
+        extra.setdefault("stop_reason", _first_order_stop(opts, steps))
     stats.update(extra)
     stats["update_norm"] = _distance(initial, out_model)
     stats["num_steps"] = len(steps)
@@ -139,6 +136,15 @@ def unlearn(
     stats.setdefault("final_M", None)
     stats["options"] = opts.public_dict()
     return UnlearnResult(model=out_model, steps=steps, stats=stats)
+
+
+def _first_order_stop(opts: UnlearnOptions, steps: list[StepRecord]) -> str:
+    """stop_reason of a first-order run: "budget" (``max_example_passes``), "max_steps" or "epochs"."""
+    from dist_unlearn.methods._training import BUDGET_NOTE
+
+    if opts.max_example_passes is not None and (not steps or steps[-1].message.endswith(BUDGET_NOTE)):
+        return "budget"
+    return "max_steps" if opts.max_steps is not None and len(steps) >= opts.max_steps else "epochs"
 
 
 def _run_curvature(

@@ -10,6 +10,7 @@ option, the value and what is allowed. Options left at ``None`` whose default de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -64,6 +65,12 @@ class UnlearnOptions(BaseModel):
     """Device to run on (None: where the model is)."""
     collate_fn: Callable | None = None
     """Collate function of the data loaders (None: default collation)."""
+    max_example_passes: float | None = Field(default=None, gt=0)
+    """Cost cap in example passes (the count of ``stats["cost"]["example_passes"]``, see
+    :mod:`dist_unlearn.cost`): the run stops (stop_reason "budget") before a unit of work that would take it
+    over the cap -- curvature methods before each outer step and each HVP of a solve (exceeding it by at
+    most one HVP, see :mod:`dist_unlearn.methods.budget`), first-order methods before each optimiser step.
+    Example: 10% of retraining = 0.1 x epochs x n_train. None: no cap."""
 
     # ---- CureNewton and ARC -----------------------------------------------------------------------------
     M_init: float | None = Field(default=None, gt=0)
@@ -204,6 +211,13 @@ class UnlearnOptions(BaseModel):
             )
         return value
 
+    @field_validator("max_example_passes")
+    @classmethod
+    def _finite_cap(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("max_example_passes must be a finite number > 0 (or None for no cap)")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> UnlearnOptions:
         if self.arc_eta2 < self.arc_eta1:
@@ -255,7 +269,7 @@ _READERS: dict[str, tuple[str, ...] | str] = {
     **{
         k: EVERY
         for k in (
-            "max_steps", "batch_size", "seed", "progress", "device", "collate_fn",
+            "max_steps", "batch_size", "seed", "progress", "device", "collate_fn", "max_example_passes",
             # the distributed engine's options (first-order methods always run in-process)
             "workers", "zero_stage", "deepspeed_config", "max_restarts", "checkpoint_dir",
         )

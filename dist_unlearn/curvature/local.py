@@ -223,6 +223,10 @@ class LocalOracle:
         self.space.check_finite(tuple(v), what)
         return tuple(vi.to(self.device) for vi in v)
 
+    def hvp_pass_cost(self) -> float:
+        """Example passes one :meth:`hvp` on the current sample will count (a cost cap's prediction)."""
+        return len(self.hvp_indices) * self.cost.weights[f"hvp_{self.hvp_mode}"]
+
     def hvp(self, v: Any) -> tuple[torch.Tensor, ...]:
         """H v on the HVP sample: exact Hessian, finite-difference Hessian or Gauss-Newton, by ``hvp``
         mode."""

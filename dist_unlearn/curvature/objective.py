@@ -86,6 +86,10 @@ class CombinedOracle:
     def hvp(self, v: Any) -> Any:
         return self._combine([o.hvp(v) for _, o in self.parts])
 
+    def hvp_pass_cost(self) -> float:
+        """Example passes one :meth:`hvp` will count (every part's)."""
+        return float(sum(o.hvp_pass_cost() for _, o in self.parts))
+
     def apply_update(self, d: Any, scale: float = 1.0) -> None:
         self.primary.apply_update(d, scale)
 

@@ -22,6 +22,9 @@ from dist_unlearn.errors import ModelError, NumericalError
 from dist_unlearn.methods.base import StepRecord
 from dist_unlearn.options import UnlearnOptions
 
+BUDGET_NOTE = "; stopped: budget"
+"""Appended to the last step's message when ``max_example_passes`` stopped the loop."""
+
 
 @dataclass
 class ModelRun:
@@ -127,7 +130,9 @@ def optimise(
         method: name for messages.
         epochs: number of passes.
         cost: counts ``train_step`` examples (every example of every item, once per optimiser step);
-            forwards of a frozen model (NPO reference, SCRUB teacher) are counted by the objective.
+            forwards of a frozen model (NPO reference, SCRUB teacher) are counted by the objective. With
+            ``options.max_example_passes`` the loop stops before a step that would take ``cost`` over the
+            cap (each step predicted to cost what the previous one did; the first: its examples).
 
     Returns:
         One StepRecord per optimiser step (loss = objective value, grad_norm before clipping,
@@ -149,12 +154,19 @@ def optimise(
         from tqdm.auto import tqdm
 
         bar = tqdm(desc=method, unit="step", leave=False, total=options.max_steps)
+    cap, last_cost, stopped = options.max_example_passes, None, False
     try:
         k = 0
         for epoch in range(epochs):
             for item in epoch_items(epoch):
                 if options.max_steps is not None and k >= options.max_steps:
                     break
+                if cap is not None and cost is not None:
+                    before = cost.example_passes
+                    predicted = last_cost if last_cost is not None else float(count_examples(item))
+                    if before + predicted > cap:
+                        stopped = True
+                        break
                 t0 = time.perf_counter()
                 if opt is None:
                     opt = make_optimizer(params, options)
@@ -203,11 +215,15 @@ def optimise(
                     )
                 )
                 k += 1
+                if cap is not None and cost is not None:
+                    last_cost = cost.example_passes - before
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(value.detach()):.4g}")
-            if options.max_steps is not None and k >= options.max_steps:
+            if stopped or (options.max_steps is not None and k >= options.max_steps):
                 break
+        if stopped and records:
+            records[-1].message += BUDGET_NOTE
         # the final weights must be finite too (a huge step can overflow)
         if not all(bool(torch.isfinite(p).all()) for p in params):
             _restore(params, good)

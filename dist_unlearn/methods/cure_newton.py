@@ -52,6 +52,7 @@ from typing import Any
 from dist_unlearn.curvature.oracle import CurvatureOracle
 from dist_unlearn.linalg import Vector
 from dist_unlearn.methods.base import OuterLoopState, StepCallback
+from dist_unlearn.methods.budget import PassBudget, max_iter_within, solve_stop, step_reserve
 from dist_unlearn.methods.outer_loop import Proposal, Resolve, Solve, run_outer_loop
 from dist_unlearn.methods.registry import register_method
 from dist_unlearn.options import UnlearnOptions
@@ -63,12 +64,18 @@ EIG_TOL = 1e-2
 def estimate_initial_M(oracle: CurvatureOracle, g: Vector, gnorm: float, options: UnlearnOptions) -> float:
     """M_0 = 2 rho^2 / |g|, rho = max |eigenvalue| of H from at most ``eig_iterations`` Lanczos steps on g.
 
-    Falls back to M_0 = 1 when the estimate is zero or non-finite.
+    Falls back to M_0 = 1 when the estimate is zero or non-finite. Under ``max_example_passes`` the
+    estimate stops early so that the first solve (one HVP) and the step's reserve still fit.
     """
     from dist_unlearn.solvers import extreme_eigenvalues
 
+    stop = None
+    if options.max_example_passes is not None:
+        budget = PassBudget(options.max_example_passes, oracle)
+        reserve = step_reserve(options, OuterLoopState(), adaptive=True)
+        stop = budget.stop_rule(1, **{**reserve, "hvp": 1.0})
     lam_min, lam_max = extreme_eigenvalues(
-        oracle.hvp, g, options.eig_iterations, space=oracle.space, tol=EIG_TOL
+        oracle.hvp, g, options.eig_iterations, space=oracle.space, tol=EIG_TOL, stop=stop
     )
     rho = max(abs(float(lam_min)), abs(float(lam_max)))
     if not (math.isfinite(rho) and rho > 0 and gnorm > 0):
@@ -136,6 +143,7 @@ def krylov_solver(options: UnlearnOptions, state: OuterLoopState | None = None) 
             reorthogonalize=options.reorthogonalize,
             store_basis=options.store_basis,
             keep_krylov=keep,
+            stop=solve_stop(options, state, oracle),
         )
         return _proposal(res)
 
@@ -149,9 +157,19 @@ def krylov_solver(options: UnlearnOptions, state: OuterLoopState | None = None) 
     return solve, resolve
 
 
+NORM_ITERS = 10
+"""Lanczos steps of the GD solver's |H| estimate (its step size), when ``cubic_lr`` is not given."""
+
+
 def gd_solver(options: UnlearnOptions) -> Solve:
-    """Gradient descent on the cubic model (``solvers.cubic_gradient_descent``, Carmon-Duchi)."""
+    """Gradient descent on the cubic model (``solvers.cubic_gradient_descent``, Carmon-Duchi).
+
+    Under ``max_example_passes`` its iterations are cut so that the solver's fixed HVPs (the |H| estimate
+    without ``cubic_lr``, the H g of the Cauchy start and the final H d) fit too."""
     from dist_unlearn.solvers import cubic_gradient_descent
+
+    overhead = 2 + (NORM_ITERS if options.cubic_lr is None else 0)
+    adaptive = options.M is None
 
     def solve(oracle: CurvatureOracle, g: Vector, gnorm: float, M: float | None) -> Proposal:
         res = cubic_gradient_descent(
@@ -159,7 +177,12 @@ def gd_solver(options: UnlearnOptions) -> Solve:
             g,
             M,
             lr=options.cubic_lr,
-            max_iter=options.krylov_max_iter or 30,
+            max_iter=max(
+                1,
+                max_iter_within(options, oracle, overhead + (options.krylov_max_iter or 30), trial=adaptive)
+                - overhead,
+            ),
+            norm_iters=NORM_ITERS,
             tol=options.krylov_tol,
             space=oracle.space,
         )

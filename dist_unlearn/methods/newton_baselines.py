@@ -20,6 +20,7 @@ from __future__ import annotations
 from dist_unlearn.curvature.oracle import CurvatureOracle
 from dist_unlearn.linalg import Vector
 from dist_unlearn.methods.base import OuterLoopState, StepCallback
+from dist_unlearn.methods.budget import max_iter_within
 from dist_unlearn.methods.outer_loop import Proposal, run_outer_loop
 from dist_unlearn.methods.registry import register_method
 from dist_unlearn.options import UnlearnOptions
@@ -50,7 +51,7 @@ def damped_newton(
             g,
             options.damping,
             tol=options.krylov_tol,
-            max_iter=options.krylov_max_iter,
+            max_iter=max_iter_within(options, oracle, options.krylov_max_iter),
             space=oracle.space,
             reorthogonalize=options.reorthogonalize,
             store_basis=options.store_basis,
@@ -74,7 +75,7 @@ def pinv_newton(
             rank=options.rank,
             threshold=options.threshold,
             tol=options.krylov_tol,
-            max_iter=options.krylov_max_iter,
+            max_iter=max_iter_within(options, oracle, options.krylov_max_iter),
             space=oracle.space,
             reorthogonalize=options.reorthogonalize,
             store_basis=options.store_basis,

@@ -31,6 +31,7 @@ from dist_unlearn.curvature.oracle import CurvatureOracle
 from dist_unlearn.errors import NumericalError
 from dist_unlearn.linalg import Vector
 from dist_unlearn.methods.base import OuterLoopState, StepCallback, StepRecord
+from dist_unlearn.methods.budget import PassBudget, budget_stop
 from dist_unlearn.options import UnlearnOptions
 
 
@@ -102,7 +103,8 @@ def run_outer_loop(
     initial_M: InitialM | None = None,
     resolve: Resolve | None = None,
 ) -> OuterLoopState:
-    """Run outer steps until |g| <= tol, ``max_steps`` accepted updates, or too many rejections.
+    """Run outer steps until |g| <= tol, ``max_steps`` accepted updates, too many rejections, or the
+    ``max_example_passes`` cap (stop_reason "budget", see :mod:`dist_unlearn.methods.budget`).
 
     Args:
         oracle: curvature oracle (its weights are updated in place).
@@ -123,6 +125,7 @@ def run_outer_loop(
         state.M = options.M
     elif adaptive and state.M is None and options.M_init is not None:
         state.M = options.M_init
+    budget = PassBudget(options.max_example_passes, oracle)
     bar = _progress(options, method, max_steps, state.accepted)
     unwatch = _watch_hvps(oracle, bar)
     good: Any = None  # snapshot of the weights before the last applied update (the last good point)
@@ -146,7 +149,9 @@ def run_outer_loop(
             state.final_loss, state.final_grad_norm = loss, gnorm
             if state.initial_grad_norm is None:
                 state.initial_grad_norm = gnorm
-            stop = _stop_reason(options, state, gnorm, max_steps)
+            stop = _stop_reason(options, state, gnorm, max_steps) or budget_stop(
+                budget, options, state, adaptive, resolving=krylov is not None and resolve is not None
+            )
             if stop:
                 state.stop_reason = stop
                 break

@@ -72,6 +72,7 @@ def cubic_subproblem(
     breakdown_tol: float = DEFAULT_BREAKDOWN_TOL,
     callback: Callable[[int, float], None] | None = None,
     keep_krylov: bool = False,
+    stop: Callable[..., bool] | None = None,
 ) -> CubicResult:
     """Global minimiser of g.d + 1/2 d.H d + (M/6)|d|^3 restricted to a Krylov space of H and g.
 
@@ -95,6 +96,10 @@ def cubic_subproblem(
             :class:`~dist_unlearn.solvers.resolve.KrylovSpace`), so that ``solvers.resolve_cubic`` can solve
             for another M without a matvec; the caller releases it (``result.krylov.release()``).
             Needs the basis (``store_basis`` or ``reorthogonalize``); ignored after a hard-case restart.
+        stop: called as stop(k) after the k-th Lanczos iteration, before the next matvec; True ends the solve
+            there as if max_iter were k (a cost cap: ``methods.budget``), and no hard-case probe follows.
+            Before a probe, stop(k, p + 1) asks whether its p matvecs and the residual check fit; True skips
+            it (only a probe that finds the hard case may then run on to max_iter).
 
     Returns:
         CubicResult; ``step`` is a new vector of ``space``. Zero g gives step 0, converged (stationary).
@@ -147,12 +152,15 @@ def cubic_subproblem(
     )
     history: list[tuple[int, float]] = []
     sol, residual, lam_prev = None, math.inf, 0.0
+    stopped = False
     while proc.iterations < max_iter:
         proc.step()
         # Cheapest first: the residual at the previous multiplier (O(k) pure Python) decides whether this
         # iteration can be the last; only then (or every REFRESH iterations, or with a callback) solve.
         k = proc.iterations
-        if callback is None and k >= QUICK_FROM and k < max_iter and not proc.breakdown and k % REFRESH:
+        stopped = stop is not None and k < max_iter and not proc.breakdown and bool(stop(k))
+        last = stopped or k == max_iter
+        if callback is None and k >= QUICK_FROM and not last and not proc.breakdown and k % REFRESH:
             yk = last_component(proc.alphas, proc.betas, gnorm, lam_prev) if lam_prev > 0 else None
             if yk is not None and proc.betas[-1] * yk / gnorm > SKIP_FACTOR * tol:
                 continue
@@ -163,14 +171,14 @@ def cubic_subproblem(
         if quick is not None:
             residual = abs(proc.betas[-1] * quick.y[-1]) / gnorm
             lam_prev, model_k = quick.multiplier, quick.model_value
-        if quick is None or residual <= tol or proc.breakdown or proc.iterations == max_iter:
+        if quick is None or residual <= tol or proc.breakdown or last:
             sol = solve_tridiagonal_cubic([(proc.alphas, proc.betas[:-1])], gnorm, M)
             residual = abs(proc.betas[-1] * sol.y[-1]) / gnorm
             lam_prev, model_k = sol.multiplier, sol.model_value
         history.append((mv.calls, model_k))
         if callback is not None:
             callback(mv.calls, model_k)
-        if residual <= tol or proc.breakdown:
+        if residual <= tol or proc.breakdown or stopped:
             break
     assert sol is not None
     converged = residual <= tol or proc.breakdown
@@ -179,12 +187,18 @@ def cubic_subproblem(
         if residual <= tol
         else "Lanczos breakdown: invariant Krylov space, step exact in it"
         if proc.breakdown
+        else f"stopped by the caller after {proc.iterations} iterations with residual {residual:.3e}"
+        if stopped
         else f"max_iter={max_iter} reached with residual {residual:.3e} > tol {tol:.1e}"
     )
     iterations = proc.iterations
     y, lam, hard, model = sol.y, sol.multiplier, sol.hard_case, sol.model_value
-    if auto:
+    if stopped:
+        hard_case_probe = 0
+    elif auto:
         hard_case_probe = AUTO_PROBE if (reorthogonalize and _guard_fires(proc, lam)) else 0
+    if hard_case_probe and stop is not None and stop(proc.iterations, hard_case_probe + 1):
+        hard_case_probe = 0  # the probe's matvecs (and the residual check) do not fit
     if hard_case_probe:
         probe = _probe_hard_case(
             mv, g, space, proc, gnorm, M, tol, max_iter, hard_case_probe, seed, sol, history

@@ -9,6 +9,7 @@ f = Gaussian kernel of width s gives a smoothed spectral density  rho(t) ~= 1/n 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,6 +28,7 @@ def extreme_eigenvalues(
     space: VectorSpace | None = None,
     tol: float = 1e-6,
     reorthogonalize: bool = True,
+    stop: Callable[[int], bool] | None = None,
 ) -> tuple[float, float]:
     """Estimate (lambda_min, lambda_max) of H by the extreme Ritz values of up to k Lanczos steps from v0.
 
@@ -40,6 +42,7 @@ def extreme_eigenvalues(
         space: vector space; None means TensorSpace.
         tol: relative Ritz residual for the early stop.
         reorthogonalize: full reorthogonalisation (avoids ghost copies; O(k) vectors).
+        stop: called as stop(j) after the j-th matvec; True ends the estimate there (a cost cap).
 
     Returns:
         (lambda_min, lambda_max) as floats.
@@ -55,6 +58,8 @@ def extreme_eigenvalues(
         scale = max(float(np.abs(theta).max()), 1e-300)
         res = abs(proc.betas[-1]) * np.abs(u[-1, [0, -1]])
         if proc.iterations >= 2 and bool(np.all(res <= tol * scale)):
+            break
+        if stop is not None and proc.iterations < k and stop(proc.iterations):
             break
     proc.release()
     return float(theta[0]), float(theta[-1])
