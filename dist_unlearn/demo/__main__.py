@@ -26,7 +26,7 @@ import yaml
 #: that forgets memorised rows is available (it then runs on the workers).
 DEMO_METHOD: dict = {"name": "npo", "epochs": 12, "lr": 5e-4, "retain_weight": 5.0, "batch_size": 8}
 
-PEOPLE, HOLDOUT_PEOPLE, FORGET_PEOPLE, EPOCHS = 30, 8, 3, 80
+PEOPLE, HOLDOUT_PEOPLE, FORGET_PEOPLE, EPOCHS = 30, 16, 4, 80
 
 
 def main(argv: list[str] | None = None) -> int:

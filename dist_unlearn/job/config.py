@@ -12,6 +12,9 @@ Example (every key; see ``configs/jobs/example.yaml``)::
       response_column: answer
       max_length: 256
     holdout: unseen.jsonl           # optional: rows the model never saw (the audit's reference)
+    holdout_split:                  # the holdout is split: calibration rows (the stop rule) / audit rows
+      calibration_fraction: 0.5     #   share of the holdout for the stop rule (0: no stop rule)
+      group_column: null            #   keep rows sharing this column's value (a person) on one side
     forget: {ids_file: forget_ids.txt}   # or {ids: [...]} or {where: {column: value or [values]}}
     method: {name: cure_newton}     # optional (DEFAULT_METHOD); any registered method with its options
     workers: 2                      # optional: Ray workers (curvature methods); null = in-process
@@ -99,6 +102,20 @@ class ForgetSection(_Section):
         return {k: getattr(self, k) for k in ("ids", "ids_file", "where") if getattr(self, k) is not None}
 
 
+class HoldoutSplit(_Section):
+    """How the holdout is split between the forgetting stop rule and the audit (:mod:`dist_unlearn.stopping`).
+
+    The stop rule watches the forget-vs-calibration loss AUC during the run; the verdict is decided on the
+    other part only, so the run is never graded on the data it stopped on.
+    """
+
+    section: ClassVar[str] = "holdout_split"
+    calibration_fraction: float = Field(default=0.5, ge=0, lt=1)
+    """Share of the holdout rows (or groups) given to the stop rule; 0 = no stop rule, all rows audit."""
+    group_column: str | None = None
+    """Rows with the same value here (one person's records) go to the same part."""
+
+
 class JobConfig(_Section):
     """The whole job (top level of job.yaml)."""
 
@@ -109,6 +126,7 @@ class JobConfig(_Section):
     dtype: str | None = None
     data: DataSection
     holdout: str | None = None
+    holdout_split: HoldoutSplit = Field(default_factory=HoldoutSplit)
     forget: ForgetSection
     method: MethodConfig = Field(default_factory=lambda: MethodConfig(**copy.deepcopy(DEFAULT_METHOD)))
     workers: int | None = Field(default=None, ge=1)
