@@ -106,10 +106,12 @@ class ObjectiveParts:
             )
 
     def _prepare_objective(self) -> None:
-        """The forget term of the objective; for NPO, this rank's reference losses at the given weights."""
+        """The forget term of the objective (:attr:`forget_term`); for NPO, this rank's reference losses at
+        the given weights. :attr:`forget_part` stays the plain forget rows (the stop rule's evidence)."""
         part = self.forget_part
+        self.forget_term = None
         if self.objective == "grad_diff":
-            part.loss_fn, part.coef = self.loss_fn, -self.forget_weight
+            self.forget_term = Part(part.data, part.collate, part.num_rows, self.loss_fn, -self.forget_weight)
         elif self.objective == "npo":
             import torch
 
@@ -123,7 +125,7 @@ class ObjectiveParts:
             self.cost.add("loss", self._mine(part.rows))
             indexed.loss_fn = NPOForgetLoss(self.loss_fn, ref, self.beta)
             indexed.coef = self.forget_weight
-            self.forget_part = indexed
+            self.forget_term = indexed
 
     # ------------------------------------------------------------------ chunks
     def _chunks(self, part: Part, rows: np.ndarray, pad: bool = False):
@@ -172,7 +174,7 @@ class ObjectiveParts:
         if forget is None:
             forget = self.objective != "retain"
         if forget:
-            part = self.forget_part
+            part = self.forget_term
             # the NPO term masks padding rows (index -1), so its chunks can be padded (see _chunks)
             pad = self.objective == "npo"
             for batch, w, _ in self._chunks(part, part.rows, pad=pad):
