@@ -196,15 +196,19 @@ def run_job(
         from dist_unlearn.job.holdout import split_holdout
 
         hs = cfg.holdout_split
+        objective = cfg.method_options().get("objective", "retain")
         split = split_holdout(
             holdout,
             fraction=hs.calibration_fraction,
             group_column=hs.group_column,
             id_column=cfg.data.id_column,
             seed=cfg.seed,
-            stop_rule=spec.curvature,
+            stop_rule=spec.curvature and objective != "retain",
             why_not=f"{cfg.method.name} is not a curvature method: it has no stop rule, every holdout row is "
-            "audit evidence.",
+            "audit evidence."
+            if not spec.curvature
+            else "objective 'retain' minimises the retain loss and cannot push the forget rows past unseen "
+            "data: no stop rule, every holdout row is audit evidence.",
         )
     connected = check_workers(cfg.workers if distributed else None, use_gpu, oversubscribe=cfg.oversubscribe)
     try:
