@@ -104,3 +104,27 @@ def split_holdout(
 
 def _plain(x: Any) -> Any:
     return x.item() if hasattr(x, "item") else x
+
+
+def split_for_job(cfg: Any, curvature: bool, holdout: Any) -> HoldoutParts | None:
+    """The split of a job's holdout (None without one): a stop rule only for a curvature method with a
+    forgetting objective (the retain objective cannot push the forget rows past unseen data)."""
+    if holdout is None:
+        return None
+    objective = cfg.method_options().get("objective", "retain")
+    if not curvature:
+        why = f"{cfg.method.name} is not a curvature method: it has no stop rule, every holdout row is audit "
+        why += "evidence."
+    else:
+        why = "objective 'retain' minimises the retain loss and cannot push the forget rows past unseen "
+        why += "data: no stop rule, every holdout row is audit evidence."
+    hs = cfg.holdout_split
+    return split_holdout(
+        holdout,
+        fraction=hs.calibration_fraction,
+        group_column=hs.group_column,
+        id_column=cfg.data.id_column,
+        seed=cfg.seed,
+        stop_rule=curvature and objective != "retain",
+        why_not=why,
+    )

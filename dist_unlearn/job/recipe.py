@@ -191,25 +191,9 @@ def run_job(
         from dist_unlearn.preflight import check_deepspeed_config
 
         check_deepspeed_config(cfg.deepspeed_config, cfg.zero_stage)
-    split = None
-    if holdout is not None:
-        from dist_unlearn.job.holdout import split_holdout
+    from dist_unlearn.job.holdout import split_for_job
 
-        hs = cfg.holdout_split
-        objective = cfg.method_options().get("objective", "retain")
-        split = split_holdout(
-            holdout,
-            fraction=hs.calibration_fraction,
-            group_column=hs.group_column,
-            id_column=cfg.data.id_column,
-            seed=cfg.seed,
-            stop_rule=spec.curvature and objective != "retain",
-            why_not=f"{cfg.method.name} is not a curvature method: it has no stop rule, every holdout row is "
-            "audit evidence."
-            if not spec.curvature
-            else "objective 'retain' minimises the retain loss and cannot push the forget rows past unseen "
-            "data: no stop rule, every holdout row is audit evidence.",
-        )
+    split = split_for_job(cfg, spec.curvature, holdout)
     connected = check_workers(cfg.workers if distributed else None, use_gpu, oversubscribe=cfg.oversubscribe)
     try:
         result, record = _run(cfg, src, fmt, train, holdout, split, sel, distributed, log)
