@@ -46,6 +46,9 @@ OUTER_STEP_CALLS = (
     "resample",
     "state_dict_numpy",
     "stats",
+    "influence_gradient",
+    "retain_loss",
+    "membership_losses",
 )
 """Worker calls made once per outer step or trial point (loss, gradient, update, snapshots, checkpoints), not
 per Lanczos iteration: the first-M search and ARC trials add these, the fused iteration does not."""
