@@ -67,7 +67,9 @@ def unlearn(
         raise ModelError(f"model is a {type(model).__name__}; unlearn needs a torch nn.Module.")
     check_loss_fn(loss_fn)
     needs = set(spec.needs)
-    if spec.curvature and (opts.objective != "retain" or opts.gradient == "influence"):
+    if spec.curvature and (
+        opts.objective != "retain" or opts.gradient == "influence" or opts.calibration is not None
+    ):
         needs.add("forget")
     for name, data in (("retain", retain), ("forget", forget)):
         if name not in needs:
@@ -85,23 +87,16 @@ def unlearn(
             raise DataError(
                 f"the {name} set is empty (0 examples); {why} reads it. Give at least one example."
             )
+    if opts.calibration is not None:
+        from dist_unlearn.stopping import check_calibration
+
+        check_calibration(opts.calibration, forget)
     if opts.workers is not None:
         if not spec.curvature:
             opts.workers = None  # first-order baselines and retraining always run in-process
         else:
             from dist_unlearn.distributed import run_distributed
 
-            unsupported = [
-                f"{k}={getattr(opts, k)!r}"
-                for k, default in (("objective", "retain"), ("gradient", "full"))
-                if getattr(opts, k) != default
-            ] + (["hvp_sample"] if "hvp_sample" in given.model_fields_set else [])
-            if unsupported:
-                raise ConfigError(
-                    f"{', '.join(unsupported)}: not available with workers={opts.workers} yet (the Ray "
-                    "engine runs the retain objective with the full-batch Hessian); run in-process "
-                    "(workers=None) or drop the option."
-                )
             return run_distributed(model, loss_fn, retain, forget, method, opts)
     if loss_fn is None:
         from dist_unlearn.models import default_loss_fn
@@ -174,9 +169,28 @@ def _run_curvature(
         device=opts.device,
         progress=False,
     )
+    rule_cost = None
+    if opts.calibration is not None:
+        from dist_unlearn.cost import CostCounter
+        from dist_unlearn.stopping import ForgetStopRule, LocalMembershipLosses
+
+        rule_cost = CostCounter()
+        losses = LocalMembershipLosses(
+            model,
+            oracle.loss_fn,
+            forget,
+            opts.calibration,
+            batch_size=oracle.batch_size,
+            collate_fn=opts.collate_fn,
+            cost=rule_cost,
+        )
+        oracle.stop_rule = ForgetStopRule(losses, opts.stop_auc_band)
     state = OuterLoopState(seed=opts.seed)
     steps = run_curvature_method(method, oracle, opts, state=state)
     extra = curvature_stats(oracle, state)
+    if rule_cost is not None:  # the stop rule's forward passes are part of the run's cost
+        extra["cost"] = rule_cost.merge(extra["cost"] or {}).as_dict()
+        extra["stop_rule"] = oracle.stop_rule.describe()
     extra["objective"] = opts.objective
     if stochastic:  # the loop's final values are on a mini-batch: report the full retain loss too
         extra["final_minibatch_loss"] = state.final_loss

@@ -125,6 +125,13 @@ class UnlearnOptions(BaseModel):
     gradient: Literal["full", "influence"] = "full"
     """Curvature methods, objective "retain": "influence" takes the first gradient from the forget set,
     g_0 = -(n_f/n_r) grad L_f(w_0) (valid at a stationary point of the training loss)."""
+    calibration: Any = None
+    """Curvature methods: data the model never saw (a Dataset / DataLoader / datasets.Dataset). Turns on the
+    forgetting stop rule (:mod:`dist_unlearn.stopping`): stop once the forget set's losses are
+    indistinguishable from these (membership AUC within ``stop_auc_band`` of 0.5), refuse steps that
+    overshoot. Keep it apart from the data a verdict is judged on. None: no stop rule."""
+    stop_auc_band: float = Field(default=0.1, gt=0, lt=0.5)
+    """The stop rule's band: |AUC - 0.5| <= band stops the run, AUC < 0.5 - band is an overshoot."""
 
     # ---- stochastic variant -----------------------------------------------------------------------------
     grad_batch_size: int | None = Field(default=None, ge=1)
@@ -278,7 +285,7 @@ _READERS: dict[str, tuple[str, ...] | str] = {
         k: CURVATURE
         for k in (
             "tol", "hvp", "krylov_tol", "krylov_max_iter", "reorthogonalize", "store_basis", "objective",
-            "gradient", "grad_rtol", "step_rtol",
+            "gradient", "grad_rtol", "step_rtol", "calibration", "stop_auc_band",
         )
     },
     **{

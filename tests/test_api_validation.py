@@ -121,8 +121,19 @@ def test_a_forget_objective_without_a_forget_set_is_a_data_error(small):
         unlearn(model, ce, retain, None, method="cure_newton", objective="grad_diff")
 
 
-@pytest.mark.parametrize("opts", [{"objective": "npo"}, {"gradient": "influence"}, {"hvp_sample": 10}])
-def test_options_the_ray_engine_does_not_run_are_refused_with_workers(small, opts):
+@pytest.mark.parametrize("opts", [{"objective": "npo"}, {"gradient": "influence"}, {"calibration": "unseen"}])
+def test_options_that_read_the_forget_set_need_it_with_workers_too(small, opts):
+    """The Ray engine runs the forgetting objectives, the influence gradient and the stop rule (issue 8,
+    tests/test_distributed_objectives.py); without a forget set they fail before any worker starts."""
     model, retain, forget = small
-    with pytest.raises(ConfigError, match="not available with workers=2"):
-        unlearn(model, ce, retain, forget, method="cure_newton", workers=2, **opts)
+    if "calibration" in opts:
+        opts = {"objective": "npo", "calibration": forget}
+    with pytest.raises(DataError, match="needs the forget set"):
+        unlearn(model, ce, retain, None, method="cure_newton", workers=2, **opts)
+
+
+def test_an_empty_calibration_set_is_refused_before_any_work(small):
+    model, retain, forget = small
+    empty = TensorDataset(torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(DataError, match="needs a non-empty calibration set"):
+        unlearn(model, ce, retain, forget, objective="npo", calibration=empty, workers=2)

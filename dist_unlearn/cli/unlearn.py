@@ -111,6 +111,15 @@ def print_verdict(audit: dict[str, Any]) -> None:
             parts.append(f"{key} {ch:+.1%}")
     if parts:
         click.echo("utility: " + ", ".join(parts) + f" (tolerance {chk.get('tolerance', 0.1):.0%})")
+    checks = run.get("stop_checks") or []
+    split = (audit["request"].get("holdout") or {}).get("split") or {}
+    if checks:
+        last = checks[-1]
+        click.echo(
+            f"stop rule: {len(checks)} checks on {split.get('calibration_rows')} calibration rows, last AUC "
+            f"{last['auc']:.3f} ({last['decision']}); stop reason {run.get('stop_reason')}; the verdict is "
+            f"on the other {split.get('audit_rows')} holdout rows"
+        )
     cost = (run.get("cost") or {}).get("example_passes")
     where = f"{run['workers']} workers, ZeRO-{run['zero_stage']}" if run.get("workers") else "in-process"
     cost_txt = f"{cost:.0f} example passes" if cost is not None else "example passes not reported"

@@ -186,7 +186,10 @@ def per_example(loss_fn: Any, model: torch.nn.Module, batch: Any) -> torch.Tenso
 
 
 class NPOForgetLoss:
-    """(2/beta) mean_i softplus(beta (l_i^ref - l_i(w))) on an :class:`IndexedRows` batch (batch, idx)."""
+    """(2/beta) mean_i softplus(beta (l_i^ref - l_i(w))) on an :class:`IndexedRows` batch (batch, idx).
+
+    Rows with index -1 are padding (the distributed engine's ZeRO-3 chunks): left out of the mean.
+    """
 
     def __init__(self, loss_fn: Any, reference: torch.Tensor, beta: float):
         self.loss_fn, self.reference, self.beta = loss_fn, reference, float(beta)
@@ -194,8 +197,16 @@ class NPOForgetLoss:
     def __call__(self, model: torch.nn.Module, batch: tuple[Any, torch.Tensor]) -> torch.Tensor:
         inner, idx = batch
         losses = per_example(self.loss_fn, model, inner)
-        ref = self.reference.to(losses.device)[idx.to(self.reference.device)].to(losses.dtype)
-        return (2.0 / self.beta) * F.softplus(self.beta * (ref - losses)).mean()
+        valid = idx >= 0
+        ref = self.reference.to(losses.device)[idx.clamp_min(0).to(self.reference.device)].to(losses.dtype)
+        terms = F.softplus(self.beta * (ref - losses))
+        if bool(valid.all()):
+            return (2.0 / self.beta) * terms.mean()
+        # padding rows (index -1, the engine's ZeRO-3 chunks) are masked out; where() keeps their gradient 0
+        valid = valid.to(losses.device)
+        ref = torch.where(valid, ref, torch.zeros_like(ref))
+        terms = torch.where(valid, F.softplus(self.beta * (ref - losses)), torch.zeros_like(losses))
+        return (2.0 / self.beta) * terms.sum() / valid.sum().clamp_min(1)
 
 
 @torch.no_grad()

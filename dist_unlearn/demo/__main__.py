@@ -4,15 +4,17 @@
    small GPT-2 from a config until it has memorised them, save it with ``save_pretrained`` (cached in
    ``<out>/inputs``; delete the folder to rebuild).
 2. Write ``<out>/job.yaml``: forget every record of a few people (``forget_ids.txt``), holdout = records of
-   people the model never saw.
-3. Run ``python -m dist_unlearn unlearn --config <out>/job.yaml`` (2 local Ray workers, ZeRO-3, when the
-   method is a curvature method), which prints the verdict table and the cost and writes
+   people the model never saw, split by person: half calibrate the stop rule, half are the audit's reference.
+3. Run ``python -m dist_unlearn unlearn --config <out>/job.yaml`` (2 local Ray workers, ZeRO-3, the
+   job's default method, CureNewton on the NPO objective with the forgetting stop rule, through the engine),
+   which prints the verdict table and the cost and writes
    ``<out>/unlearned/`` (model, audit.json, audit.md, plot).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import subprocess
 import sys
 import time
@@ -20,13 +22,15 @@ from pathlib import Path
 
 import yaml
 
-#: The method the demo's job uses. Measured on this demo (benchmarks/RESULTS.md, "unlearn job demo"):
-#: cure_newton on the retain loss alone leaves memorised rows memorised (AUC 1.0 before and after), NPO with a
-#: retain term brings the forget rows to the holdout's loss level. Switch here when a curvature objective
-#: that forgets memorised rows is available (it then runs on the workers).
-DEMO_METHOD: dict = {"name": "npo", "epochs": 12, "lr": 5e-4, "retain_weight": 5.0, "batch_size": 8}
+from dist_unlearn.job.config import DEFAULT_METHOD
 
-PEOPLE, HOLDOUT_PEOPLE, FORGET_PEOPLE, EPOCHS = 30, 8, 3, 80
+#: The demo's job names no method, so it runs the job's default (dist_unlearn.job.DEFAULT_METHOD): CureNewton
+#: on the NPO objective with the forgetting stop rule, on the Ray workers. Measured on this demo in
+#: notes/h8.md (the method comparison): on the retain loss alone CureNewton leaves memorised rows memorised
+#: (AUC 1.0 before and after); the forgetting objectives without a stop rule overshoot (AUC ~0).
+DEMO_METHOD: dict = copy.deepcopy(DEFAULT_METHOD)
+
+PEOPLE, HOLDOUT_PEOPLE, FORGET_PEOPLE, EPOCHS = 30, 16, 4, 80
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,14 +73,15 @@ def main(argv: list[str] | None = None) -> int:
             "max_length": 128,
         },
         "holdout": str(inputs / "holdout.jsonl"),
+        "holdout_split": {"calibration_fraction": 0.5, "group_column": "person"},
         "forget": {"ids_file": str(inputs / "forget_ids.txt")},
-        "method": DEMO_METHOD,
         "workers": args.workers,
         "zero_stage": args.zero_stage,
         "output_dir": str(out / "unlearned"),
     }
     job_path = out / "job.yaml"
     job_path.write_text(yaml.safe_dump(job, sort_keys=False))
+    print(f"[demo] method: the job default {DEFAULT_METHOD} (dist_unlearn.job.DEFAULT_METHOD)", flush=True)
     cmd = [sys.executable, "-m", "dist_unlearn", "unlearn", "--config", str(job_path), "--overwrite"]
     print(f"[demo] forgetting {FORGET_PEOPLE} people: {' '.join(['dist-unlearn', *cmd[3:]])}", flush=True)
     rc = subprocess.call(cmd)

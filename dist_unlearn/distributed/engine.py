@@ -25,6 +25,7 @@ from dist_unlearn.distributed.dsconfig import hvp_mode, make_ds_config
 from dist_unlearn.distributed.group import WorkerDiedError, WorkerGroup
 from dist_unlearn.distributed.oracle import RayOracle
 from dist_unlearn.errors import ConfigError, DataError, DistributedError, ModelError
+from dist_unlearn.stopping import ForgetStopRule
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ OUTER_STEP_CALLS = (
     "resample",
     "state_dict_numpy",
     "stats",
+    "influence_gradient",
+    "retain_loss",
+    "membership_losses",
 )
 """Worker calls made once per outer step or trial point (loss, gradient, update, snapshots, checkpoints), not
 per Lanczos iteration: the first-M search and ARC trials add these, the fused iteration does not."""
@@ -86,12 +90,24 @@ def build_group(
     use_gpu: bool = False,
     cpus_per_worker: float = 1,
     fd_eps: float | None = None,
+    forget: Any = None,
+    calibration: Any = None,
+    objective: str = "retain",
+    gradient: str = "full",
+    forget_weight: float = 1.0,
+    beta: float = 0.1,
+    hvp_rows: list[int] | None = None,
 ) -> tuple[WorkerGroup, RayOracle]:
     """Start ``num_workers`` ranks holding ``model`` and their shard of ``retain``; return (group, oracle).
 
     Ray must be initialised (see :func:`ensure_ray`). ``model`` is a live ``nn.Module`` (cloudpickled to the
     workers) or a model name/path each worker loads itself with ``dist_unlearn.models.load_model``.
     The caller owns the group: call ``group.shutdown()``.
+
+    ``forget`` / ``calibration`` are sharded like ``retain``; ``objective``, ``gradient``, ``forget_weight``
+    and ``beta`` choose the loss the workers differentiate (as in
+    :func:`dist_unlearn.curvature.objective.build_oracle`). ``hvp_rows``: a fixed HVP sample of retain rows
+    (cure_newton's ``hvp_sample``; None = all).
     """
     import cloudpickle
     from torch import nn
@@ -124,20 +140,50 @@ def build_group(
         "model_path": model_path,
         "model_kwargs": dict(model_kwargs or {}),
         "fd_eps": fd_eps,
+        "objective": objective,
+        "gradient": gradient,
+        "forget_weight": float(forget_weight),
+        "beta": float(beta),
     }
     spec["zero_stage"] = spec["ds_config"]["zero_optimization"]["stage"]
     loss_blob = cloudpickle.dumps(loss_fn) if loss_fn is not None else None
+    parts = {"retain": retain, "forget": _dataset(forget), "calibration": _dataset(calibration)}
     group = WorkerGroup(num_workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker)
     try:
-        group.setup(spec, model_blob, loss_blob, cloudpickle.dumps(retain))
+        group.setup(spec, model_blob, loss_blob, cloudpickle.dumps(parts))
+        if hvp_rows is not None:
+            group.execute_all("resample", None, list(hvp_rows))
     except BaseException:
         group.shutdown()
         raise
     group.spec = spec
     oracle = RayOracle(
-        group, num_rows=num_rows, grad_batch_size=grad_batch_size, hvp_batch_size=hvp_batch_size
+        group,
+        num_rows=num_rows,
+        grad_batch_size=grad_batch_size,
+        hvp_batch_size=hvp_batch_size,
+        influence_first=objective == "retain" and gradient == "influence",
     )
     return group, oracle
+
+
+def _dataset(data: Any) -> Any:
+    from torch.utils.data import DataLoader
+
+    return data.dataset if isinstance(data, DataLoader) else data
+
+
+def fixed_hvp_rows(option: Any, num_rows: int, seed: int) -> list[int] | None:
+    """cure_newton's HVP sample, drawn exactly as the in-process oracle draws it (same rows for a seed)."""
+    import torch
+
+    from dist_unlearn.api import hvp_sample_size
+
+    size = hvp_sample_size(option, num_rows)
+    if size is None:
+        return None
+    gen = torch.Generator().manual_seed(int(seed))
+    return sorted(torch.randperm(num_rows, generator=gen)[:size].tolist())
 
 
 def _fault_hook(group: WorkerGroup, attempt: int):
@@ -176,7 +222,9 @@ def run_distributed(
             name/path that each worker loads itself (the driver then loads it once at the end).
         loss_fn: ``loss_fn(model, batch) -> mean loss``; None: ``models.default_loss_fn``.
         retain: the retain set (torch Dataset / DataLoader / datasets.Dataset), sharded row-wise over ranks.
-        forget: unused by curvature methods (accepted for the common signature).
+        forget: the forget set, sharded the same way; read for ``objective`` "grad_diff" / "npo",
+            ``gradient="influence"`` and the forgetting stop rule (``calibration``; the workers then also
+            hold a shard of the calibration data and send per-example losses, :mod:`dist_unlearn.stopping`).
         method: ``cure_newton``, ``cure_newton_stochastic``, ``damped_newton`` or ``pinv_newton``.
         options: :class:`~dist_unlearn.options.UnlearnOptions` (or a dict of them); reads workers,
             zero_stage, deepspeed_config, max_restarts, checkpoint_dir, hvp, batch_size, seed, ...
@@ -210,6 +258,12 @@ def run_distributed(
     if use_gpu is None:
         use_gpu = torch.cuda.is_available()
     stochastic = method == "cure_newton_stochastic"
+    hvp_rows = None
+    if method == "cure_newton":
+        try:
+            hvp_rows = fixed_hvp_rows(opts.hvp_sample, len(_dataset(retain)), opts.seed)
+        except TypeError:
+            hvp_rows = None  # no length: build_group reports it
 
     initial = (
         {k: p.detach().to("cpu", copy=True) for k, p in model.named_parameters() if p.requires_grad}
@@ -249,8 +303,18 @@ def run_distributed(
                     use_gpu=use_gpu,
                     cpus_per_worker=cpus_per_worker,
                     model_kwargs=model_kwargs,
+                    forget=forget,
+                    calibration=opts.calibration,
+                    objective=opts.objective,
+                    gradient=opts.gradient,
+                    forget_weight=opts.forget_weight,
+                    beta=opts.beta,
+                    hvp_rows=hvp_rows,
                 )
+                if opts.calibration is not None:
+                    oracle.stop_rule = ForgetStopRule(oracle.membership_losses, opts.stop_auc_band)
                 if committed is not None:
+                    oracle.influence_first = False  # the first step's influence gradient was used already
                     group.execute_all("load_shard", str(ckpt / "weights-rank{rank}.pt"))
                 times["setup_s"] += time.perf_counter() - t0
                 bytes0, wait0, t_run = group.bytes_received, group.wait_s, time.perf_counter()
@@ -281,6 +345,8 @@ def run_distributed(
                 if stochastic:
                     oracle.resample(None)
                     final_loss = oracle.loss()
+                elif opts.objective != "retain":  # the loop's final loss is the objective's
+                    final_loss = oracle.retain_loss()
                 sd = group.execute_all("state_dict_numpy")[0]
                 saved = None
                 if output_dir is not None:
@@ -349,6 +415,14 @@ def run_distributed(
         "final_M": state.M,
         "stop_reason": state.stop_reason,
         "final_loss": final_loss if final_loss is not None else state.final_loss,
+        "objective": opts.objective,
+        **({"final_objective": state.final_loss} if opts.objective != "retain" else {}),
+        **({"stop_checks": list(state.stop_checks)} if state.stop_checks else {}),
+        **(
+            {"stop_rule": ForgetStopRule(lambda: None, opts.stop_auc_band).describe()}
+            if opts.calibration is not None
+            else {}
+        ),
         "final_grad_norm": state.final_grad_norm,
         "update_norm": update_norm,
         "peak_memory_mb": max(w["peak_rss_mb"] for w in worker_stats),

@@ -2,7 +2,8 @@
 
 The retain loss is L(w) = (1/N) sum_i l_i(w) over all N retain rows; rank r holds rows r, r + W, ... and
 computes the partial sum (1/N) sum_{i in shard} l_i, so the all-reduced (summed) partials are exactly L and
-its derivatives. Every function here counts its examples in ``self.cost`` (a
+its derivatives (a forgetting objective adds its forget term the same way, see
+:mod:`~dist_unlearn.distributed.objective`). Every function here counts its examples in ``self.cost`` (a
 :class:`~dist_unlearn.cost.CostCounter`): the driver sums the ranks' counters.
 """
 
@@ -77,18 +78,23 @@ class GradHVP:
         self.snaps.pop(sid, None)
 
     # ------------------------------------------------------------------ loss / gradient / HVP
-    def _loss_and_local_grad(self, rows: np.ndarray, need_grad: bool = True):
-        """(L on ``rows``, this rank's shard of grad L) with every collective done."""
+    def _loss_and_local_grad(self, rows: np.ndarray, need_grad: bool = True, terms: Any = None):
+        """(L on ``rows``, this rank's shard of grad L) with every collective done.
+
+        L is the objective (:mod:`~dist_unlearn.distributed.objective`): the retain loss on ``rows`` plus the
+        forget term of a forgetting objective; ``terms`` ((loss_fn, batch, weight) triples) overrides it.
+        """
         import torch
 
+        terms = self._terms(rows) if terms is None else terms
         t0 = time.perf_counter()
         comm0 = self.timer.comm
         loss = torch.zeros(1, dtype=torch.float64, device=self.device)
         if self.stage == 3:
             # Forward/backward through the engine: ZeRO-3 gathers parameters and reduce-scatters gradients.
             # DeepSpeed averages gradients over ranks, hence the factor W on the local loss.
-            for batch, w in self._batches(rows):
-                out = self.loss_fn(self.engine, batch) * (w * self.world_size)
+            for loss_fn, batch, w in terms:
+                out = loss_fn(self.engine, batch) * (w * self.world_size)
                 loss += out.detach().double() / self.world_size
                 if need_grad:
                     self.engine.backward(out)
@@ -107,8 +113,8 @@ class GradHVP:
             self._release_z3()
         else:
             acc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params] if need_grad else None
-            for batch, w in self._batches(rows):
-                out = self.loss_fn(self.module, batch) * w
+            for loss_fn, batch, w in terms:
+                out = loss_fn(self.module, batch) * w
                 loss += out.detach().double()
                 if need_grad:
                     gs = torch.autograd.grad(out, self.params, allow_unused=True)
@@ -132,14 +138,14 @@ class GradHVP:
         import torch
 
         self.counters["losses"] += 1
-        self.cost.add("loss", self._mine(self.grad_rows))
+        self._count("loss", self.grad_rows)
         with torch.no_grad() if self.stage != 3 else _nullctx():
             value, _ = self._loss_and_local_grad(self.grad_rows, need_grad=False)
         return value
 
     def loss_and_gradient(self, out: int) -> float:
         self.counters["gradients"] += 1
-        self.cost.add("gradient", self._mine(self.grad_rows))
+        self._count("gradient", self.grad_rows)
         value, g = self._loss_and_local_grad(self.grad_rows)
         self.vecs[out] = g
         return value
@@ -150,7 +156,7 @@ class GradHVP:
     def _hvp_local(self, v_local):
         """This rank's shard of H v for a local shard of v (collectives inside), counted."""
         self.counters["hvps"] += 1
-        self.cost.add("hvp_fd" if self.hvp_mode == "fd" else "hvp_exact", self._mine(self.hvp_rows))
+        self._count("hvp_fd" if self.hvp_mode == "fd" else "hvp_exact", self.hvp_rows)
         if self.hvp_mode == "fd":
             return self._hvp_fd(v_local)
         return self._hvp_exact(v_local)
@@ -167,8 +173,8 @@ class GradHVP:
             vs.append(full_v[offs : offs + p.numel()].view_as(p).to(p.dtype))
             offs += p.numel()
         acc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
-        for batch, w in self._batches(self.hvp_rows):
-            out = self.loss_fn(self.module, batch) * w
+        for loss_fn, batch, w in self._terms(self.hvp_rows):
+            out = loss_fn(self.module, batch) * w
             gs = torch.autograd.grad(out, self.params, create_graph=True, allow_unused=True)
             pairs = [(g, x) for g, x in zip(gs, vs, strict=True) if g is not None]
             gv = sum((g * x).sum() for g, x in pairs)

@@ -27,6 +27,13 @@ class RayOracle:
         num_rows: retain rows (for resampling).
         grad_batch_size: rows per gradient sample after :meth:`resample` (None: all rows).
         hvp_batch_size: rows per HVP sample after :meth:`resample` (None: all rows).
+        influence_first: the first :meth:`loss_and_gradient` returns the influence gradient
+            -(N_f/N_r) grad L_f (``gradient="influence"``; the workers hold the forget set).
+
+    With a forgetting objective (workers set up with ``objective="grad_diff"`` / ``"npo"``), L is that
+    objective (:mod:`dist_unlearn.distributed.objective`); :meth:`retain_loss` gives L_r alone.
+    :attr:`stop_rule` (None, or a :class:`dist_unlearn.stopping.ForgetStopRule` over
+    :meth:`membership_losses`) is read by the outer loop.
     """
 
     def __init__(
@@ -36,8 +43,11 @@ class RayOracle:
         num_rows: int,
         grad_batch_size: int | None = None,
         hvp_batch_size: int | None = None,
+        influence_first: bool = False,
     ) -> None:
         self.group = group
+        self.influence_first = influence_first
+        self.stop_rule: Any = None
         self.space = ShardedSpace(group)
         self.counters: dict[str, int] = {"gradients": 0, "hvps": 0, "losses": 0}
         self.num_rows = num_rows
@@ -55,12 +65,33 @@ class RayOracle:
     def loss_and_gradient(self) -> tuple[float, ShardedVector]:
         self.counters["gradients"] += 1
         out = self.space.new_handle()
-        value = float(self.group.execute_all("loss_and_gradient", out.id)[0])
+        call = "influence_gradient" if self.influence_first else "loss_and_gradient"
+        self.influence_first = False
+        value = float(self.group.execute_all(call, out.id)[0])
         _check(value, "retain loss")
         return value, out
 
     def gradient(self) -> ShardedVector:
         return self.loss_and_gradient()[1]
+
+    def retain_loss(self) -> float:
+        """L_r(w) alone (forward only), whatever the objective."""
+        value = float(self.group.execute_all("retain_loss")[0])
+        _check(value, "retain loss")
+        return value
+
+    def membership_losses(self) -> tuple[np.ndarray, np.ndarray]:
+        """(forget losses, calibration losses) at the current weights, in row order: each rank evaluates its
+        rows (forward only) and sends one float per row."""
+        out = []
+        replies = self.group.execute_all("membership_losses")
+        for name in ("forget", "calibration"):
+            ids = np.concatenate([np.asarray(r[name][0], dtype=np.int64) for r in replies])
+            vals = np.concatenate([np.asarray(r[name][1], dtype=np.float64) for r in replies])
+            losses = np.full(len(ids), np.nan)
+            losses[ids] = vals  # ranks hold disjoint rows 0..n-1
+            out.append(losses)
+        return out[0], out[1]
 
     def hvp(self, v: ShardedVector) -> ShardedVector:
         if self.hvp_hook is not None:

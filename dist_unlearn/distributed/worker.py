@@ -12,7 +12,8 @@ Dot products are a local float64 dot plus an all-reduce, so only scalars ever le
 
 The actor is assembled from one module per seam: engine setup, data shard, checkpoints (here); the vector
 store (:mod:`~dist_unlearn.distributed.vectors`); weights, loss, gradient and the HVP kinds
-(:mod:`~dist_unlearn.distributed.hvp`); the fused Lanczos iteration (:mod:`~dist_unlearn.distributed.fused`).
+(:mod:`~dist_unlearn.distributed.hvp`); the fused Lanczos iteration (:mod:`~dist_unlearn.distributed.fused`);
+the forget / calibration shards and the forgetting objectives (:mod:`~dist_unlearn.distributed.objective`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from dist_unlearn.distributed.fused import FusedLanczos
 from dist_unlearn.distributed.hvp import GradHVP
+from dist_unlearn.distributed.objective import ObjectiveParts
 from dist_unlearn.distributed.vectors import VectorStore
 
 
@@ -35,7 +37,7 @@ class _Timer:
         self.comm = 0.0
 
 
-class DistWorker(VectorStore, GradHVP, FusedLanczos):
+class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
     """The Ray actor body (``ray.remote``-wrapped by :class:`~dist_unlearn.distributed.group.WorkerGroup`).
 
     Args:
@@ -87,7 +89,11 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos):
         loss_blob: Any,
         data_blob: Any,
     ) -> dict[str, Any]:
-        """Rendezvous, build the model and the DeepSpeed engine, and shard the retain data.
+        """Rendezvous, build the model and the DeepSpeed engine, and shard the data.
+
+        ``data_blob`` is the pickled retain set, or a dict ``{"retain", "forget", "calibration"}`` (the last
+        two may be None); ``spec`` carries the objective (``objective``, ``gradient``, ``forget_weight``,
+        ``beta``). NPO reference losses are computed here, at the weights as given.
 
         Must be called on all ranks concurrently (``init_distributed`` is a rendezvous).
 
@@ -156,7 +162,10 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos):
         self._layout()
 
         data = cloudpickle.loads(data_blob)
-        self._set_data(data)
+        parts = data if isinstance(data, dict) else {"retain": data}
+        self._set_data(parts["retain"])
+        self._set_parts(parts.get("forget"), parts.get("calibration"), spec)
+        self._prepare_objective()
         return {
             "num_params": self.n,
             "local_len": self.local_len,
@@ -218,18 +227,10 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos):
         self.hvp_rows = self.all_rows if hvp_rows is None else np.asarray(hvp_rows)
 
     def _batches(self, rows: np.ndarray):
-        """Yield (batch, weight) for this rank's part of ``rows``; weight = rows in batch / len(rows)."""
-        from torch.utils.data import default_collate
-
-        from dist_unlearn.data.device import to_device
-
-        mine = rows[self.rank :: self.world_size]
-        bs = int(self.batch_size or max(1, len(mine)))
-        collate = self.collate_fn or default_collate
-        for i in range(0, len(mine), bs):
-            idx = mine[i : i + bs]
-            batch = collate([self.data[int(j)] for j in idx])
-            yield to_device(batch, None if self.device.type == "cpu" else self.device), len(idx) / len(rows)
+        """Yield (batch, weight) for this rank's part of retain ``rows``; weight = rows in batch / len(rows)
+        (the same number of batches on every rank, see :meth:`ObjectiveParts._chunks`)."""
+        for batch, w, _ in self._chunks(self._retain_part(), rows):
+            yield batch, w
 
     # ------------------------------------------------------------------ checkpoint / output
     def save_shard(self, path: str) -> None:

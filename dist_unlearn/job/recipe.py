@@ -4,7 +4,9 @@
    the config, the output folder, the model folder (config, weights, tokenizer), the data files and their
    columns, the forget selector against the data, the holdout (overlap with training warned), the number of
    workers against the cluster.
-2. Load the model and tokenizer, tokenise the rows, split retain / forget, measure the evidence before.
+2. Load the model and tokenizer, tokenise the rows, split retain / forget, split the holdout into
+   calibration rows (the forgetting stop rule, :mod:`dist_unlearn.stopping`) and audit rows (the verdict's
+   reference, :mod:`dist_unlearn.job.holdout`), measure the evidence before.
 3. Unlearn through the common engine: :func:`dist_unlearn.unlearn` in-process, or
    :func:`dist_unlearn.distributed.engine.run_distributed` on Ray workers (each worker loads the model from
    its path itself; ZeRO stage as configured).
@@ -189,9 +191,12 @@ def run_job(
         from dist_unlearn.preflight import check_deepspeed_config
 
         check_deepspeed_config(cfg.deepspeed_config, cfg.zero_stage)
+    from dist_unlearn.job.holdout import split_for_job
+
+    split = split_for_job(cfg, spec.curvature, holdout)
     connected = check_workers(cfg.workers if distributed else None, use_gpu, oversubscribe=cfg.oversubscribe)
     try:
-        result, record = _run(cfg, src, fmt, train, holdout, sel, distributed, log)
+        result, record = _run(cfg, src, fmt, train, holdout, split, sel, distributed, log)
     finally:
         if connected:
             import ray
@@ -223,6 +228,7 @@ def run_job(
                 "sha256": path_sha256(cfg.holdout),
                 "rows": len(holdout),
                 "overlap_with_training": overlap,
+                "split": split.record if split is not None else None,
             }
         record["model"]["output"] = {
             "path": str(out / "model"),
@@ -243,6 +249,8 @@ def run_job(
                 "stop_reason": stats.get("stop_reason"),
                 "update_norm": stats.get("update_norm"),
                 "hvp_mode": stats.get("hvp_mode"),
+                "stop_rule": stats.get("stop_rule"),
+                "stop_checks": stats.get("stop_checks"),
             }
         )
         record["verdict"] = verdict
@@ -252,8 +260,12 @@ def run_job(
             record["not_checked"] = [
                 "whether the forget rows are still recognisable: no holdout (data the model never saw) was "
                 "given, so no forget-vs-holdout AUC or KS test could be computed (status "
-                "unknown_without_holdout)."
+                "unknown_without_holdout).",
+                "no forgetting stop rule: it needs unseen calibration rows, which come from the holdout; the "
+                "run stopped on its own rules (stop_reason in run).",
             ]
+        elif split is not None and not split.record["stop_rule"]:
+            record["not_checked"] = [f"no forgetting stop rule: {split.record['why']}"]
         record["provenance"] = provenance({"workers": record["run"]["workers"], "use_gpu": use_gpu})
         write_audit(od.stage, record, before, after)
         (od.stage / "model" / "README.md").write_text(model_card(record))
@@ -264,8 +276,8 @@ def run_job(
     return JobResult(output_dir=out, audit=record, model=model)
 
 
-def _run(cfg, src, fmt, train, holdout, sel, distributed, log):
-    """Steps 2 and 3: load, tokenise, evidence before, unlearn, evidence after."""
+def _run(cfg, src, fmt, train, holdout, split, sel, distributed, log):
+    """Steps 2 and 3: load, tokenise, evidence before, unlearn, evidence after (audit holdout rows only)."""
     from dist_unlearn.data import pad_collate
     from dist_unlearn.data.tokenize import tokenize_rows
     from dist_unlearn.job.evidence import evidence
@@ -282,15 +294,21 @@ def _run(cfg, src, fmt, train, holdout, sel, distributed, log):
     forget_set = set(sel.indices)
     retain_idx = [i for i in range(len(rows)) if i not in forget_set]
     forget_rows, retain_rows = rows.select(sel.indices), rows.select(retain_idx)
+    holdout_rows = tokenize_rows(holdout, tok, fmt, what="holdout", **kw) if holdout is not None else None
+    calibration = None
+    if holdout_rows is not None and split.calibration:
+        calibration = holdout_rows.select(split.calibration)
+        holdout_rows = holdout_rows.select(split.audit)
     sets = {
         "forget": forget_rows,
         "retain": retain_rows.select(_sample(len(retain_rows), cfg.retain_sample, cfg.seed)),
-        "holdout": tokenize_rows(holdout, tok, fmt, what="holdout", **kw) if holdout is not None else None,
+        "holdout": holdout_rows,
     }
     ev_kw = {"pad_id": pad, "batch_size": cfg.eval_batch_size}
     log(
         f"evidence before: {len(forget_rows)} forget, {len(sets['retain'])} retain-sample, "
-        f"{0 if holdout is None else len(holdout)} holdout rows"
+        f"{0 if holdout_rows is None else len(holdout_rows)} holdout (audit) rows"
+        + (f", {len(calibration)} calibration rows for the stop rule" if calibration is not None else "")
     )
     before = evidence(model, sets, src.task, **ev_kw)
     record: dict[str, Any] = {
@@ -323,6 +341,8 @@ def _run(cfg, src, fmt, train, holdout, sel, distributed, log):
     opts = cfg.method_options()
     opts.setdefault("collate_fn", pad_collate(pad))
     opts.setdefault("seed", cfg.seed)
+    if calibration is not None:
+        opts["calibration"] = calibration
     initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     log(
         f"unlearning with {method}"
@@ -352,7 +372,10 @@ def _run(cfg, src, fmt, train, holdout, sel, distributed, log):
         res = dist_unlearn.unlearn(model, None, retain_rows, forget_rows, method=method, **opts)
     out_model = res.model
     stats = dict(res.stats)
-    record["method"] = {"name": method, "given": cfg.method_options(), "options": stats.get("options") or {}}
+    shown = {k: v for k, v in (stats.get("options") or {}).items() if k != "calibration"}
+    if calibration is not None:
+        shown["calibration"] = f"{len(calibration)} holdout rows (request.holdout.split.calibration_ids)"
+    record["method"] = {"name": method, "given": cfg.method_options(), "options": shown}
     final = dict(out_model.named_parameters())
     stats["update_norm"] = math.sqrt(
         sum(float((final[k].detach().double() - v.double()).pow(2).sum()) for k, v in initial.items())

@@ -40,6 +40,10 @@ class StepRecord:
         elapsed: wall seconds since the start of the run (restarts included).
         converged: the subproblem solver met its tolerance.
         message: the solver's message.
+        forget_auc: forget-vs-calibration loss AUC at the trial weights, when the forgetting stop rule ran
+            (:mod:`dist_unlearn.stopping`), else None.
+        stop_decision: the stop rule's decision on this step ("continue", "stop", "overshoot"; "" = none).
+            An "overshoot" step is rejected like an ARC rejection.
     """
 
     step: int
@@ -59,6 +63,8 @@ class StepRecord:
     elapsed: float = 0.0
     converged: bool = True
     message: str = ""
+    forget_auc: float | None = None
+    stop_decision: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,11 +84,17 @@ class OuterLoopState:
         elapsed: wall seconds spent so far.
         final_loss / final_grad_norm: loss and |g| at the last evaluated point (the returned weights).
         stop_reason: "converged" (|g| <= tol or <= grad_rtol |g_0|), "stalled" (an accepted step shorter
-            than step_rtol x the longest), "max_steps", "max_rejections", "no_model_decrease" or "".
+            than step_rtol x the longest), "max_steps", "max_rejections", "no_model_decrease", "forgotten"
+            (the forgetting stop rule), "forget_worse_than_unseen" (the rule found the forget set already
+            fitted worse than unseen data before the first step), "overshoot" (a Newton baseline's step
+            overshot and cannot be shortened) or "".
         finished: the loop stopped (a later call evaluates once and stops again).
         initial_grad_norm: |g_0| (the reference of ``grad_rtol`` and of the Krylov forcing sequence).
         max_step_norm: the longest accepted |d| so far (the reference of ``step_rtol``).
         last_step_small: the last accepted step was below ``step_rtol`` x ``max_step_norm``.
+        stop_checks: the forgetting stop rule's evaluations (:class:`dist_unlearn.stopping.StopCheck` dicts),
+            the one before the first step included; empty without the rule.
+        forgotten: the stop rule found the forget set indistinguishable after the last accepted step.
     """
 
     step: int = 0
@@ -99,6 +111,8 @@ class OuterLoopState:
     initial_grad_norm: float | None = None
     max_step_norm: float = 0.0
     last_step_small: bool = False
+    stop_checks: list[dict[str, Any]] = field(default_factory=list)
+    forgotten: bool = False
 
 
 StepCallback = Callable[[StepRecord, OuterLoopState], None]
@@ -109,7 +123,8 @@ def curvature_stats(oracle: CurvatureOracle, state: OuterLoopState) -> dict[str,
 
     Keys: total_hvps, total_gradients, total_losses (the oracle's counters), final_M, stop_reason, final_loss,
     final_grad_norm (at the returned weights, on the last sample for the stochastic variant), num_steps,
-    accepted_steps, and ``cost`` (``oracle.cost.as_dict()``: example passes by kind, see
+    accepted_steps, ``stop_checks`` (only when the forgetting stop rule ran), and
+    ``cost`` (``oracle.cost.as_dict()``: example passes by kind, see
     :mod:`dist_unlearn.cost`; None for an oracle that does not count).
     """
     counters = getattr(oracle, "counters", {}) or {}
@@ -125,6 +140,7 @@ def curvature_stats(oracle: CurvatureOracle, state: OuterLoopState) -> dict[str,
         "final_grad_norm": state.final_grad_norm,
         "num_steps": len(state.history),
         "accepted_steps": state.accepted,
+        **({"stop_checks": list(state.stop_checks)} if state.stop_checks else {}),
     }
 
 

@@ -17,6 +17,12 @@ tries a geometric range of M on its Krylov space (``first_M_tries``; one loss ev
 keeps the one with the largest actual decrease among those with rho >= eta1. The loop also stops when
 |g_k| <= ``grad_rtol`` |g_0| ("converged") or when an accepted step is shorter than ``step_rtol`` times the
 longest accepted one ("stalled": the model stopped changing).
+
+Forgetting stop rule (issue 8): when the oracle carries a ``stop_rule``
+(:class:`dist_unlearn.stopping.ForgetStopRule`), it judges the weights as given and each step ARC accepted
+by the forget-vs-calibration loss AUC: indistinguishable stops the run ("forgotten"); an overshoot (forget
+rows now fitted worse than unseen data) is rejected like an ARC rejection, with M grown from the step's M
+and the subproblem re-solved on the stored Krylov space (no new HVP), so the step shortens.
 """
 
 from __future__ import annotations
@@ -126,6 +132,7 @@ def run_outer_loop(
     elif adaptive and state.M is None and options.M_init is not None:
         state.M = options.M_init
     budget = PassBudget(options.max_example_passes, oracle)
+    rule = getattr(oracle, "stop_rule", None)
     bar = _progress(options, method, max_steps, state.accepted)
     unwatch = _watch_hvps(oracle, bar)
     good: Any = None  # snapshot of the weights before the last applied update (the last good point)
@@ -149,6 +156,13 @@ def run_outer_loop(
             state.final_loss, state.final_grad_norm = loss, gnorm
             if state.initial_grad_norm is None:
                 state.initial_grad_norm = gnorm
+            if rule is not None and not state.stop_checks:  # the weights as given: anything to forget?
+                first = rule.check(-1)
+                state.stop_checks.append(first.to_dict())
+                if first.decision != "continue":
+                    worse = "forget_worse_than_unseen"
+                    state.stop_reason = "forgotten" if first.decision == "stop" else worse
+                    break
             stop = _stop_reason(options, state, gnorm, max_steps) or budget_stop(
                 budget, options, state, adaptive, resolving=krylov is not None and resolve is not None
             )
@@ -211,13 +225,31 @@ def run_outer_loop(
                     state.M = state.M * options.arc_grow
                     if not stochastic:
                         cached = (loss, g)
+            check = None
+            if accepted and rule is not None:
+                check = rule.check(k)
+                state.stop_checks.append(check.to_dict())
+                if check.decision == "overshoot":  # refused like an ARC rejection: a larger M, a shorter step
+                    accepted = False
+                    oracle.restore(good)
+                    good = None
+                    if cubic:
+                        state.M = M * options.arc_grow  # from the step's M (ARC may have shrunk state.M)
+                        if not stochastic:
+                            cached = (loss, g)
+                    else:  # a Newton baseline's step has no M to grow: stop at the last good point
+                        state.stop_reason = "overshoot"
+                elif check.decision == "stop":
+                    state.forgotten = True
             space.release(prop.step)
             if cached is None:
                 space.release(g)
                 krylov = _release_krylov(krylov)
             if accepted:
                 state.max_step_norm = max(state.max_step_norm, float(prop.step_norm))
-            _record(state, on_step, k, loss, gnorm, prop, M, oracle, h0, g0, t0, accepted, trial, rho)
+            _record(state, on_step, k, loss, gnorm, prop, M, oracle, h0, g0, t0, accepted, trial, rho, check)
+            if state.stop_reason == "overshoot":
+                break
             if bar is not None:
                 bar.update(1 if accepted else 0)
                 bar.set_postfix(loss=f"{loss:.4g}", g=f"{gnorm:.2e}", M=f"{M:.2e}" if M else "-")
@@ -256,7 +288,10 @@ def relative_rules(options: UnlearnOptions) -> tuple[float, float]:
 
 
 def _stop_reason(options: UnlearnOptions, state: OuterLoopState, gnorm: float, max_steps: int) -> str:
-    """Why to stop at this point ("" = go on): |g| small (absolute or relative), stalled, or max_steps."""
+    """Why to stop at this point ("" = go on): forgotten (the stop rule), |g| small (absolute or relative),
+    stalled, or max_steps."""
+    if state.forgotten:
+        return "forgotten"
     if gnorm <= (options.tol or 0.0):
         return "converged"
     grad_rtol, _ = relative_rules(options)
@@ -355,6 +390,7 @@ def _record(
     accepted: bool,
     trial: float | None,
     rho: float | None,
+    check: Any = None,
 ) -> StepRecord:
     dt = time.perf_counter() - t0
     state.elapsed += dt
@@ -376,6 +412,8 @@ def _record(
         elapsed=state.elapsed,
         converged=bool(prop.converged),
         message=str(prop.message),
+        forget_auc=None if check is None else float(check.auc),
+        stop_decision="" if check is None else str(check.decision),
     )
     state.history.append(rec)
     state.step = k + 1

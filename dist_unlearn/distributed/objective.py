@@ -1,0 +1,260 @@
+r"""The worker's data parts and the objective it differentiates (the engine side of issue 8).
+
+A worker holds row shards of up to three data sets, all sharded the same way (rank r takes rows r, r + W, ...
+of each):
+
+- the retain set (always): L_r(w) = (1/N_r) sum_i l_i(w);
+- the forget set (objective ``grad_diff`` / ``npo``, ``gradient="influence"``, or the stop rule);
+- calibration data the model never saw (the forgetting stop rule, :mod:`dist_unlearn.stopping`).
+
+The objective is the one of :mod:`dist_unlearn.curvature.objective`, L = L_r + c F with
+
+- ``grad_diff``: F = (1/N_f) sum_i l_i(w), c = -alpha;
+- ``npo``: F = (2/beta) (1/N_f) sum_i softplus(beta (l_i^ref - l_i(w))), c = alpha, with l_i^ref the loss of
+  forget row i at the weights as given, computed on the rank that holds row i before any update;
+
+so every term is a mean over its rows and the ranks' partial sums all-reduce to exactly L and its
+derivatives (gradient, exact double-backward HVP, and the central finite difference of the combined
+gradient, which equals the sum of the terms' finite differences). ``gradient="influence"`` takes the first
+gradient as -(N_f/N_r) grad L_f (:meth:`ObjectiveParts.influence_gradient`).
+
+Under ZeRO-3 every forward is a collective (parameters are all-gathered layer by layer), so every rank must
+run the same number of forwards: every rank runs the same number of chunks (a rank with fewer rows runs a
+missing chunk on one row with weight 0), and where a loss may run one forward per row (per-example losses,
+the NPO term) the chunks are padded to the same number of rows, the padding masked out. A loss function is
+assumed to run one forward per call (as ``loss_fn(model, batch)`` on a batch does).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+OBJECTIVE_KEYS = ("objective", "gradient", "forget_weight", "beta")
+
+
+@dataclass
+class Part:
+    """One data set held by a worker: its rows, collate and (for an objective term) loss and coefficient."""
+
+    data: Any
+    collate: Any
+    num_rows: int
+    loss_fn: Any = None
+    coef: float = 0.0
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.arange(self.num_rows)
+
+
+def _as_torch_rows(data: Any) -> Any:
+    try:
+        import datasets
+
+        if isinstance(data, datasets.Dataset) and data.format["type"] != "torch":
+            return data.with_format("torch")
+    except ImportError:  # pragma: no cover
+        pass
+    return data
+
+
+def _indexed_type() -> type:
+    from dist_unlearn.curvature.objective import IndexedRows
+
+    return IndexedRows
+
+
+class ObjectiveParts:
+    """Mixin of :class:`~dist_unlearn.distributed.worker.DistWorker`: forget / calibration shards, the
+    combined objective's chunks, the NPO references, the stop rule's losses and the influence gradient."""
+
+    # ------------------------------------------------------------------ setup
+    def _set_parts(self, forget: Any, calibration: Any, spec: dict[str, Any]) -> None:
+        """Keep the forget and calibration sets (whole; this rank reads its rows) and the objective."""
+        from torch.utils.data import DataLoader, default_collate
+
+        self.objective = spec.get("objective", "retain")
+        self.gradient_kind = spec.get("gradient", "full")
+        self.forget_weight = float(spec.get("forget_weight", 1.0))
+        self.beta = float(spec.get("beta", 0.1))
+        collate = self.collate_fn or default_collate
+        self.forget_part = self.calib_part = None
+        for name, data in (("forget", forget), ("calibration", calibration)):
+            if data is None:
+                continue
+            if isinstance(data, DataLoader):
+                data = data.dataset
+            data = _as_torch_rows(data)
+            part = Part(data, collate, len(data))
+            if name == "forget":
+                self.forget_part = part
+            else:
+                self.calib_part = part
+        needs_forget = (
+            self.objective != "retain" or self.gradient_kind == "influence" or calibration is not None
+        )
+        if needs_forget and self.forget_part is None:
+            from dist_unlearn.errors import DataError
+
+            raise DataError(
+                f"objective={self.objective!r}, gradient={self.gradient_kind!r} needs the forget set on the "
+                "workers; pass forget=<Dataset>."
+            )
+
+    def _prepare_objective(self) -> None:
+        """The forget term of the objective (:attr:`forget_term`); for NPO, this rank's reference losses at
+        the given weights. :attr:`forget_part` stays the plain forget rows (the stop rule's evidence)."""
+        part = self.forget_part
+        self.forget_term = None
+        if self.objective == "grad_diff":
+            self.forget_term = Part(part.data, part.collate, part.num_rows, self.loss_fn, -self.forget_weight)
+        elif self.objective == "npo":
+            import torch
+
+            from dist_unlearn.curvature.objective import IndexedRows, NPOForgetLoss
+
+            rows = IndexedRows(part.data, part.collate)
+            indexed = Part(rows, rows.collate, part.num_rows)
+            ref = torch.full((part.num_rows,), float("nan"), dtype=torch.float64)
+            for idx, losses in self._per_example(part):  # rows this rank never reads stay NaN
+                ref[torch.as_tensor(idx, dtype=torch.long)] = losses
+            self.cost.add("loss", self._mine(part.rows))
+            indexed.loss_fn = NPOForgetLoss(self.loss_fn, ref, self.beta)
+            indexed.coef = self.forget_weight
+            self.forget_term = indexed
+
+    # ------------------------------------------------------------------ chunks
+    def _chunks(self, part: Part, rows: np.ndarray, pad: bool = False):
+        """Yield (batch, weight, this rank's row ids) over this rank's share of ``rows`` of ``part``.
+
+        weight = rows in the chunk / len(rows). Every rank yields the same number of chunks; under ZeRO-3 a
+        rank with fewer rows yields (one row, weight 0.0, []) for its missing ones, elsewhere it skips them.
+        ``pad`` (ZeRO-3 only): every rank's chunk k also has the same number of rows, filled up with copies
+        of row ``rows[0]`` (index -1 for an indexed part), for losses that run one forward per row; callers
+        then ignore the rows past the real ids.
+        """
+        from dist_unlearn.data.device import to_device
+
+        if len(rows) == 0:
+            return
+        mine = rows[self.rank :: self.world_size]
+        first = rows[0 :: self.world_size]  # rank 0 holds the most rows: its chunk sizes are the largest
+        per = math.ceil(len(rows) / self.world_size)
+        bs = int(self.batch_size or max(1, per))
+        device = None if self.device.type == "cpu" else self.device
+        for i in range(math.ceil(per / bs)):
+            idx = mine[i * bs : (i + 1) * bs]
+            items = [part.data[int(j)] for j in idx]
+            if self.stage == 3:
+                want = len(first[i * bs : (i + 1) * bs]) if pad else max(1, len(idx))
+                filler = part.data[int(rows[0])]
+                if isinstance(part.data, _indexed_type()):
+                    filler = (filler[0], -1)
+                items += [filler] * (want - len(items))
+            if not items:
+                continue
+            yield to_device(part.collate(items), device), len(idx) / len(rows), idx
+
+    def _retain_part(self) -> Part:
+        from torch.utils.data import default_collate
+
+        return Part(self.data, self.collate_fn or default_collate, self.num_rows, self.loss_fn, 1.0)
+
+    def _terms(self, rows: np.ndarray, *, retain: bool = True, forget: bool | None = None, scale: float = 1):
+        """Yield (loss_fn, batch, weight) of the objective's terms: the retain loss on ``rows`` and, for a
+        forgetting objective, the forget term on all forget rows (weights include the coefficient)."""
+        if retain:
+            part = self._retain_part()
+            for batch, w, _ in self._chunks(part, rows):
+                yield self.loss_fn, batch, scale * w
+        if forget is None:
+            forget = self.objective != "retain"
+        if forget:
+            part = self.forget_term
+            # the NPO term masks padding rows (index -1), so its chunks can be padded (see _chunks)
+            pad = self.objective == "npo"
+            for batch, w, _ in self._chunks(part, part.rows, pad=pad):
+                yield part.loss_fn, batch, scale * part.coef * w
+
+    def _count(self, kind: str, rows: np.ndarray) -> None:
+        """Count this rank's examples of one objective pass over ``rows`` (retain) + the forget term."""
+        n = self._mine(rows)
+        if self.objective != "retain":
+            n += self._mine(self.forget_part.rows)
+        self.cost.add(kind, n)
+
+    # ------------------------------------------------------------------ per-example losses
+    def _per_example(self, part: Part):
+        """Yield (global row ids, float64 losses) of this rank's rows of ``part``, forward only."""
+        import torch
+
+        from dist_unlearn.curvature.objective import per_example
+
+        model = self.engine if self.stage == 3 else self.module
+        with torch.no_grad() if self.stage != 3 else _nullctx():
+            for batch, w, idx in self._chunks(part, part.rows, pad=True):
+                losses = per_example(self.loss_fn, model, batch).detach().double().cpu()
+                if w > 0:
+                    yield [int(i) for i in idx], losses[: len(idx)]
+        self._release_z3()
+
+    def membership_losses(self) -> dict[str, tuple[list[int], list[float]]]:
+        """The stop rule's evidence: this rank's per-example forget and calibration losses (row ids, losses).
+
+        Forward only, counted as ``loss`` work. Collective under ZeRO-3 (call on every rank).
+        """
+        out: dict[str, tuple[list[int], list[float]]] = {}
+        for name, part in (("forget", self.forget_part), ("calibration", self.calib_part)):
+            ids: list[int] = []
+            values: list[float] = []
+            for idx, losses in self._per_example(part):
+                ids.extend(idx)
+                values.extend(float(x) for x in losses)
+            self.cost.add("loss", len(ids))
+            out[name] = (ids, values)
+        return out
+
+    # ------------------------------------------------------------------ retain-only values
+    def retain_loss(self) -> float:
+        """L_r(w) alone (forward only), for the stats of a run whose objective is not L_r."""
+        import torch
+
+        self.cost.add("loss", self._mine(self.all_rows))
+        with torch.no_grad() if self.stage != 3 else _nullctx():
+            value, _ = self._loss_and_local_grad(
+                self.all_rows, need_grad=False, terms=self._terms(self.all_rows, forget=False)
+            )
+        return value
+
+    def influence_gradient(self, out: int) -> float:
+        """The first gradient of ``gradient="influence"``: stores g_0 = -(N_f/N_r) grad L_f under ``out``.
+
+        Returns L_r(w) (forward only), as the in-process InfluenceFirstGradient does.
+        """
+        import torch
+
+        self.counters["gradients"] += 1
+        self.cost.add("loss", self._mine(self.grad_rows))
+        self.cost.add("gradient", self._mine(self.forget_part.rows))
+        with torch.no_grad() if self.stage != 3 else _nullctx():
+            loss, _ = self._loss_and_local_grad(
+                self.grad_rows, need_grad=False, terms=self._terms(self.grad_rows, forget=False)
+            )
+        ratio = self.forget_part.num_rows / self.num_rows
+        part = self.forget_part
+        terms = ((self.loss_fn, b, -ratio * w) for b, w, _ in self._chunks(part, part.rows))
+        _, g = self._loss_and_local_grad(None, terms=terms)
+        self.vecs[out] = g
+        return loss
+
+
+class _nullctx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
