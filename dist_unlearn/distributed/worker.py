@@ -130,7 +130,8 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos):
             from dist_unlearn.models import load_model
 
             model = load_model(spec["model_path"], **spec.get("model_kwargs", {}))
-        self._model_blob, self._model_spec = model_blob, spec
+        # the pickled model is not kept (a full-size copy on every rank): save_output gets it again
+        self._model_spec = spec
         if loss_blob is not None:
             self.loss_fn = cloudpickle.loads(loss_blob)
         else:
@@ -148,7 +149,10 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos):
                 "the model has no trainable parameters (requires_grad=True); nothing to unlearn."
             )
         optimizer = torch.optim.SGD(params, lr=0.0)  # never stepped: ZeRO needs one to partition grads
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=spec["ds_config"])
+        from dist_unlearn.distributed.dsconfig import with_zero3_buffers
+
+        ds_config = with_zero3_buffers(spec["ds_config"], sum(p.numel() for p in params))
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.engine = engine
         self.module = engine.module
         self.module.eval()
@@ -259,16 +263,25 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos):
             return None
         return {k: v.detach().cpu().numpy().copy() for k, v in sd.items()}
 
-    def save_output(self, out_dir: str) -> str | None:
-        """Gather the consolidated weights and write the model to ``out_dir`` from rank 0 (atomically)."""
+    def save_output(
+        self, out_dir: str, model_ref: list | None = None, return_state: bool = False
+    ) -> str | tuple[str, dict[str, np.ndarray]] | None:
+        """Gather the consolidated weights and write the model to ``out_dir`` from rank 0 (atomically).
+
+        ``model_ref``: ``[ObjectRef]`` of the pickled model the group was set up with (a list, so Ray does not
+        resolve it on every rank: only rank 0 fetches it); None for a model loaded from a path.
+        ``return_state``: rank 0 returns ``(path, state dict)`` so the caller needs no second gather.
+        """
         import cloudpickle
         import torch
 
         sd = self.state_dict_numpy()
         if self.rank != 0:
             return None
-        if self._model_blob is not None:
-            model = cloudpickle.loads(self._model_blob)
+        if model_ref:
+            import ray
+
+            model = cloudpickle.loads(ray.get(model_ref[0]))
         else:
             from dist_unlearn.models import load_model
 
@@ -276,7 +289,8 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos):
         model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
         from dist_unlearn.models import save_model
 
-        return str(save_model(model, out_dir))
+        path = str(save_model(model, out_dir))
+        return (path, sd) if return_state else path
 
     def stats(self) -> dict[str, Any]:
         import resource
