@@ -39,6 +39,15 @@ def _subclass():
             out["_t"] = (t0, time.perf_counter())
             return out
 
+        def time_hvp(self, v: int, reps: int) -> dict:
+            """Wall and CPU (this process, all threads) seconds per HVP: CPU excludes waiting for a
+            descheduled peer, so on a shared machine it shows the work a rank does apart from contention."""
+            self._hvp_local(self.vecs[v])
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(reps):
+                self._hvp_local(self.vecs[v])
+            return {"wall": (time.perf_counter() - t0) / reps, "cpu": (time.process_time() - c0) / reps}
+
         def profile_hvp(self, v: int, reps: int, rows: int) -> dict:
             from torch.profiler import ProfilerActivity, profile
 
@@ -102,7 +111,14 @@ def measure(workers: int, zero: int, rows: int, reps: int, top: int) -> dict:
             trip = {k: statistics.median(x[k] for x in split) * 1e3 for k in split[0]}
             trip["driver_cpu"] = statistics.median(cpu) * 1e3
             trip.update({k: val * 1e3 for k, val in noop_round_trips(group).items()})
-            prof = ray.get(group.actors[0].profile_hvp.remote(v.id, reps, top))
+            hvp_times = [ray.get([a.time_hvp.remote(v.id, reps) for a in group.actors]) for _ in range(3)]
+            per_rank = [
+                {k: statistics.median(rep[r][k] for rep in hvp_times) * 1e3 for k in ("wall", "cpu")}
+                for r in range(workers)
+            ]
+            # every rank runs the profiled HVPs (they are collective); rank 0's profile is reported
+            prof = ray.get([a.profile_hvp.remote(v.id, reps, top) for a in group.actors])[0]
+            prof["per_rank_ms"] = per_rank
         finally:
             group.shutdown()
     return {
@@ -132,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         f"body->driver {t['reply']:.2f}  driver CPU {t['driver_cpu']:.2f}  no-op round trip "
         f"{t['noop_round_trip_s']:.2f}"
     )
+    for i, t in enumerate(r["hvp"]["per_rank_ms"]):
+        print(f"rank {i} HVP: wall {t['wall']:.1f} ms, CPU {t['cpu']:.1f} ms (median of 3 x {a.reps})")
     print(f"rank 0 HVP: {r['hvp']['wall_ms_per_hvp']:.1f} ms wall (profiled); per HVP:")
     for o in r["hvp"]["top_ops"]:
         print(
