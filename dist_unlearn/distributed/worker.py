@@ -130,7 +130,7 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos):
             from dist_unlearn.models import load_model
 
             model = load_model(spec["model_path"], **spec.get("model_kwargs", {}))
-        # the pickled model is not kept (a full-size copy on every rank): save_output gets it again
+        # the pickled model is not kept on the workers: save_output gets it again from the object store
         self._model_spec = spec
         if loss_blob is not None:
             self.loss_fn = cloudpickle.loads(loss_blob)
