@@ -159,6 +159,9 @@ class InProcessGroup:
     def submit_all(self, method: str, *args) -> None:
         getattr(self.worker, method)(*args)
 
+    def release_later(self, ids: list[int]) -> None:
+        self.worker.release(list(ids))  # in process: free at once
+
 
 def cure_newton_step(r, args, use_gpu: bool) -> dict:
     """One CureNewton outer step (ARC, automatic M, Krylov subproblem) through RayOracle on rank ``r``."""

@@ -32,9 +32,6 @@ from typing import Any
 from dist_unlearn.bench.models import BenchWorkload, make_workload
 from dist_unlearn.errors import ConfigError, DistributedError
 
-SCALAR_METHODS = ("dot", "dots", "is_finite", "scalar", "loss")
-"""Worker methods whose only collective is an all-reduce of a few floats."""
-
 
 def resolve_hvp(hvp: str, zero_stage: int) -> list[str]:
     """HVP modes to run at a stage: "auto" = exact under ZeRO 0-2, FD under ZeRO-3; "both" = all possible."""
@@ -102,6 +99,7 @@ class _Probe:
             "bytes_post": self.group.bytes_received,
             "compute": statistics.fmean(s["compute_s"] for s in stats),
             "allreduce": statistics.fmean(s["allreduce_s"] for s in stats),
+            "scalars": statistics.fmean(s["counters"].get("scalar_allreduces", 0) for s in stats),
             "counts": Counter(self.counts),
         }
 
@@ -109,7 +107,6 @@ class _Probe:
     def delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         wall = b["t_pre"] - a["t_post"]
         compute, allreduce = b["compute"] - a["compute"], b["allreduce"] - a["allreduce"]
-        counts = b["counts"] - a["counts"]
         return {
             "wall_s": wall,
             "compute_s": compute,
@@ -117,8 +114,9 @@ class _Probe:
             "coordinator_s": max(wall - compute - allreduce, 0.0),
             "calls": b["calls_pre"] - a["calls_post"],
             "bytes": b["bytes_pre"] - a["bytes_post"],
-            # the fused Lanczos call all-reduces alpha, the reorthogonalisation dots and beta
-            "scalar_allreduces": sum(counts[m] for m in SCALAR_METHODS) + 3 * counts["lanczos_step"],
+            # counted by the workers: the fused call's alpha, reorthogonalisation dots and beta, and the
+            # HVP's own (the FD step's |w|, |v|)
+            "scalar_allreduces": b["scalars"] - a["scalars"],
         }
 
 

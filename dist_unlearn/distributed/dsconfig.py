@@ -54,6 +54,43 @@ def make_ds_config(zero_stage: int = 0, deepspeed_config: dict | str | None = No
     return cfg
 
 
+ZERO3_BUFFER_KEYS = (
+    "reduce_bucket_size",
+    "stage3_prefetch_bucket_size",
+    "stage3_max_live_parameters",
+    "stage3_max_reuse_distance",
+)
+"""The ZeRO-3 settings that bound DeepSpeed's full-size (unsharded) transient buffers on every rank."""
+
+ZERO3_BUFFER_FRACTION = 8
+"""Each buffer of :data:`ZERO3_BUFFER_KEYS` holds at most 1/8 of the model's parameters (above the floor)."""
+
+ZERO3_BUFFER_FLOOR = 5_000_000
+"""... and at least this many elements (20 MB in fp32): small models keep one bucket, one gather per pass."""
+
+
+def with_zero3_buffers(cfg: dict[str, Any], num_params: int) -> dict[str, Any]:
+    """``cfg`` with the ZeRO-3 buffer sizes scaled to the model (keys the user set are kept).
+
+    DeepSpeed's defaults (``reduce_bucket_size`` 5e8, ``stage3_prefetch_bucket_size`` 5e7,
+    ``stage3_max_live_parameters`` and ``stage3_max_reuse_distance`` 1e9 elements) exceed a GPT-2-124M, so
+    every rank would hold the whole gathered model at the end of each forward pass (reuse distance, live
+    parameters) and the whole unreduced gradient before its reduce-scatter (the gradient bucket): memory
+    that does not shrink with the number of ranks. Here each is ``max(floor, ceil(n / 8))`` elements:
+    for a model below 40M parameters nothing changes (one bucket, everything gathered once per pass, the
+    fewest collectives); above it the full-size part of a rank's memory stays ~1/8 of the model per buffer.
+    Stages other than 3 are returned unchanged.
+    """
+    zero = dict(cfg.get("zero_optimization") or {})
+    if int(zero.get("stage", 0) or 0) != 3:
+        return cfg
+    size = max(ZERO3_BUFFER_FLOOR, -(-int(num_params) // ZERO3_BUFFER_FRACTION))
+    for key in ZERO3_BUFFER_KEYS:
+        if key not in zero and key.removeprefix("stage3_") not in zero:  # DeepSpeed accepts both names
+            zero[key] = size
+    return {**cfg, "zero_optimization": zero}
+
+
 def hvp_mode(hvp: str, zero_stage: int) -> str:
     """The HVP the workers compute: exact (double backward) under ZeRO 0-2 when asked, FD otherwise.
 

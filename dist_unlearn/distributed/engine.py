@@ -347,10 +347,12 @@ def run_distributed(
                     final_loss = oracle.loss()
                 elif opts.objective != "retain":  # the loop's final loss is the objective's
                     final_loss = oracle.retain_loss()
-                sd = group.execute_all("state_dict_numpy")[0]
                 saved = None
-                if output_dir is not None:
-                    saved = group.execute_all("save_output", str(output_dir))[0]
+                if output_dir is not None:  # one gather of the consolidated weights: saved and returned
+                    model_ref = [group.model_ref] if group.model_ref is not None else None
+                    saved, sd = group.execute_all("save_output", str(output_dir), model_ref, True)[0]
+                else:
+                    sd = group.execute_all("state_dict_numpy")[0]
                 worker_stats = group.execute_all("stats")
                 for w in worker_stats:  # each rank counted its own shard's examples
                     cost.merge(w["cost"])

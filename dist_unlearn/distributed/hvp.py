@@ -26,8 +26,12 @@ class GradHVP:
             return [p.ds_tensor for p in self.params]
         return [p.data for p in self.params]
 
-    def _add_to_weights(self, local_vec, alpha: float) -> None:
-        """w <- w + alpha * v for this rank's view of the weights (v given as a local shard)."""
+    def _add_to_weights(self, local_vec, alpha: float, full=None) -> None:
+        """w <- w + alpha * v for this rank's view of the weights (v given as a local shard).
+
+        ZeRO 0-2 all-gathers v to the replicated weights; ``full`` passes an already gathered v (the FD HVP
+        perturbs twice with the same v: one gather).
+        """
         import torch
 
         if self.stage == 3:
@@ -37,7 +41,8 @@ class GradHVP:
                 p.ds_tensor.add_(local_vec[offs : offs + size].to(p.ds_tensor.dtype), alpha=alpha)
                 offs += size
             return
-        full = self._allgather_flat(local_vec)
+        if full is None:
+            full = self._allgather_flat(local_vec)
         offs = 0
         with torch.no_grad():
             for p in self.params:
@@ -78,11 +83,14 @@ class GradHVP:
         self.snaps.pop(sid, None)
 
     # ------------------------------------------------------------------ loss / gradient / HVP
-    def _loss_and_local_grad(self, rows: np.ndarray, need_grad: bool = True, terms: Any = None):
+    def _loss_and_local_grad(
+        self, rows: np.ndarray, need_grad: bool = True, terms: Any = None, need_loss: bool = True
+    ):
         """(L on ``rows``, this rank's shard of grad L) with every collective done.
 
         L is the objective (:mod:`~dist_unlearn.distributed.objective`): the retain loss on ``rows`` plus the
         forget term of a forgetting objective; ``terms`` ((loss_fn, batch, weight) triples) overrides it.
+        ``need_loss=False`` (the FD HVP's passes) skips the loss all-reduce and returns NaN for L.
         """
         import torch
 
@@ -126,6 +134,9 @@ class GradHVP:
                 full = torch.cat([a.reshape(-1) for a in acc])
                 self._allreduce(full)
                 g = self._my_chunk(full)
+        if not need_loss:
+            self.timer.compute += time.perf_counter() - t0 - (self.timer.comm - comm0)
+            return math.nan, g
         self._allreduce(loss)
         self.timer.compute += time.perf_counter() - t0 - (self.timer.comm - comm0)
         return float(loss[0]), g
@@ -201,15 +212,21 @@ class GradHVP:
         if self.fd_eps is not None:
             return float(self.fd_eps) / max(self.scalar_norm(v_local), 1e-30)
         if self.stage == 3:
-            # only the real entries: the partition padding is not a weight (see _layout)
-            local = torch.cat([w.detach().reshape(-1) for w in self._local_weights()])
-            wsq = float((local.double()[self.mask] ** 2).sum())
+            # only the real entries: the partition padding is not a weight (see _layout); per parameter, so
+            # no shard-sized float64 copy of the weights is made
+            wsq, offs = 0.0, 0
+            for w, size in zip(self._local_weights(), self.sizes, strict=True):
+                valid = int(self.mask[offs : offs + size].sum())
+                wsq += float((w.detach().reshape(-1)[:valid].double() ** 2).sum())
+                offs += size
         else:
-            wsq = sum(float((w.double() ** 2).sum()) for w in self._local_weights())
-        if self.stage != 3:
-            wsq /= self.world_size  # replicated weights: each rank holds the full norm
-        wnorm = math.sqrt(self.scalar(wsq))
-        vnorm = self.scalar_norm(v_local)
+            # replicated weights: each rank holds the full norm
+            wsq = sum(float((w.double() ** 2).sum()) for w in self._local_weights()) / self.world_size
+        # |w|^2 and |v|^2 in one all-reduce
+        vsq = float((v_local.double() ** 2).sum())
+        sums = torch.tensor([wsq, vsq], dtype=torch.float64, device=self.device)
+        wsq_all, vsq_all = (float(x) for x in self._allreduce(sums))
+        wnorm, vnorm = math.sqrt(max(wsq_all, 0.0)), math.sqrt(max(vsq_all, 0.0))
         if vnorm == 0.0:
             return 0.0
         rel = float(torch.finfo(torch.float32).eps) ** (1.0 / 3.0)
@@ -226,17 +243,18 @@ class GradHVP:
         if eps == 0.0:
             return torch.zeros_like(v_local)
         saved = [w.detach().clone() for w in self._local_weights()]
+        full = None if self.stage == 3 else self._allgather_flat(v_local)  # one gather for both passes
         try:
-            self._add_to_weights(v_local, eps)
-            _, gp = self._loss_and_local_grad(self.hvp_rows)
+            self._add_to_weights(v_local, eps, full)
+            _, gp = self._loss_and_local_grad(self.hvp_rows, need_loss=False)
             for w, s in zip(self._local_weights(), saved, strict=True):
                 w.copy_(s)
-            self._add_to_weights(v_local, -eps)
-            _, gm = self._loss_and_local_grad(self.hvp_rows)
+            self._add_to_weights(v_local, -eps, full)
+            _, gm = self._loss_and_local_grad(self.hvp_rows, need_loss=False)
         finally:
             for w, s in zip(self._local_weights(), saved, strict=True):
                 w.copy_(s)
-        return (gp - gm) / (2.0 * eps)
+        return gp.sub_(gm).div_(2.0 * eps)  # in place: no extra shard-sized temporaries
 
 
 class _nullctx:

@@ -169,7 +169,7 @@ class ObjectiveParts:
         forgetting objective, the forget term on all forget rows (weights include the coefficient)."""
         if retain:
             part = self._retain_part()
-            for batch, w, _ in self._chunks(part, rows):
+            for batch, w in self._cached_chunks(part, rows):
                 yield self.loss_fn, batch, scale * w
         if forget is None:
             forget = self.objective != "retain"
@@ -177,8 +177,21 @@ class ObjectiveParts:
             part = self.forget_term
             # the NPO term masks padding rows (index -1), so its chunks can be padded (see _chunks)
             pad = self.objective == "npo"
-            for batch, w, _ in self._chunks(part, part.rows, pad=pad):
+            for batch, w in self._cached_chunks(part, part.rows, pad=pad):
                 yield part.loss_fn, batch, scale * part.coef * w
+
+    def _cached_chunks(self, part: Part, rows: np.ndarray, pad: bool = False):
+        """(batch, weight) of :meth:`_chunks` through this rank's
+        :class:`~dist_unlearn.distributed.batches.BatchCache`: a fixed row sample (all retain rows, the
+        solve's HVP sample, the forget rows) is collated once, not once per pass."""
+        cache = getattr(self, "_batch_cache", None)
+        if cache is None:
+            from dist_unlearn.distributed.batches import BatchCache
+
+            cache = self._batch_cache = BatchCache(max_entries=3)  # gradient rows, HVP rows, forget term
+        return cache.batches(
+            rows, part.data, lambda: ((b, w) for b, w, _ in self._chunks(part, rows, pad=pad))
+        )
 
     def _count(self, kind: str, rows: np.ndarray) -> None:
         """Count this rank's examples of one objective pass over ``rows`` (retain) + the forget term."""

@@ -28,7 +28,7 @@ class ShardedVector:
 
 def _release(group: WorkerGroup, vid: int) -> None:
     try:
-        group.submit_all("release", [vid])
+        group.release_later([vid])
     except Exception:  # noqa: BLE001 - the group may already be gone (interpreter exit, restart)
         pass
 

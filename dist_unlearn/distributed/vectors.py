@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+SCALAR_ALLREDUCE_MAX = 64
+"""An all-reduce of at most this many numbers is a scalar one (dots, norms, a loss), counted per rank."""
+
 
 class VectorStore:
     """Mixin of :class:`~dist_unlearn.distributed.worker.DistWorker`: shards, collectives, vector ops.
@@ -25,6 +28,8 @@ class VectorStore:
         t0 = time.perf_counter()
         self.dist.all_reduce(t)
         self.timer.comm += time.perf_counter() - t0
+        if t.numel() <= SCALAR_ALLREDUCE_MAX:  # counted: the bench and the cost model use it
+            self.counters["scalar_allreduces"] = self.counters.get("scalar_allreduces", 0) + 1
         return t
 
     def _allgather_flat(self, local):

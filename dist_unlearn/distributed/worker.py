@@ -136,7 +136,8 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
             from dist_unlearn.models import load_model
 
             model = load_model(spec["model_path"], **spec.get("model_kwargs", {}))
-        self._model_blob, self._model_spec = model_blob, spec
+        # the pickled model is not kept on the workers: save_output gets it again from the object store
+        self._model_spec = spec
         if loss_blob is not None:
             self.loss_fn = cloudpickle.loads(loss_blob)
         else:
@@ -154,7 +155,10 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
                 "the model has no trainable parameters (requires_grad=True); nothing to unlearn."
             )
         optimizer = torch.optim.SGD(params, lr=0.0)  # never stepped: ZeRO needs one to partition grads
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=spec["ds_config"])
+        from dist_unlearn.distributed.dsconfig import with_zero3_buffers
+
+        ds_config = with_zero3_buffers(spec["ds_config"], sum(p.numel() for p in params))
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.engine = engine
         self.module = engine.module
         self.module.eval()
@@ -226,12 +230,6 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
         self.grad_rows = self.all_rows if grad_rows is None else np.asarray(grad_rows)
         self.hvp_rows = self.all_rows if hvp_rows is None else np.asarray(hvp_rows)
 
-    def _batches(self, rows: np.ndarray):
-        """Yield (batch, weight) for this rank's part of retain ``rows``; weight = rows in batch / len(rows)
-        (the same number of batches on every rank, see :meth:`ObjectiveParts._chunks`)."""
-        for batch, w, _ in self._chunks(self._retain_part(), rows):
-            yield batch, w
-
     # ------------------------------------------------------------------ checkpoint / output
     def save_shard(self, path: str) -> None:
         """Write this rank's weights to ``path`` ('{rank}' is filled in; temp file + rename)."""
@@ -260,16 +258,25 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
             return None
         return {k: v.detach().cpu().numpy().copy() for k, v in sd.items()}
 
-    def save_output(self, out_dir: str) -> str | None:
-        """Gather the consolidated weights and write the model to ``out_dir`` from rank 0 (atomically)."""
+    def save_output(
+        self, out_dir: str, model_ref: list | None = None, return_state: bool = False
+    ) -> str | tuple[str, dict[str, np.ndarray]] | None:
+        """Gather the consolidated weights and write the model to ``out_dir`` from rank 0 (atomically).
+
+        ``model_ref``: ``[ObjectRef]`` of the pickled model the group was set up with (a list, so Ray does not
+        resolve it on every rank: only rank 0 fetches it); None for a model loaded from a path.
+        ``return_state``: rank 0 returns ``(path, state dict)`` so the caller needs no second gather.
+        """
         import cloudpickle
         import torch
 
         sd = self.state_dict_numpy()
         if self.rank != 0:
             return None
-        if self._model_blob is not None:
-            model = cloudpickle.loads(self._model_blob)
+        if model_ref:
+            import ray
+
+            model = cloudpickle.loads(ray.get(model_ref[0]))
         else:
             from dist_unlearn.models import load_model
 
@@ -277,7 +284,8 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
         model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
         from dist_unlearn.models import save_model
 
-        return str(save_model(model, out_dir))
+        path = str(save_model(model, out_dir))
+        return (path, sd) if return_state else path
 
     def stats(self) -> dict[str, Any]:
         import resource

@@ -56,6 +56,7 @@ from dist_unlearn.methods.budget import PassBudget, max_iter_within, solve_stop,
 from dist_unlearn.methods.outer_loop import Proposal, Resolve, Solve, run_outer_loop
 from dist_unlearn.methods.registry import register_method
 from dist_unlearn.options import UnlearnOptions
+from dist_unlearn.solvers.ties import at_most
 
 EIG_TOL = 1e-2
 """Relative Ritz residual at which the |lambda|_max estimate stops (only its order of magnitude matters)."""
@@ -150,7 +151,7 @@ def krylov_solver(options: UnlearnOptions, state: OuterLoopState | None = None) 
     def resolve(krylov: Any, M: float) -> Proposal:
         res = resolve_cubic(krylov, M)
         prop = _proposal(res)
-        prop.converged = bool(res.converged or res.residual <= tols[0])
+        prop.converged = bool(res.converged or at_most(res.residual, tols[0]))
         prop.krylov = None
         return prop
 

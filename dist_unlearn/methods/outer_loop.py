@@ -39,6 +39,7 @@ from dist_unlearn.linalg import Vector
 from dist_unlearn.methods.base import OuterLoopState, StepCallback, StepRecord
 from dist_unlearn.methods.budget import PassBudget, budget_stop
 from dist_unlearn.options import UnlearnOptions
+from dist_unlearn.solvers.ties import at_most, clearly_less, rho_at_least
 
 
 @dataclass
@@ -215,8 +216,8 @@ def run_outer_loop(
                     _record(state, on_step, k, loss, gnorm, prop, M, oracle, h0, g0, t0, False, trial, None)
                     break
                 rho = (loss - trial) / predicted if _finite(trial) else -math.inf
-                if rho >= options.arc_eta1:
-                    if rho >= options.arc_eta2:
+                if rho_at_least(loss, trial, predicted, options.arc_eta1):
+                    if rho_at_least(loss, trial, predicted, options.arc_eta2):
                         state.M = max(options.M_min, options.arc_shrink * state.M)
                 else:
                     accepted = False
@@ -254,7 +255,8 @@ def run_outer_loop(
                 bar.update(1 if accepted else 0)
                 bar.set_postfix(loss=f"{loss:.4g}", g=f"{gnorm:.2e}", M=f"{M:.2e}" if M else "-")
             if accepted:
-                state.last_step_small = prop.step_norm <= relative_rules(options)[1] * state.max_step_norm
+                small = relative_rules(options)[1] * state.max_step_norm
+                state.last_step_small = at_most(prop.step_norm, small)
             if state.consecutive_rejections >= options.max_rejections:
                 recent = state.history[-state.consecutive_rejections :]
                 if all(not _finite(r.trial_loss) for r in recent):
@@ -292,11 +294,11 @@ def _stop_reason(options: UnlearnOptions, state: OuterLoopState, gnorm: float, m
     stalled, or max_steps."""
     if state.forgotten:
         return "forgotten"
-    if gnorm <= (options.tol or 0.0):
+    if at_most(gnorm, options.tol or 0.0):
         return "converged"
     grad_rtol, _ = relative_rules(options)
     g0 = state.initial_grad_norm
-    if state.accepted and g0 and gnorm <= grad_rtol * g0:
+    if state.accepted and g0 and at_most(gnorm, grad_rtol * g0):
         return "converged"
     if state.last_step_small:
         return "stalled"
@@ -341,11 +343,12 @@ def _search_first_M(
         trial = _trial_loss(oracle)
         oracle.restore(snap)
         predicted = -prop.model_value
-        rho = (loss - trial) / predicted if _finite(trial) and predicted > 0 else -math.inf
         cand = (prop, M, trial)
         if first is None:
             first = cand
-        if rho >= options.arc_eta1 and (best is None or trial < best[2]):
+        if rho_at_least(loss, trial, predicted, options.arc_eta1) and (
+            best is None or clearly_less(trial, best[2])
+        ):
             if best is not None and best is not first:
                 oracle.space.release(best[0].step)
             best = cand

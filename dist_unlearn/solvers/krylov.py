@@ -44,6 +44,7 @@ from dist_unlearn.solvers.cubic import last_component, quick_tridiagonal_cubic, 
 from dist_unlearn.solvers.lanczos import DEFAULT_BREAKDOWN_TOL, LanczosProcess, lanczos_combine
 from dist_unlearn.solvers.resolve import KrylovSpace
 from dist_unlearn.solvers.results import CubicResult
+from dist_unlearn.solvers.ties import at_most
 
 QUICK_FROM = 2
 """From this Krylov dimension on, the per-iteration check uses the O(k) factorisation path."""
@@ -171,20 +172,20 @@ def cubic_subproblem(
         if quick is not None:
             residual = abs(proc.betas[-1] * quick.y[-1]) / gnorm
             lam_prev, model_k = quick.multiplier, quick.model_value
-        if quick is None or residual <= tol or proc.breakdown or last:
+        if quick is None or at_most(residual, tol) or proc.breakdown or last:
             sol = solve_tridiagonal_cubic([(proc.alphas, proc.betas[:-1])], gnorm, M)
             residual = abs(proc.betas[-1] * sol.y[-1]) / gnorm
             lam_prev, model_k = sol.multiplier, sol.model_value
         history.append((mv.calls, model_k))
         if callback is not None:
             callback(mv.calls, model_k)
-        if residual <= tol or proc.breakdown or stopped:
+        if at_most(residual, tol) or proc.breakdown or stopped:
             break
     assert sol is not None
-    converged = residual <= tol or proc.breakdown
+    converged = at_most(residual, tol) or proc.breakdown
     message = (
         "converged: |beta_k y_k| <= tol |g|"
-        if residual <= tol
+        if at_most(residual, tol)
         else "Lanczos breakdown: invariant Krylov space, step exact in it"
         if proc.breakdown
         else f"stopped by the caller after {proc.iterations} iterations with residual {residual:.3e}"

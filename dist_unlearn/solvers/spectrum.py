@@ -18,6 +18,7 @@ from dist_unlearn.linalg import Vector, VectorSpace
 from dist_unlearn.solvers._vectors import Matvec, TimedMatvec, check_positive, random_like, resolve_space
 from dist_unlearn.solvers.cubic import tridiagonal_eigh
 from dist_unlearn.solvers.lanczos import LanczosProcess
+from dist_unlearn.solvers.ties import at_most
 
 
 def extreme_eigenvalues(
@@ -57,7 +58,7 @@ def extreme_eigenvalues(
         theta, u = tridiagonal_eigh(proc.alphas, proc.betas[:-1])
         scale = max(float(np.abs(theta).max()), 1e-300)
         res = abs(proc.betas[-1]) * np.abs(u[-1, [0, -1]])
-        if proc.iterations >= 2 and bool(np.all(res <= tol * scale)):
+        if proc.iterations >= 2 and all(at_most(float(r), tol * scale) for r in res):
             break
         if stop is not None and proc.iterations < k and stop(proc.iterations):
             break
