@@ -83,7 +83,7 @@ def test_quiet_drops_library_warnings_and_restores(name, source):
 def test_long_step_shows_the_lanczos_count(monkeypatch):
     """Inside one outer step (damped Newton: one long solve) the HVP count appears in the log."""
     from dist_unlearn.cli.logs import _plain_class, output_mode
-    from dist_unlearn.methods.outer_loop import _watch_hvps
+    from dist_unlearn.methods.step_log import watch_hvps as _watch_hvps
 
     monkeypatch.setattr(_plain_class(), "min_interval", 0.0)
 

@@ -53,7 +53,8 @@ from dist_unlearn.curvature.oracle import CurvatureOracle
 from dist_unlearn.linalg import Vector
 from dist_unlearn.methods.base import OuterLoopState, StepCallback
 from dist_unlearn.methods.budget import PassBudget, max_iter_within, solve_stop, step_reserve
-from dist_unlearn.methods.outer_loop import Proposal, Resolve, Solve, run_outer_loop
+from dist_unlearn.methods.outer_loop import run_outer_loop
+from dist_unlearn.methods.proposal import Proposal, Resolve, Solve
 from dist_unlearn.methods.registry import register_method
 from dist_unlearn.options import UnlearnOptions
 from dist_unlearn.solvers.ties import at_most

@@ -21,7 +21,8 @@ from dist_unlearn.curvature.oracle import CurvatureOracle
 from dist_unlearn.linalg import Vector
 from dist_unlearn.methods.base import OuterLoopState, StepCallback
 from dist_unlearn.methods.budget import max_iter_within
-from dist_unlearn.methods.outer_loop import Proposal, run_outer_loop
+from dist_unlearn.methods.outer_loop import run_outer_loop
+from dist_unlearn.methods.proposal import Proposal
 from dist_unlearn.methods.registry import register_method
 from dist_unlearn.options import UnlearnOptions
 

@@ -29,46 +29,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from dist_unlearn.curvature.oracle import CurvatureOracle
 from dist_unlearn.errors import NumericalError
 from dist_unlearn.linalg import Vector
-from dist_unlearn.methods.base import OuterLoopState, StepCallback, StepRecord
+from dist_unlearn.methods.base import OuterLoopState, StepCallback
 from dist_unlearn.methods.budget import PassBudget, budget_stop
+from dist_unlearn.methods.first_m import search_first_M, trial_loss
+from dist_unlearn.methods.proposal import InitialM, Resolve, Solve
+from dist_unlearn.methods.step_log import count, progress_bar, record_step, watch_hvps
 from dist_unlearn.options import UnlearnOptions
-from dist_unlearn.solvers.ties import at_most, clearly_less, rho_at_least
-
-
-@dataclass
-class Proposal:
-    """A proposed update d and what the solver says about it."""
-
-    step: Vector
-    step_norm: float
-    model_value: float
-    iterations: int
-    hard_case: bool = False
-    converged: bool = True
-    message: str = ""
-    krylov: Any = None
-    """The kept Krylov space (a ``solvers.KrylovSpace``) when the solver can re-solve for another M."""
-
-
-Solve = Callable[[CurvatureOracle, Vector, float, float | None], Proposal]
-"""solve(oracle, g, |g|, M) -> Proposal (M is None for the Newton baselines)."""
-
-Resolve = Callable[[Any, float], Proposal]
-"""resolve(krylov space, M) -> Proposal on the stored space, without an HVP."""
-
-InitialM = Callable[[CurvatureOracle, Vector, float], float]
-"""initial_M(oracle, g, |g|) -> first M of the ARC adaptation."""
-
-
-def _count(oracle: CurvatureOracle, key: str) -> int:
-    return int(getattr(oracle, "counters", {}).get(key, 0))
+from dist_unlearn.solvers.ties import at_most, rho_at_least
 
 
 def _finite(x: float | None) -> bool:
@@ -134,8 +106,8 @@ def run_outer_loop(
         state.M = options.M_init
     budget = PassBudget(options.max_example_passes, oracle)
     rule = getattr(oracle, "stop_rule", None)
-    bar = _progress(options, method, max_steps, state.accepted)
-    unwatch = _watch_hvps(oracle, bar)
+    bar = progress_bar(options, method, max_steps, state.accepted)
+    unwatch = watch_hvps(oracle, bar)
     good: Any = None  # snapshot of the weights before the last applied update (the last good point)
     cached: tuple[float, Vector] | None = None  # (L, g) kept across a rejection (same weights and sample)
     krylov: Any = None  # the Krylov space of the current point, kept across a rejection
@@ -143,7 +115,7 @@ def run_outer_loop(
     try:
         while True:
             t0 = time.perf_counter()
-            h0, g0 = _count(oracle, "hvps"), _count(oracle, "gradients")
+            h0, g0 = count(oracle, "hvps"), count(oracle, "gradients")
             k = state.step
             if cached is not None:
                 loss, g = cached
@@ -179,7 +151,7 @@ def run_outer_loop(
                     assert initial_M is not None, "adaptive M needs an initial_M estimate"
                     M0 = max(float(initial_M(oracle, g, gnorm)), options.M_min)
                     if resolve is not None and options.first_M_tries > 1:
-                        prop, M, trial = _search_first_M(oracle, solve, resolve, g, gnorm, loss, M0, options)
+                        prop, M, trial = search_first_M(oracle, solve, resolve, g, gnorm, loss, M0, options)
                     else:
                         M = M0
                         prop = solve(oracle, g, gnorm, M)
@@ -204,7 +176,7 @@ def run_outer_loop(
             accepted, rho = True, None
             if adaptive:
                 if trial is None:
-                    trial = _trial_loss(oracle)
+                    trial = trial_loss(oracle)
                 predicted = -prop.model_value
                 if not predicted > 0:
                     oracle.restore(good)
@@ -213,7 +185,9 @@ def run_outer_loop(
                     space.release(g)
                     krylov = _release_krylov(krylov)
                     state.stop_reason = "no_model_decrease"
-                    _record(state, on_step, k, loss, gnorm, prop, M, oracle, h0, g0, t0, False, trial, None)
+                    record_step(
+                        state, on_step, k, loss, gnorm, prop, M, oracle, h0, g0, t0, False, trial, None
+                    )
                     break
                 rho = (loss - trial) / predicted if _finite(trial) else -math.inf
                 if rho_at_least(loss, trial, predicted, options.arc_eta1):
@@ -248,7 +222,9 @@ def run_outer_loop(
                 krylov = _release_krylov(krylov)
             if accepted:
                 state.max_step_norm = max(state.max_step_norm, float(prop.step_norm))
-            _record(state, on_step, k, loss, gnorm, prop, M, oracle, h0, g0, t0, accepted, trial, rho, check)
+            record_step(
+                state, on_step, k, loss, gnorm, prop, M, oracle, h0, g0, t0, accepted, trial, rho, check
+            )
             if state.stop_reason == "overshoot":
                 break
             if bar is not None:
@@ -311,148 +287,3 @@ def _release_krylov(krylov: Any) -> None:
     if krylov is not None:
         krylov.release()
     return None
-
-
-def _search_first_M(
-    oracle: CurvatureOracle,
-    solve: Solve,
-    resolve: Resolve,
-    g: Vector,
-    gnorm: float,
-    loss: float,
-    M0: float,
-    options: UnlearnOptions,
-) -> tuple[Proposal, float, float]:
-    """The first step's M from a geometric range M0, M0/f, ..., M0/f^(n-1) on ONE Krylov space.
-
-    The space is built once, for the smallest M (the longest step needs the largest space); each candidate
-    is re-solved on it (no HVP), applied, and judged by one loss evaluation. Returns (proposal, M, trial loss)
-    of the candidate with the largest actual decrease among those with rho >= eta1, else the largest M's
-    (which ARC then rejects and grows, re-solving on the same space). The weights are left unchanged.
-    """
-    grid = [max(M0 / options.first_M_factor**j, options.M_min) for j in range(options.first_M_tries)]
-    base = solve(oracle, g, gnorm, grid[-1])
-    if base.krylov is None:  # the solver kept no space: nothing to re-solve on
-        return base, grid[-1], _trial_after(oracle, base)
-    best: tuple[Proposal, float, float] | None = None
-    first: tuple[Proposal, float, float] | None = None
-    snap = oracle.snapshot()
-    for i, M in enumerate(grid):
-        prop = base if i == len(grid) - 1 else resolve(base.krylov, M)
-        oracle.apply_update(prop.step)
-        trial = _trial_loss(oracle)
-        oracle.restore(snap)
-        predicted = -prop.model_value
-        cand = (prop, M, trial)
-        if first is None:
-            first = cand
-        if rho_at_least(loss, trial, predicted, options.arc_eta1) and (
-            best is None or clearly_less(trial, best[2])
-        ):
-            if best is not None and best is not first:
-                oracle.space.release(best[0].step)
-            best = cand
-        elif cand is not first:
-            oracle.space.release(prop.step)
-    assert first is not None
-    chosen = best if best is not None else first
-    if first is not chosen:
-        oracle.space.release(first[0].step)
-    chosen[0].krylov = base.krylov
-    return chosen
-
-
-def _trial_after(oracle: CurvatureOracle, prop: Proposal) -> float:
-    snap = oracle.snapshot()
-    oracle.apply_update(prop.step)
-    trial = _trial_loss(oracle)
-    oracle.restore(snap)
-    return trial
-
-
-def _trial_loss(oracle: CurvatureOracle) -> float:
-    try:
-        value = oracle.loss()
-    except NumericalError:
-        return math.nan
-    return float(value)
-
-
-def _record(
-    state: OuterLoopState,
-    on_step: StepCallback | None,
-    k: int,
-    loss: float,
-    gnorm: float,
-    prop: Proposal,
-    M: float | None,
-    oracle: CurvatureOracle,
-    h0: int,
-    g0: int,
-    t0: float,
-    accepted: bool,
-    trial: float | None,
-    rho: float | None,
-    check: Any = None,
-) -> StepRecord:
-    dt = time.perf_counter() - t0
-    state.elapsed += dt
-    rec = StepRecord(
-        step=k,
-        loss=float(loss),
-        grad_norm=float(gnorm),
-        step_norm=float(prop.step_norm),
-        M=M,
-        hvps=_count(oracle, "hvps") - h0,
-        gradients=_count(oracle, "gradients") - g0,
-        time=dt,
-        accepted=accepted,
-        krylov_iterations=int(prop.iterations),
-        hard_case=bool(prop.hard_case),
-        model_value=float(prop.model_value),
-        trial_loss=trial,
-        rho=rho,
-        elapsed=state.elapsed,
-        converged=bool(prop.converged),
-        message=str(prop.message),
-        forget_auc=None if check is None else float(check.auc),
-        stop_decision="" if check is None else str(check.decision),
-    )
-    state.history.append(rec)
-    state.step = k + 1
-    if accepted:
-        state.accepted += 1
-        state.consecutive_rejections = 0
-    else:
-        state.consecutive_rejections += 1
-    if on_step is not None:
-        on_step(rec, state)
-    return rec
-
-
-def _watch_hvps(oracle: Any, bar: Any) -> Any:
-    """Show the running HVP (= Lanczos iteration) count of the current step on ``bar`` while a long solve
-    runs; returns the function that stops watching."""
-    try:
-        if bar is None or "hvp" in vars(oracle):
-            return lambda: None
-    except TypeError:  # no instance dict (slots): nothing to watch
-        return lambda: None
-    inner = oracle.hvp
-    count = [0]
-
-    def hvp(v: Any) -> Any:
-        count[0] += 1
-        bar.set_postfix_str(f"Lanczos/HVP {count[0]} this run")
-        return inner(v)
-
-    oracle.hvp = hvp
-    return lambda: vars(oracle).pop("hvp", None)
-
-
-def _progress(options: UnlearnOptions, method: str, total: int, done: int) -> Any:
-    if not options.progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, desc=method, unit="step", leave=False)
