@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dist_unlearn.curvature.sample import hvp_sample_size
 from dist_unlearn.errors import ConfigError, DataError, ModelError
 from dist_unlearn.methods import OuterLoopState, StepRecord, curvature_stats, get_method, run_curvature_method
 from dist_unlearn.methods._training import model_device, to_device
@@ -266,26 +267,6 @@ def _num_examples(data: Any) -> int | None:
         return len(inner)
     except TypeError:
         return None
-
-
-HVP_SAMPLE_MIN = 2048
-HVP_SAMPLE_FRACTION = 0.1
-
-
-def hvp_sample_size(option: int | str | None, n: int) -> int | None:
-    """Examples of cure_newton's sub-sampled Hessian: None (all) or a size < n.
-
-    ``None`` (default): max(HVP_SAMPLE_MIN, HVP_SAMPLE_FRACTION n) = max(2048, 10%) examples, all of them
-    when n <= 2048. Measured (benchmarks/RESULTS.md, issue 7): on a 1,350-example MLP case a 512-example
-    sample made each HVP 2.6x cheaper but cut ToW after 20 steps from 0.980 to 0.895, hence the floor of
-    2048 (sub-sampled Newton keeps a fast local rate with a Hessian sample of a fixed fraction while
-    the gradient stays exact; ARC's acceptance test uses full losses, so a poor sample only costs rejected
-    steps, never a wrong accepted one). "all": every example.
-    """
-    if option == "all":
-        return None
-    size = int(option) if option is not None else max(HVP_SAMPLE_MIN, math.ceil(HVP_SAMPLE_FRACTION * n))
-    return size if size < n else None
 
 
 def _final_retain_metrics(

@@ -12,7 +12,8 @@ from test_solvers_reference import dense_cubic, model, random_problem, torch_mat
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dist_unlearn.api import hvp_sample_size, unlearn
+from dist_unlearn.api import unlearn
+from dist_unlearn.curvature.sample import hvp_sample_size
 from dist_unlearn.errors import ConfigError
 from dist_unlearn.methods import OuterLoopState, run_curvature_method
 from dist_unlearn.methods.cure_newton import forcing_tol
