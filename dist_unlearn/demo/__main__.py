@@ -25,9 +25,10 @@ import yaml
 from dist_unlearn.job.config import DEFAULT_METHOD
 
 #: The demo's job names no method, so it runs the job's default (dist_unlearn.job.DEFAULT_METHOD): CureNewton
-#: on the NPO objective with the forgetting stop rule, on the Ray workers. Measured on this demo in
-#: notes/h8.md (the method comparison): on the retain loss alone CureNewton leaves memorised rows memorised
-#: (AUC 1.0 before and after); the forgetting objectives without a stop rule overshoot (AUC ~0).
+#: on the NPO objective with the forgetting stop rule, on the Ray workers. Measured on this demo
+#: (benchmarks/RESULTS.md, issue 8, the method comparison): on the retain loss alone CureNewton leaves
+#: memorised rows memorised (AUC 1.0 before and after); the forgetting objectives without a stop rule
+#: overshoot (AUC ~0).
 DEMO_METHOD: dict = copy.deepcopy(DEFAULT_METHOD)
 
 PEOPLE, HOLDOUT_PEOPLE, FORGET_PEOPLE, EPOCHS = 30, 16, 4, 80

@@ -43,7 +43,7 @@ from dist_unlearn.errors import ConfigError
 #: forget weight (0.2: the retain term dominates, the retain loss stays lowest among the settings measured)
 #: and short Krylov solves (10 HVPs: the stop rule, not the solve accuracy, ends the run). With a holdout
 #: the job adds the forgetting stop rule (``calibration``, :mod:`dist_unlearn.stopping`). Measured on the
-#: demo in notes/h8.md. One constant so that it can be switched in one place.
+#: demo in benchmarks/RESULTS.md (issue 8). One constant so that it can be switched in one place.
 DEFAULT_METHOD: dict[str, Any] = {
     "name": "cure_newton",
     "objective": "npo",
