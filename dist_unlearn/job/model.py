@@ -159,21 +159,13 @@ def check_vocab(src: ModelSource, tokenizer: Any) -> None:
     rows = config_vocab_size(src.config)
     if rows is None:
         return  # checked on the loaded model's input embedding instead
-    size = len(tokenizer)
-    where = f"the tokenizer in {str(src.tokenizer_path)!r} and the model in {str(src.base)!r}"
-    if size > rows:
-        raise ModelError(
-            f"tokenizer/model mismatch: {where} do not belong together: the tokenizer has {size} tokens but "
-            f"the model's vocab_size is {rows} (ids >= {rows} would be out of range). Save the tokenizer the "
-            "model was fine-tuned with next to it, or resize the embeddings (model.resize_token_embeddings)."
-        )
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id"):
-        tid = getattr(tokenizer, name, None)
-        if isinstance(tid, int) and tid >= rows:
-            raise ModelError(
-                f"tokenizer/model mismatch: {where} do not belong together: tokenizer {name}={tid} is >= the "
-                f"model's vocab_size {rows}."
-            )
+    from dist_unlearn.models.tokenizer import check_tokenizer_ids
+
+    where = (
+        f"the tokenizer in {str(src.tokenizer_path)!r} and the model in {str(src.base)!r} do not belong "
+        "together: "
+    )
+    check_tokenizer_ids(tokenizer, rows, f"the model's vocab_size is {rows}", where)
 
 
 def load_tokenizer(src: ModelSource) -> Any:
