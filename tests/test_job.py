@@ -328,6 +328,8 @@ def test_in_process_job_writes_a_loadable_model_and_a_complete_audit(lm, tmp_pat
         out / "model/model.safetensors"
     )
     assert a["method"]["name"] == "cure_newton" and a["method"]["options"]["max_steps"] == 1
+    # max_steps 1: one accepted update; num_steps also counts the rejected ARC trials
+    assert a["run"]["accepted_steps"] == 1 <= a["run"]["num_steps"]
     for when in ("before", "after"):
         ev = a["evidence"][when]
         for key in ("forget_loss", "retain_loss", "holdout_loss", "forget_vs_holdout_auc", "ks_pvalue"):

@@ -178,7 +178,8 @@ def audit_markdown(a: dict[str, Any]) -> str:
         f"{run.get('engine_note') or ''}",
         f"- start {run['start_utc']}, end {run['end_utc']}, wall time {run['wall_time_s']:.1f} s",
         f"- cost: {cost_txt}",
-        f"- steps: {run.get('num_steps')}, stop reason: {run.get('stop_reason')}",
+        f"- steps: {run.get('num_steps')} ({run.get('accepted_steps')} accepted; a rejected step is an ARC "
+        f"trial that was re-solved), stop reason: {run.get('stop_reason')}",
         "",
         "## Evidence",
         "",

@@ -246,6 +246,7 @@ def run_job(
                 "unlearn_wall_time_s": stats.get("wall_time"),
                 "cost": cost,
                 "num_steps": stats.get("num_steps"),
+                "accepted_steps": stats.get("accepted_steps"),
                 "stop_reason": stats.get("stop_reason"),
                 "update_norm": stats.get("update_norm"),
                 "hvp_mode": stats.get("hvp_mode"),
