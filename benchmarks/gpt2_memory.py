@@ -70,7 +70,7 @@ def run_one(workers: int, *, small: bool, rows_per_worker: int, seq_len: int, kr
     """One cure_newton outer step on ``workers`` ZeRO-3 ranks; the per-worker memory figures."""
     import ray
 
-    from dist_unlearn.distributed.engine import build_group
+    from dist_unlearn.distributed.startup import build_group
     from dist_unlearn.methods import OuterLoopState, get_method, run_curvature_method
     from dist_unlearn.options import UnlearnOptions
 

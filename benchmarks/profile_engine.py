@@ -80,7 +80,7 @@ def measure(workers: int, zero: int, rows: int, reps: int, top: int) -> dict:
     import dist_unlearn.distributed.worker as worker_mod
     from dist_unlearn.bench.models import make_workload
     from dist_unlearn.bench.scaleout import noop_round_trips, ray_session
-    from dist_unlearn.distributed.engine import build_group
+    from dist_unlearn.distributed.startup import build_group
 
     torch.set_num_threads(1)
     worker_mod.DistWorker = _subclass()  # WorkerGroup builds its actors from this name

@@ -121,7 +121,7 @@ def check_deepspeed_config(value: Any, zero_stage: int, *, where: str = "deepspe
             raise ConfigError(
                 f"{where}={str(value)!r}: no such file (give a DeepSpeed JSON file or a mapping)"
             )
-    from dist_unlearn.distributed.engine import make_ds_config
+    from dist_unlearn.distributed.dsconfig import make_ds_config
 
     try:
         make_ds_config(zero_stage, value)

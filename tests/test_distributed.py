@@ -223,7 +223,7 @@ def test_restarts_exhausted_raise_and_write_nothing(ray_local, monkeypatch, tmp_
 
 def test_ds_config_and_hvp_mode_validation(tmp_path):
     """No Ray: the DeepSpeed config the workers get, and the HVP choice per ZeRO stage."""
-    from dist_unlearn.distributed.engine import hvp_mode, make_ds_config
+    from dist_unlearn.distributed.dsconfig import hvp_mode, make_ds_config
     from dist_unlearn.errors import ConfigError
 
     cfg = make_ds_config(3, {"zero_optimization": {"stage3_param_persistence_threshold": 100}})

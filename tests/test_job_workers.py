@@ -30,7 +30,7 @@ def ray_cpus():
     """A local Ray with 2 CPUs for the module (the jobs join it); shut down at the end."""
     import ray
 
-    from dist_unlearn.distributed.engine import ensure_ray
+    from dist_unlearn.distributed.startup import ensure_ray
 
     started = ensure_ray(2)
     yield

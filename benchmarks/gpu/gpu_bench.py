@@ -65,7 +65,7 @@ class Rank:
         import cloudpickle
 
         from dist_unlearn.bench.models import lm_loss  # noqa: F401  (pickled by reference)
-        from dist_unlearn.distributed.engine import make_ds_config
+        from dist_unlearn.distributed.dsconfig import make_ds_config
         from dist_unlearn.distributed.worker import DistWorker
 
         model, loss_fn, data = build(args.dry_run, attn, args.rows, args.seq, args.seed)

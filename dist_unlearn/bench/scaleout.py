@@ -52,7 +52,7 @@ def ray_session(max_workers: int, use_gpu: bool = False) -> Iterator[None]:
     one sized for ``max_workers`` rank actors; shut down only what was started here."""
     import ray
 
-    from dist_unlearn.distributed.engine import ensure_ray
+    from dist_unlearn.distributed.startup import ensure_ray
 
     started = ensure_ray(max_workers, max_workers if use_gpu else 0)
     try:
@@ -64,7 +64,7 @@ def ray_session(max_workers: int, use_gpu: bool = False) -> Iterator[None]:
 
 def _start(wl: BenchWorkload, workers: int, zero_stage: int, hvp: str, seed: int, use_gpu: bool):
     """The engine's own group and oracle (``build_group``) for this workload, and the group's setup info."""
-    from dist_unlearn.distributed.engine import build_group
+    from dist_unlearn.distributed.startup import build_group
 
     group, oracle = build_group(
         workers, wl.model, wl.loss_fn, wl.data, zero_stage=zero_stage, hvp=hvp, seed=seed, use_gpu=use_gpu

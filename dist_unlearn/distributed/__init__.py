@@ -13,10 +13,11 @@ from dist_unlearn.distributed.space import ShardedSpace, ShardedVector
 
 def __getattr__(name: str):
     # engine imports the methods package (H3); keep `import dist_unlearn.distributed` light.
-    if name in ("run_distributed", "build_group", "make_ds_config"):
-        from dist_unlearn.distributed import engine
+    homes = {"run_distributed": "engine", "build_group": "startup", "make_ds_config": "dsconfig"}
+    if name in homes:
+        import importlib
 
-        return getattr(engine, name)
+        return getattr(importlib.import_module(f"dist_unlearn.distributed.{homes[name]}"), name)
     raise AttributeError(name)
 
 

@@ -96,7 +96,7 @@ def check_workers(workers: int | None, use_gpu: bool, *, oversubscribe: bool = F
 
     started = False
     if os.environ.get("RAY_ADDRESS"):
-        from dist_unlearn.distributed.engine import ensure_ray
+        from dist_unlearn.distributed.startup import ensure_ray
 
         started = ensure_ray(workers)
     try:
