@@ -298,7 +298,9 @@ def test_bench_on_tiny_model_measures_consistent_numbers(local_ray):
     for r in runs:
         parts = r["iteration_compute_s"] + r["iteration_allreduce_s"] + r["iteration_coordinator_s"]
         assert parts == pytest.approx(r["iteration_s"], rel=1e-6)
-        assert r["lanczos_iterations"] == 3 and r["hvp_over_grad"] > 1.0  # double backward costs more
+        # a measured ratio (timing: no bound on it here, the brief keeps timings out of unit tests; under
+        # load a 1-rep, 16-row median is noise): it is there and positive
+        assert r["lanczos_iterations"] == 3 and math.isfinite(r["hvp_over_grad"]) and r["hvp_over_grad"] > 0
         assert r["params"] == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
         # counted on the workers: alpha, the reorthogonalisation dots and beta per fused iteration, plus the
         # start vector's norm (1 over 3 iterations); the exact HVP has none of its own
