@@ -19,30 +19,11 @@ from pathlib import Path
 
 import torch
 
+from dist_unlearn.demo.__main__ import demo_job
 from dist_unlearn.job import run_job
 from dist_unlearn.job.config import DEFAULT_METHOD
 
 KEYS = ("forget_loss", "retain_loss", "holdout_loss", "forget_vs_holdout_auc")
-
-
-def job(inputs: Path, model: Path, method: dict, out: Path) -> dict:
-    """The demo's job dict (as dist_unlearn.demo writes it) with another model and method."""
-    return {
-        "model": str(model),
-        "data": {
-            "path": str(inputs / "train.jsonl"),
-            "id_column": "id",
-            "prompt_column": "question",
-            "response_column": "answer",
-            "prompt_template": "Question: {prompt}\nAnswer:",
-            "max_length": 128,
-        },
-        "holdout": str(inputs / "holdout.jsonl"),
-        "holdout_split": {"calibration_fraction": 0.5, "group_column": "person"},
-        "forget": {"ids_file": str(inputs / "forget_ids.txt")},
-        "method": method,
-        "output_dir": str(out),
-    }
 
 
 def show(tag: str, res) -> None:
@@ -62,14 +43,14 @@ def main() -> None:
     first = args.out / "default"
     show(
         "default method",
-        run_job(job(args.inputs, args.inputs / "model", dict(DEFAULT_METHOD), first), log=quiet),
+        run_job(demo_job(args.inputs, first, method=dict(DEFAULT_METHOD)), log=quiet),
     )
     for epochs, lr in ((1, 1e-4), (2, 3e-4), (3, 1e-3)):
         method = {"name": "finetune", "epochs": epochs, "lr": lr, "batch_size": 8}
         out = args.out / f"finetune_{epochs}_{lr:g}"
         show(
             f"then retain-only finetune {epochs} epochs lr {lr:g}",
-            run_job(job(args.inputs, first / "model", method, out), log=quiet),
+            run_job(demo_job(args.inputs, out, model=str(first / "model"), method=method), log=quiet),
         )
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -32,6 +33,28 @@ from dist_unlearn.job.config import DEFAULT_METHOD
 DEMO_METHOD: dict = copy.deepcopy(DEFAULT_METHOD)
 
 PEOPLE, HOLDOUT_PEOPLE, FORGET_PEOPLE, EPOCHS = 30, 16, 4, 80
+
+
+def demo_job(inputs: Path, output_dir: Path, **extra: Any) -> dict[str, Any]:
+    """The demo's job config (the job default method) over the inputs :func:`build_demo` wrote; ``extra``
+    keys (workers, zero_stage, model, method, ...) are added or replace the defaults."""
+    job: dict[str, Any] = {
+        "model": str(inputs / "model"),
+        "data": {
+            "path": str(inputs / "train.jsonl"),
+            "id_column": "id",
+            "prompt_column": "question",
+            "response_column": "answer",
+            "prompt_template": "Question: {prompt}\nAnswer:",
+            "max_length": 128,
+        },
+        "holdout": str(inputs / "holdout.jsonl"),
+        "holdout_split": {"calibration_fraction": 0.5, "group_column": "person"},
+        "forget": {"ids_file": str(inputs / "forget_ids.txt")},
+        "output_dir": str(output_dir),
+    }
+    job.update(extra)
+    return job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,23 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[demo] inputs ready in {time.perf_counter() - t0:.0f} s")
     else:
         print(f"[demo] reusing the inputs in {inputs}/ (delete it to rebuild)")
-    job = {
-        "model": str(inputs / "model"),
-        "data": {
-            "path": str(inputs / "train.jsonl"),
-            "id_column": "id",
-            "prompt_column": "question",
-            "response_column": "answer",
-            "prompt_template": "Question: {prompt}\nAnswer:",
-            "max_length": 128,
-        },
-        "holdout": str(inputs / "holdout.jsonl"),
-        "holdout_split": {"calibration_fraction": 0.5, "group_column": "person"},
-        "forget": {"ids_file": str(inputs / "forget_ids.txt")},
-        "workers": args.workers,
-        "zero_stage": args.zero_stage,
-        "output_dir": str(out / "unlearned"),
-    }
+    job = demo_job(inputs, out / "unlearned", workers=args.workers, zero_stage=args.zero_stage)
     job_path = out / "job.yaml"
     job_path.write_text(yaml.safe_dump(job, sort_keys=False))
     print(f"[demo] method: the job default {DEFAULT_METHOD} (dist_unlearn.job.DEFAULT_METHOD)", flush=True)
