@@ -16,6 +16,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from test_methods_outer_loop import FunctionOracle
 
 from dist_unlearn.linalg import TensorSpace
 from dist_unlearn.methods import OuterLoopState, first_m, outer_loop, run_curvature_method
@@ -58,47 +59,20 @@ def quartic(w):
     return (0.5 * A * w * w + 0.25 * w**4).sum() + B @ w
 
 
-class JitterOracle:
-    """CurvatureOracle over ``quartic`` with every reduced scalar (losses, dots) jittered."""
+class JitterOracle(FunctionOracle):
+    """FunctionOracle over ``quartic`` with every reduced scalar (losses, dots) jittered."""
 
     def __init__(self, seed: int | None) -> None:
+        super().__init__(quartic, torch.zeros(len(A), dtype=torch.float64))
         self.jitter = Jitter(seed)
         self.space = JitterSpace(self.jitter)
-        self.w = torch.zeros(len(A), dtype=torch.float64)
-        self.counters = {"gradients": 0, "hvps": 0, "losses": 0}
 
     def loss(self) -> float:
-        self.counters["losses"] += 1
-        return self.jitter(float(quartic(self.w)))
+        return self.jitter(super().loss())
 
     def loss_and_gradient(self):
-        self.counters["gradients"] += 1
-        w = self.w.clone().requires_grad_(True)
-        value = quartic(w)
-        (g,) = torch.autograd.grad(value, w)
-        return self.jitter(float(value.detach())), g.detach()
-
-    def gradient(self):
-        return self.loss_and_gradient()[1]
-
-    def hvp(self, v):
-        self.counters["hvps"] += 1
-        w = self.w.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(quartic(w), w, create_graph=True)
-        (hv,) = torch.autograd.grad(g, w, v)
-        return hv.detach()
-
-    def apply_update(self, d, scale=1.0):
-        self.w = self.w + scale * d
-
-    def snapshot(self):
-        return self.w.clone()
-
-    def restore(self, snap):
-        self.w = snap.clone()
-
-    def resample(self, seed):
-        pass
+        value, g = super().loss_and_gradient()
+        return self.jitter(value), g
 
 
 def run(seed: int | None, **opts):
