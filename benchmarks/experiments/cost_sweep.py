@@ -15,7 +15,6 @@ and ``.json``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import sys
@@ -27,7 +26,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mlp_cases import Setting, evaluate  # noqa: E402
+from mlp_cases import Setting, evaluate, measure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 FULL = {"batch_size": 4096}  # one chunk per oracle pass (the data are tiny); the pass count is unchanged
@@ -159,8 +158,6 @@ GRIDS: dict[str, dict[str, tuple[str, dict]]] = {
 
 
 def run(case: str, grid: str, names: list[str] | None) -> dict:
-    from dist_unlearn import unlearn
-    from dist_unlearn.eval.verdict import decide
 
     s = Setting(case)
     original, orig_passes, _ = s.train(TensorDataset(s.X, s.y))
@@ -178,12 +175,7 @@ def run(case: str, grid: str, names: list[str] | None) -> dict:
         opts = dict(opts)
         if label.endswith("@cap"):
             opts["max_example_passes"] = fraction * re_passes
-        model = copy.deepcopy(original)
-        t0 = time.perf_counter()
-        res = unlearn(model, s.loss_fn, s.retain, s.forget, method=method, **opts)
-        wall = time.perf_counter() - t0
-        ev = evaluate(s, res.model, ev_oracle["acc"])
-        ev["verdict"] = decide(ev["evidence"], before=ev_orig["evidence"], reference=ev_oracle["evidence"])
+        res, ev, wall = measure(s, original, method, opts, ev_orig, ev_oracle)
         st = res.stats
         rows[label] = {
             **ev,

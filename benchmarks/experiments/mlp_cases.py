@@ -148,6 +148,21 @@ def evaluate(s: Setting, model, oracle_acc=None):
     return out
 
 
+def measure(s: Setting, original, method: str, opts: dict, ev_orig: dict, ev_oracle: dict):
+    """Unlearn a copy of ``original`` with one method and judge it against the original and the retrained
+    model: (UnlearnResult, evaluation with its verdict, wall seconds of the unlearn call)."""
+    from dist_unlearn import unlearn
+    from dist_unlearn.eval.verdict import decide
+
+    model = copy.deepcopy(original)
+    t0 = time.perf_counter()
+    res = unlearn(model, s.loss_fn, s.retain, s.forget, method=method, **opts)
+    wall = time.perf_counter() - t0
+    ev = evaluate(s, res.model, ev_oracle["acc"])
+    ev["verdict"] = decide(ev["evidence"], before=ev_orig["evidence"], reference=ev_oracle["evidence"])
+    return res, ev, wall
+
+
 def budget_variants() -> list[tuple[str, str, dict]]:
     """cure_newton with smaller per-solve HVP budgets / fewer steps / FD HVPs (what ToW the cost buys)."""
     runs = [
@@ -161,8 +176,6 @@ def budget_variants() -> list[tuple[str, str, dict]]:
 
 
 def run_case(name: str, levers: bool, budgets: bool = False) -> dict:
-    from dist_unlearn import unlearn
-    from dist_unlearn.eval.verdict import decide
 
     s = Setting(name)
     original, orig_passes, orig_wall = s.train(TensorDataset(s.X, s.y))
@@ -187,12 +200,7 @@ def run_case(name: str, levers: bool, budgets: bool = False) -> dict:
     if budgets:
         variants = variants[:1] + budget_variants()
     for label, method, opts in variants:
-        model = copy.deepcopy(original)
-        t0 = time.perf_counter()
-        res = unlearn(model, s.loss_fn, s.retain, s.forget, method=method, **opts)
-        wall = time.perf_counter() - t0
-        ev = evaluate(s, res.model, ev_oracle["acc"])
-        ev["verdict"] = decide(ev["evidence"], before=ev_orig["evidence"], reference=ev_oracle["evidence"])
+        res, ev, wall = measure(s, original, method, opts, ev_orig, ev_oracle)
         st = res.stats
         rows[label] = {
             **ev,
