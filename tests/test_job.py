@@ -384,15 +384,12 @@ def test_cli_unlearn_runs_the_job_and_prints_the_verdict(lm, tmp_path):
     assert r.exit_code != 0 and "OutputError" in r.output and "--overwrite" in r.output
 
 
-def test_classifier_job_outputs_load_and_report_accuracy(lm, tmp_path):
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        GPT2Config,
-        GPT2ForSequenceClassification,
-    )
+def save_tiny_classifier(tokenizer_dir: Path, out: Path) -> Path:
+    """A 1-layer GPT-2 sequence classifier (labels neg/pos, seed 0) saved with the tokenizer from
+    ``tokenizer_dir``: a user's fine-tuned classifier folder."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
-    tok = AutoTokenizer.from_pretrained(str(lm["model"]))
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     cfg = GPT2Config(
         vocab_size=len(tok),
         n_positions=64,
@@ -405,9 +402,15 @@ def test_classifier_job_outputs_load_and_report_accuracy(lm, tmp_path):
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
-    clf_dir = tmp_path / "clf"
-    GPT2ForSequenceClassification(cfg).save_pretrained(str(clf_dir))
-    tok.save_pretrained(str(clf_dir))
+    GPT2ForSequenceClassification(cfg).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def test_classifier_job_outputs_load_and_report_accuracy(lm, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    clf_dir = save_tiny_classifier(lm["model"], tmp_path / "clf")
     rows = [
         {"id": i, "text": f"{'good' if i % 2 else 'bad'} film number {i}", "label": "pos" if i % 2 else "neg"}
         for i in range(16)

@@ -8,7 +8,9 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 import yaml
+from test_job import save_tiny_classifier
 from test_launch import BIN, REPO, ray_head  # noqa: F401  (the fixture is used by name)
 
 
@@ -105,8 +107,6 @@ def test_ray_job_submit_unlearns_a_saved_classifier_on_two_zero3_workers(ray_hea
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
-        GPT2Config,
-        GPT2ForSequenceClassification,
     )
 
     from dist_unlearn.demo.people import build_demo
@@ -116,23 +116,7 @@ def test_ray_job_submit_unlearns_a_saved_classifier_on_two_zero3_workers(ray_hea
     lm = build_demo(
         tmp_path / "lm", n_people=4, n_holdout=2, n_forget=1, per_person=2, epochs=1, n_embd=16, n_layer=1
     )
-    tok = AutoTokenizer.from_pretrained(str(lm["model"]))  # a tokenizer trained on the demo's text
-    cfg = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=64,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-        num_labels=2,
-        id2label={0: "neg", 1: "pos"},
-        label2id={"neg": 0, "pos": 1},
-        pad_token_id=tok.pad_token_id,
-    )
-    import torch
-
-    torch.manual_seed(0)
-    GPT2ForSequenceClassification(cfg).save_pretrained(str(job_dir / "clf"))
-    tok.save_pretrained(str(job_dir / "clf"))
+    save_tiny_classifier(lm["model"], job_dir / "clf")  # with a tokenizer trained on the demo's text
     rows = [
         {"id": i, "text": f"{'good' if i % 2 else 'bad'} answer {i}", "label": "pos" if i % 2 else "neg"}
         for i in range(20)
