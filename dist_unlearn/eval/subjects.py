@@ -98,7 +98,9 @@ class SubjectScore:
         return d
 
 
-def unseen_quantiles(values: Sequence[float] | np.ndarray, unseen: Sequence[float] | np.ndarray) -> np.ndarray:
+def unseen_quantiles(
+    values: Sequence[float] | np.ndarray, unseen: Sequence[float] | np.ndarray
+) -> np.ndarray:
     """F_u(x) = P(u < x) + 1/2 P(u = x) for each x in ``values`` (mid-rank empirical CDF of ``unseen``)."""
     x = np.asarray(values, dtype=np.float64).reshape(-1)
     u = np.sort(np.asarray(unseen, dtype=np.float64).reshape(-1))
