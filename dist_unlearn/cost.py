@@ -11,6 +11,11 @@ such passes they cost, so that unlearning and retraining compare on any machine:
     | hvp_exact     | 3      | double backward (or a ratio measured on the model, recorded)|
     | hvp_ggn       | 2      | one JVP + one VJP                                          |
 
+Every amount of work also has a *role*, the data it was spent on: ``retain`` (the retained training rows),
+``forget`` (the forget set: the request), ``calibration`` (unseen rows read by a stop rule) or ``probe``
+(robustness probes of an audit, reported apart from the unlearning). ``as_dict()["by_role"]`` splits the
+total by role, so a reader sees which part grows with the training set.
+
 A counter is a plain picklable object, so Ray workers count their own work and the driver sums the workers'
 counters (:meth:`CostCounter.merge`); local and distributed runs therefore count alike.
 """
@@ -30,6 +35,9 @@ PASS_WEIGHTS: dict[str, float] = {
 }
 """Default example-pass weight of each kind of work (see the module docstring)."""
 
+ROLES = ("retain", "forget", "calibration", "probe")
+"""What the work was spent on (see the module docstring)."""
+
 
 class CostCounter:
     """Examples processed per kind of work, and their total in example passes.
@@ -42,13 +50,18 @@ class CostCounter:
         self.weights: dict[str, float] = {**PASS_WEIGHTS, **dict(weights or {})}
         self.examples: dict[str, float] = {}
         self.calls: dict[str, int] = {}
+        self.role_examples: dict[tuple[str, str], float] = {}
 
-    def add(self, kind: str, n_examples: float, calls: int = 1) -> None:
-        """Record ``calls`` operations of ``kind`` that together touched ``n_examples`` examples."""
+    def add(self, kind: str, n_examples: float, calls: int = 1, role: str = "retain") -> None:
+        """Record ``calls`` operations of ``kind`` over ``n_examples`` examples of ``role``."""
         if kind not in self.weights:
             raise KeyError(f"unknown cost kind {kind!r}; known: {sorted(self.weights)}")
+        if role not in ROLES:
+            raise KeyError(f"unknown cost role {role!r}; known: {list(ROLES)}")
         self.examples[kind] = self.examples.get(kind, 0.0) + float(n_examples)
         self.calls[kind] = self.calls.get(kind, 0) + int(calls)
+        key = (role, kind)
+        self.role_examples[key] = self.role_examples.get(key, 0.0) + float(n_examples)
 
     def set_weight(self, kind: str, weight: float) -> None:
         """Use a measured weight for ``kind`` (e.g. exact HVP time / gradient time on this model)."""
@@ -66,14 +79,31 @@ class CostCounter:
             self.weights.setdefault(kind, float(entry.get("weight", PASS_WEIGHTS.get(kind, 1.0))))
             self.examples[kind] = self.examples.get(kind, 0.0) + float(entry.get("examples", 0.0))
             self.calls[kind] = self.calls.get(kind, 0) + int(entry.get("calls", 0))
+        by_role = d.get("by_role")
+        if by_role is None:  # a record without roles: all of it counts as retain work
+            by_role = {
+                "retain": {"by_kind": {k: e.get("examples", 0.0) for k, e in d.get("by_kind", {}).items()}}
+            }
+        for role, entry in by_role.items():
+            for kind, n in entry.get("by_kind", {}).items():
+                key = (role, kind)
+                self.role_examples[key] = self.role_examples.get(key, 0.0) + float(n)
         return self
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the current state (for differences between two moments, see :func:`cost_between`)."""
         return self.as_dict()
 
+    def passes_by_role(self) -> dict[str, float]:
+        """Example passes per role (only roles with work)."""
+        out: dict[str, float] = {}
+        for (role, kind), n in self.role_examples.items():
+            out[role] = out.get(role, 0.0) + n * self.weights[kind]
+        return out
+
     def as_dict(self) -> dict[str, Any]:
-        """``{"example_passes": total, "by_kind": {kind: {examples, calls, weight, example_passes}}}``."""
+        """``{"example_passes": total, "by_kind": {kind: {examples, calls, weight, example_passes}},
+        "by_role": {role: {"example_passes": passes, "by_kind": {kind: examples}}}}``."""
         by_kind = {
             k: {
                 "examples": n,
@@ -83,7 +113,12 @@ class CostCounter:
             }
             for k, n in sorted(self.examples.items())
         }
-        return {"example_passes": self.example_passes, "by_kind": by_kind}
+        by_role: dict[str, Any] = {}
+        for (role, kind), n in sorted(self.role_examples.items()):
+            entry = by_role.setdefault(role, {"example_passes": 0.0, "by_kind": {}})
+            entry["by_kind"][kind] = n
+            entry["example_passes"] += n * self.weights[kind]
+        return {"example_passes": self.example_passes, "by_kind": by_kind, "by_role": by_role}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CostCounter:
@@ -102,6 +137,12 @@ def cost_between(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[st
         if n or c:
             out.examples[kind] = n
             out.calls[kind] = c
+    for role, entry in after.get("by_role", {}).items():
+        prev_role = before.get("by_role", {}).get(role, {}).get("by_kind", {})
+        for kind, n in entry.get("by_kind", {}).items():
+            diff = float(n) - float(prev_role.get(kind, 0.0))
+            if diff:
+                out.role_examples[(role, kind)] = diff
     return out.as_dict()
 
 

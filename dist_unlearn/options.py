@@ -132,6 +132,11 @@ class UnlearnOptions(BaseModel):
     overshoot. Keep it apart from the data a verdict is judged on. None: no stop rule."""
     stop_auc_band: float = Field(default=0.1, gt=0, lt=0.5)
     """The stop rule's band: |AUC - 0.5| <= band stops the run, AUC < 0.5 - band is an overshoot."""
+    forget_subjects: list[Any] | None = None
+    """The subject (person, author, document) of each forget row, in the forget set's order: the unit a
+    deletion request names, judged one by one (:mod:`dist_unlearn.eval.subjects`). None: each row its own."""
+    calibration_subjects: list[Any] | None = None
+    """The subject of each calibration row, in its order (estimates how alike one subject's rows are)."""
 
     # ---- stochastic variant -----------------------------------------------------------------------------
     grad_batch_size: int | None = Field(default=None, ge=1)
@@ -285,7 +290,8 @@ _READERS: dict[str, tuple[str, ...] | str] = {
         k: CURVATURE
         for k in (
             "tol", "hvp", "krylov_tol", "krylov_max_iter", "reorthogonalize", "store_basis", "objective",
-            "gradient", "grad_rtol", "step_rtol", "calibration", "stop_auc_band",
+            "gradient", "grad_rtol", "step_rtol", "calibration", "stop_auc_band", "forget_subjects",
+            "calibration_subjects",
         )
     },
     **{

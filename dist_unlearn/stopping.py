@@ -150,7 +150,7 @@ class LocalMembershipLosses:
         self.collate_fn = collate_fn
         self.cost = cost if cost is not None else CostCounter()
 
-    def _losses(self, data: Any) -> np.ndarray:
+    def _losses(self, data: Any, role: str) -> np.ndarray:
         import torch
 
         from dist_unlearn.curvature.objective import per_example
@@ -168,11 +168,11 @@ class LocalMembershipLosses:
         finally:
             self.model.train(was_training)
         losses = torch.cat(out).numpy() if out else np.zeros(0)
-        self.cost.add("loss", losses.size)
+        self.cost.add("loss", losses.size, role=role)
         return losses
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._losses(self.sets[0]), self._losses(self.sets[1])
+        return self._losses(self.sets[0], "forget"), self._losses(self.sets[1], "calibration")
 
 
 def check_calibration(calibration: Any, forget: Any) -> None:

@@ -61,3 +61,28 @@ def test_verdict_memorised_vs_unseen():
         decide({"forget_vs_unseen_auc": 0.13, "ks_pvalue": 1e-100}, reference=class_ref)["status"]
         == "forgotten"
     )
+
+
+def test_cost_counter_roles_split_the_total():
+    c = CostCounter()
+    c.add("gradient", 100)  # retain by default: 100 passes
+    c.add("loss", 30, role="forget")  # 10 passes
+    c.add("hvp_fd", 10, role="retain")  # 20 passes
+    c.add("loss", 60, role="calibration")  # 20 passes
+    d = c.as_dict()
+    assert {r: e["example_passes"] for r, e in d["by_role"].items()} == pytest.approx(
+        {"retain": 120.0, "forget": 10.0, "calibration": 20.0}
+    )
+    assert sum(c.passes_by_role().values()) == pytest.approx(c.example_passes)
+    merged = CostCounter().merge(d).merge(c)
+    assert merged.passes_by_role()["calibration"] == pytest.approx(40.0)
+    before = c.snapshot()
+    c.add("loss", 3, role="probe")
+    assert cost_between(before, c.snapshot())["by_role"] == {
+        "probe": {"example_passes": pytest.approx(1.0), "by_kind": {"loss": 3.0}}
+    }
+    with pytest.raises(KeyError, match="unknown cost role"):
+        c.add("loss", 1, role="holdout")
+    # a record written without roles counts as retain work
+    legacy = {"by_kind": {"gradient": {"examples": 5.0, "calls": 1, "weight": 1.0}}}
+    assert CostCounter().merge(legacy).passes_by_role() == {"retain": 5.0}

@@ -264,7 +264,7 @@ def build_oracle(
         return CombinedOracle([(1.0, retain_oracle), (-float(forget_weight), forget_oracle)])
     rows = IndexedRows(forget, oracle_kwargs.get("collate_fn"))
     ref = reference_losses(loss_fn, model, rows, retain_oracle.batch_size, retain_oracle.device)
-    retain_oracle.cost.add("loss", len(rows))  # the reference forward over the forget set
+    retain_oracle.cost.add("loss", len(rows), role="forget")  # the reference forward over the forget set
     forget_oracle = LocalOracle(
         model, NPOForgetLoss(loss_fn, ref, beta), rows, collate_fn=rows.collate, params=retain_oracle.params,
         **{k: v for k, v in common.items() if k not in ("params", "hvp")},

@@ -122,7 +122,7 @@ class ObjectiveParts:
             ref = torch.full((part.num_rows,), float("nan"), dtype=torch.float64)
             for idx, losses in self._per_example(part):  # rows this rank never reads stay NaN
                 ref[torch.as_tensor(idx, dtype=torch.long)] = losses
-            self.cost.add("loss", self._mine(part.rows))
+            self.cost.add("loss", self._mine(part.rows), role="forget")
             indexed.loss_fn = NPOForgetLoss(self.loss_fn, ref, self.beta)
             indexed.coef = self.forget_weight
             self.forget_term = indexed
@@ -227,7 +227,7 @@ class ObjectiveParts:
             for idx, losses in self._per_example(part):
                 ids.extend(idx)
                 values.extend(float(x) for x in losses)
-            self.cost.add("loss", len(ids))
+            self.cost.add("loss", len(ids), role=name)
             out[name] = (ids, values)
         return out
 
@@ -252,7 +252,7 @@ class ObjectiveParts:
 
         self.counters["gradients"] += 1
         self.cost.add("loss", self._mine(self.grad_rows))
-        self.cost.add("gradient", self._mine(self.forget_part.rows))
+        self.cost.add("gradient", self._mine(self.forget_part.rows), role="forget")
         with torch.no_grad() if self.stage != 3 else _nullctx():
             loss, _ = self._loss_and_local_grad(
                 self.grad_rows, need_grad=False, terms=self._terms(self.grad_rows, forget=False)

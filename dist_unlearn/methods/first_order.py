@@ -192,7 +192,7 @@ def npo(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: Un
         l_theta = per_example_losses(loss_fn, model, fb)
         with torch.no_grad():
             l_ref = per_example_losses(loss_fn, ref, fb)
-        cost.add("loss", count_examples(fb))  # the reference model's forward
+        cost.add("loss", count_examples(fb), role="forget")  # the reference model's forward
         value = alpha * (2.0 / beta) * F.softplus(beta * (l_ref - l_theta)).mean()
         if use_retain:
             value = value + gamma * loss_fn(model, rb)
