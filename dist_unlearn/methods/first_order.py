@@ -45,6 +45,7 @@ from dist_unlearn.methods._training import (
     frozen_copy,
     loader,
     optimise,
+    paired_roles,
 )
 from dist_unlearn.methods.registry import register_method
 from dist_unlearn.options import UnlearnOptions
@@ -111,6 +112,7 @@ def grad_ascent(
         method="grad_ascent",
         epochs=options.epochs,
         cost=cost,
+        roles="forget",
     )
     return ModelRun(model, steps, {"cost": cost.as_dict()})
 
@@ -146,6 +148,7 @@ def grad_diff(
         method="grad_diff",
         epochs=options.epochs,
         cost=cost,
+        roles=paired_roles,
     )
     return ModelRun(model, steps, {"cost": cost.as_dict()})
 
@@ -199,7 +202,9 @@ def npo(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: Un
         return value
 
     items = _paired(forget, retain if use_retain else None, options)
-    steps = optimise(model, objective, items, options, method="npo", epochs=options.epochs, cost=cost)
+    steps = optimise(
+        model, objective, items, options, method="npo", epochs=options.epochs, cost=cost, roles=paired_roles
+    )
     return ModelRun(
         model,
         steps,
@@ -251,17 +256,21 @@ def scrub(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: 
     T, alpha, gamma = options.temperature, options.kl_weight, options.retain_weight
     cost = CostCounter()
 
-    def kl(batch):
+    def kl(batch, role: str):
         with torch.no_grad():
             t = output_fn(teacher, batch)
-        cost.add("loss", count_examples(batch))  # the teacher's forward
+        cost.add("loss", count_examples(batch), role=role)  # the teacher's forward
         return distill_kl(output_fn(model, batch), t, T)
 
     def objective(item):
         kind, batch = item
         if kind == "max":
-            return -kl(batch)
-        return alpha * kl(batch) + gamma * loss_fn(model, batch)
+            return -kl(batch, "forget")
+        return alpha * kl(batch, "retain") + gamma * loss_fn(model, batch)
+
+    def roles(item) -> list[tuple[str, int]]:
+        kind, batch = item
+        return [("forget" if kind == "max" else "retain", count_examples(batch))]
 
     def items(epoch: int):
         if epoch < forget_epochs:
@@ -270,5 +279,5 @@ def scrub(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: 
         for b in loader(retain, options, epoch):
             yield "min", b
 
-    steps = optimise(model, objective, items, options, method="scrub", epochs=epochs, cost=cost)
+    steps = optimise(model, objective, items, options, method="scrub", epochs=epochs, cost=cost, roles=roles)
     return ModelRun(model, steps, {"forget_epochs": forget_epochs, "cost": cost.as_dict()})
