@@ -146,7 +146,6 @@ def _run_curvature(
     method: str, model: nn.Module, loss_fn: Any, retain: Any, forget: Any, opts: UnlearnOptions
 ) -> tuple[nn.Module, list[StepRecord], dict[str, Any]]:
     from dist_unlearn.curvature.objective import build_oracle
-
     from dist_unlearn.curvature.sample import resolve_gradient
 
     stochastic = method == "cure_newton_stochastic"

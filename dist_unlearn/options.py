@@ -106,10 +106,11 @@ class UnlearnOptions(BaseModel):
     cure_newton 30, damped / pinv Newton 100)."""
     retain_sample: int | Literal["all"] | None = None
     """cure_newton: the retain term's gradient, loss and HVPs (ARC trial losses, first-M tries, final stats)
-    on a fixed random sample of this many retain rows, drawn once per run (:mod:`dist_unlearn.curvature.sample`),
-    so the cost does not grow with the training set. None: 2048 rows for the retain objective (its minimiser
-    is the answer), 64 for a forgetting objective (the retain term holds the retained rows in place); all
-    rows when there are fewer. "all": every row. The forget set is always read whole."""
+    on a fixed random sample of this many retain rows, drawn once per run
+    (:mod:`dist_unlearn.curvature.sample`), so the cost does not grow with the training set. None: 2048
+    rows for the retain objective (its minimiser is the answer), 64 for a forgetting objective (the retain
+    term holds the retained rows in place); all rows when there are fewer. "all": every row. The forget set
+    is always read whole."""
     hvp_sample: int | Literal["all"] | None = None
     """cure_newton: the HVPs on a smaller sample of this many rows, nested in the ``retain_sample`` rows
     (None: the same rows; "all": every row)."""

@@ -10,9 +10,10 @@ it costs the gradient of the objective and the ARC trial loss.
   (fewer on breakdown or under ``max_example_passes``). Its extreme Ritz values give the first M estimate
   (M_0 = 2 rho^2 / |g_0|, as :func:`~dist_unlearn.methods.cure_newton.estimate_initial_M`, which would spend
   ``eig_iterations`` more HVPs on the same Krylov space), and the first-M search re-solves on it.
-- **Refresh.** ARC judges every step by its actual decrease; a stale model shows as rejected steps, which
-  grow M (a shorter, more gradient-like step, still no HVP). After ``curvature_refresh`` rejections in a
-  row of steps solved on a kept basis, the basis is rebuilt at the current point (0: never rebuilt).
+- **Refresh.** ARC judges every step by its actual decrease rho = actual / predicted; a stale model shows as
+  steps with rho < ``arc_eta1``: rejected (M grows: a shorter, more gradient-like step, still no HVP) or
+  accepted only as a tie (no real decrease, which would otherwise repeat). After ``curvature_refresh`` such
+  steps in a row on a kept basis, the basis is rebuilt at the current point (0: never rebuilt).
 - **Where it holds.** Where the Hessian has not changed and the kept space captures it, the reused step is
   the fresh solve's (tests/test_curvature_reuse.py). The true-hard-case probe of a fresh solve
   (:func:`~dist_unlearn.solvers.cubic_subproblem`) is not run on a kept basis; ``reuse_curvature=False``
@@ -53,7 +54,7 @@ class KeptCurvatureSolver:
         self.basis: KrylovSpace | None = None
         self.basis_key: tuple[int, int] | None = None  # (outer step, id(g)) of the basis' start vector
         self.last: tuple[CurvatureOracle, Vector] | None = None  # oracle and g of the latest solve
-        self.rejections = 0
+        self.poor = 0  # steps in a row on a kept basis with rho < arc_eta1 (rejected, or accepted as a tie)
 
     # ---- the basis -------------------------------------------------------------------------------------
     def _key(self, g: Vector) -> tuple[int, int]:
@@ -68,7 +69,7 @@ class KeptCurvatureSolver:
         )
         self.basis_key = self._key(g)
         self.state.curvature_bases += 1
-        self.rejections = 0
+        self.poor = 0
         return self.basis
 
     def _view(self, oracle: CurvatureOracle, g: Vector) -> ProjectedSpace:
@@ -96,10 +97,19 @@ class KeptCurvatureSolver:
         return 2.0 * rho * rho / gnorm
 
     def solve(self, oracle: CurvatureOracle, g: Vector, gnorm: float, M: float | None) -> Proposal:
-        """The step at a new point: on the kept basis (built here when there is none)."""
+        """The step at a new point: on the kept basis (built here when there is none, or rebuilt when the
+        kept model has failed ``curvature_refresh`` times in a row)."""
         self.last = (oracle, g)
-        self.rejections = 0
+        last = self.state.history[-1] if self.state.history else None
+        failed = last is not None and last.rho is not None and not last.rho >= self.options.arc_eta1
+        if failed and last.hvps == 0:
+            self.poor += 1  # accepted only as a tie (no real decrease): the kept model predicts badly
+        else:
+            self.poor = 0
         built = self.state.curvature_bases
+        refresh = self.options.curvature_refresh
+        if refresh and self.poor >= refresh and self.basis is not None:
+            self._build(oracle, g)
         view = self._view(oracle, g)
         return _proposal(view, M, view.basis.dimension if self.state.curvature_bases > built else 0)
 
@@ -107,9 +117,9 @@ class KeptCurvatureSolver:
         """The step for a new M at the same point (after a rejection, or a first-M try): no HVP, unless
         ``curvature_refresh`` rejections in a row on a basis built elsewhere call for a rebuild here."""
         if isinstance(view, ProjectedSpace) and not view.own:
-            self.rejections += 1
+            self.poor += 1
             refresh = self.options.curvature_refresh
-            if refresh and self.rejections >= refresh and self.last is not None:
+            if refresh and self.poor >= refresh and self.last is not None:
                 view.release()
                 oracle, g = self.last
                 self._build(oracle, g)
