@@ -100,10 +100,9 @@ def plan_rounds(train: Any, forget: ForgetConfig) -> list[Round]:
 
 def numeric_view(dataset: Any) -> Any:
     """The dataset without text columns (what the oracle and the training loops batch)."""
-    from dist_unlearn.tasks.base import _numeric
+    from dist_unlearn.data.batches import numeric_columns
 
-    keep = [c for c, f in dataset.features.items() if _numeric(f)]
-    return dataset.select_columns(keep)
+    return dataset.select_columns(numeric_columns(dataset))
 
 
 # ----- outputs: dist_unlearn.output (staging dir, manifest, --overwrite) ----------------------------

@@ -153,9 +153,9 @@ class LocalMembershipLosses:
     def _losses(self, data: Any, role: str) -> np.ndarray:
         import torch
 
-        from dist_unlearn.curvature.objective import per_example
         from dist_unlearn.data import make_loader
         from dist_unlearn.data.device import model_device, to_device
+        from dist_unlearn.models.losses import per_example_losses
 
         device = model_device(self.model)
         was_training = self.model.training
@@ -164,7 +164,9 @@ class LocalMembershipLosses:
         try:
             with torch.no_grad():
                 for batch in make_loader(data, self.batch_size, collate_fn=self.collate_fn):
-                    out.append(per_example(self.loss_fn, self.model, to_device(batch, device)).double().cpu())
+                    out.append(
+                        per_example_losses(self.loss_fn, self.model, to_device(batch, device)).double().cpu()
+                    )
         finally:
             self.model.train(was_training)
         losses = torch.cat(out).numpy() if out else np.zeros(0)
