@@ -166,8 +166,8 @@ class InProcessGroup:
 def cure_newton_step(r, args, use_gpu: bool) -> dict:
     """One CureNewton outer step (ARC, automatic M, Krylov subproblem) through RayOracle on rank ``r``."""
     from dist_unlearn.cost import cost_between
-    from dist_unlearn.distributed.run_state import OUTER_STEP_CALLS
     from dist_unlearn.distributed.oracle import RayOracle
+    from dist_unlearn.distributed.run_state import OUTER_STEP_CALLS
     from dist_unlearn.methods import OuterLoopState, run_curvature_method
     from dist_unlearn.options import UnlearnOptions
 
