@@ -9,12 +9,13 @@ from typing import Any
 
 import click
 
-from dist_unlearn.cli import cli
+from dist_unlearn.cli import cli, verbose_option
 
 Log = Callable[[str], None]
 
 
 @cli.command("eval")
+@verbose_option
 @click.option(
     "--config",
     "-c",
