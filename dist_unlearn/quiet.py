@@ -27,9 +27,14 @@ LIBRARY_ENV: dict[str, str] = {
 }
 """The switches, with their quiet values."""
 
-QUIET_LOGGERS = ("ray._private.authentication", "DeepSpeed", "deepspeed")
-"""Loggers raised to ERROR: Ray's token-authentication notice (the embedded cluster is local to this
-machine and its dashboard is off), DeepSpeed's start-up infos."""
+QUIET_LOGGERS: dict[str, int] = {
+    "ray._private.authentication": logging.ERROR,
+    "ray._private.worker": logging.WARNING,
+    "DeepSpeed": logging.ERROR,
+    "deepspeed": logging.ERROR,
+}
+"""Loggers raised to a level: Ray's token-authentication notice (the embedded cluster's dashboard is off) and
+its "Started a local Ray instance" info, DeepSpeed's start-up infos."""
 
 _set_by_us: dict[str, str] = {}
 _levels: dict[str, int] = {}
@@ -54,24 +59,27 @@ def quiet_libraries(verbose: bool = False) -> None:
         if key not in os.environ:
             os.environ[key] = value
             _set_by_us[key] = value
-    for name in QUIET_LOGGERS:
+    for name, level in QUIET_LOGGERS.items():
         logger = logging.getLogger(name)
         _levels.setdefault(name, logger.level)
-        logger.setLevel(logging.ERROR)
+        logger.setLevel(level)
     _apply_to_imported(quiet=True)
 
 
 def _apply_to_imported(*, quiet: bool) -> None:
-    """The same switches for libraries imported before the environment was set."""
+    """The same switches for libraries imported before the environment was set (restoring leaves a
+    library's progress bars alone while its environment switch is set: the environment has priority)."""
+    env = os.environ
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         if quiet:
             hf_logging.set_verbosity_error()
             hf_logging.disable_progress_bar()
-        else:
+        elif "TRANSFORMERS_VERBOSITY" not in env:
             hf_logging.set_verbosity_warning()
-            hf_logging.enable_progress_bar()
+            if "HF_HUB_DISABLE_PROGRESS_BARS" not in env:
+                hf_logging.enable_progress_bar()
     if "datasets" in sys.modules:
         import datasets
 
@@ -79,12 +87,17 @@ def _apply_to_imported(*, quiet: bool) -> None:
             datasets.utils.logging.set_verbosity_error()
             datasets.disable_progress_bars()
         else:
-            datasets.utils.logging.set_verbosity_warning()
-            datasets.enable_progress_bars()
+            if "DATASETS_VERBOSITY" not in env:
+                datasets.utils.logging.set_verbosity_warning()
+            if "HF_DATASETS_DISABLE_PROGRESS_BARS" not in env:
+                datasets.enable_progress_bars()
     if "huggingface_hub" in sys.modules:
         from huggingface_hub import utils as hub_utils
 
-        (hub_utils.disable_progress_bars if quiet else hub_utils.enable_progress_bars)()
+        if quiet:
+            hub_utils.disable_progress_bars()
+        elif "HF_HUB_DISABLE_PROGRESS_BARS" not in env:
+            hub_utils.enable_progress_bars()
 
 
 def worker_env() -> dict[str, str]:
