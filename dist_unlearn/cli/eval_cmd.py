@@ -101,8 +101,9 @@ def evaluate_saved(
     from tqdm.auto import tqdm
 
     from dist_unlearn.errors import DataError
+    from dist_unlearn.eval.results import to_jsonable
     from dist_unlearn.output import OutputDir, check_output_dir
-    from dist_unlearn.pipeline import ModelCache, _jsonable, plan_rounds
+    from dist_unlearn.pipeline import ModelCache, plan_rounds
     from dist_unlearn.tasks import get_task
 
     log = log or (lambda msg: tqdm.write(msg))
@@ -166,7 +167,7 @@ def evaluate_saved(
                 "metrics": task.evaluate(task.load(path), **kw),
                 "stats": {"path": str(path)},
             }
-        out = _jsonable(out)
+        out = to_jsonable(out, strict=False)
         (od.stage / "eval.json").write_text(json.dumps(out, indent=2))
         od.commit()
     return out
