@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from dist_unlearn.curvature.sample import hvp_sample_size
+from dist_unlearn.data.device import model_device, to_device
 from dist_unlearn.errors import ConfigError, DataError, ModelError
 from dist_unlearn.methods import OuterLoopState, StepRecord, curvature_stats, get_method, run_curvature_method
-from dist_unlearn.methods._training import model_device, to_device
 from dist_unlearn.options import UnlearnOptions
 from dist_unlearn.result import UnlearnResult
 
@@ -187,7 +187,7 @@ def resolve_objective(opts: UnlearnOptions, given: UnlearnOptions, method: str) 
 
 def _first_order_stop(opts: UnlearnOptions, steps: list[StepRecord]) -> str:
     """stop_reason of a first-order run: "budget" (``max_example_passes``), "max_steps" or "epochs"."""
-    from dist_unlearn.methods._training import BUDGET_NOTE
+    from dist_unlearn.methods.budget import BUDGET_NOTE
 
     if opts.max_example_passes is not None and (not steps or steps[-1].message.endswith(BUDGET_NOTE)):
         return "budget"

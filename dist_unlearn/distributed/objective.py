@@ -205,12 +205,12 @@ class ObjectiveParts:
         """Yield (global row ids, float64 losses) of this rank's rows of ``part``, forward only."""
         import torch
 
-        from dist_unlearn.curvature.objective import per_example
+        from dist_unlearn.models.losses import per_example_losses
 
         model = self.engine if self.stage == 3 else self.module
         with torch.no_grad() if self.stage != 3 else _nullctx():
             for batch, w, idx in self._chunks(part, part.rows, pad=True):
-                losses = per_example(self.loss_fn, model, batch).detach().double().cpu()
+                losses = per_example_losses(self.loss_fn, model, batch).detach().double().cpu()
                 if w > 0:
                     yield [int(i) for i in idx], losses[: len(idx)]
         self._release_z3()

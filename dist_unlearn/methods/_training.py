@@ -17,13 +17,12 @@ import torch
 from torch import nn
 
 from dist_unlearn.cost import CostCounter
+from dist_unlearn.data.batches import count_examples
 from dist_unlearn.data.device import model_device, to_device
 from dist_unlearn.errors import ModelError, NumericalError
 from dist_unlearn.methods.base import StepRecord
+from dist_unlearn.methods.budget import BUDGET_NOTE
 from dist_unlearn.options import UnlearnOptions
-
-BUDGET_NOTE = "; stopped: budget"
-"""Appended to the last step's message when ``max_example_passes`` stopped the loop."""
 
 
 @dataclass
@@ -33,39 +32,6 @@ class ModelRun:
     model: nn.Module
     steps: list[StepRecord]
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-class Pair(tuple):
-    """Several batches in one work item (grad_diff's (forget, retain)): counted batch by batch."""
-
-
-class Rows(tuple):
-    """(batch, row indices) of one data set: counted as the batch's examples (indices are not examples)."""
-
-
-def count_examples(item: Any) -> int:
-    """Examples in a work item: a batch (tensor, dict of columns, tuple/list of tensors) or a tuple of batches
-    (grad_diff's (forget, retain) pair; scrub's ("max" | "min", batch)); None and strings count 0."""
-    if item is None or isinstance(item, str):
-        return 0
-    if isinstance(item, torch.Tensor):
-        return int(item.shape[0]) if item.dim() > 0 else 1
-    if isinstance(item, dict):
-        for v in item.values():
-            if isinstance(v, torch.Tensor) and v.dim() > 0:
-                return int(v.shape[0])
-            if isinstance(v, list):
-                return len(v)
-        return 1
-    if isinstance(item, Rows):
-        return count_examples(item[0])
-    if isinstance(item, Pair):
-        return sum(count_examples(x) for x in item)
-    if isinstance(item, tuple | list) and item:
-        if all(isinstance(x, torch.Tensor) for x in item):  # one batch given as (inputs, labels, ...)
-            return count_examples(item[0])
-        return sum(count_examples(x) for x in item)  # several batches
-    return 1
 
 
 def trainable(model: nn.Module, what: str) -> list[nn.Parameter]:

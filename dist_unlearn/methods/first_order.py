@@ -37,10 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_unlearn.cost import CostCounter
+from dist_unlearn.data.batches import Pair, count_examples
 from dist_unlearn.methods._training import (
     ModelRun,
-    Pair,
-    count_examples,
     cycle,
     frozen_copy,
     loader,
@@ -48,6 +47,7 @@ from dist_unlearn.methods._training import (
 )
 from dist_unlearn.methods.first_order_stop import first_order_stop
 from dist_unlearn.methods.registry import register_method
+from dist_unlearn.models.losses import per_example_losses
 from dist_unlearn.options import UnlearnOptions
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -160,35 +160,6 @@ def grad_diff(
         stop=stop,
     )
     return ModelRun(model, steps, _stats(cost, stop))
-
-
-def _row(batch: Any, i: int, n: int) -> Any:
-    """Example i of a collated batch of n examples (tensors and lists of length n are sliced)."""
-    if isinstance(batch, torch.Tensor | list) and len(batch) == n:
-        return batch[i : i + 1]
-    if isinstance(batch, dict):
-        return {k: _row(v, i, n) for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(_row(v, i, n) for v in batch)
-    return batch
-
-
-def per_example_losses(loss_fn: Any, model: nn.Module, batch: Any) -> torch.Tensor:
-    """Loss of each example of ``batch``.
-
-    ``loss_fn.per_example(model, batch)`` when the loss has it; else, for losses with ``outputs`` and
-    ``from_outputs`` (the ``dist_unlearn.models`` losses), one forward pass and ``from_outputs`` per row;
-    else the batch mean as a single value.
-    """
-    per_example = getattr(loss_fn, "per_example", None)
-    if callable(per_example):
-        return per_example(model, batch)
-    outputs, from_outputs = getattr(loss_fn, "outputs", None), getattr(loss_fn, "from_outputs", None)
-    if callable(outputs) and callable(from_outputs):
-        logits = outputs(model, batch)
-        n = logits.shape[0]
-        return torch.stack([from_outputs(logits[i : i + 1], _row(batch, i, n)) for i in range(n)])
-    return loss_fn(model, batch).reshape(1)
 
 
 @register_method("npo", defaults=DEFAULTS["npo"], needs=("forget",))

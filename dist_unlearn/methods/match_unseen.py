@@ -20,8 +20,9 @@ from typing import Any
 from torch import nn
 
 from dist_unlearn.cost import CostCounter
+from dist_unlearn.data.batches import Pair, Rows
 from dist_unlearn.errors import ConfigError
-from dist_unlearn.methods._training import ModelRun, Pair, Rows, cycle, optimise
+from dist_unlearn.methods._training import ModelRun, cycle, optimise
 from dist_unlearn.methods.first_order_stop import first_order_stop
 from dist_unlearn.methods.registry import register_method
 from dist_unlearn.options import UnlearnOptions
