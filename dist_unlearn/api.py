@@ -63,7 +63,7 @@ def unlearn(
     spec = get_method(method)
     given = UnlearnOptions(**options)
     given.check_method(method)
-    opts = resolve_objective(given.with_defaults(spec.defaults), given, method)
+    opts = given.with_defaults(spec.defaults).with_objective(spec.curvature)
     if not isinstance(model, nn.Module):
         raise ModelError(f"model is a {type(model).__name__}; unlearn needs a torch nn.Module.")
     check_loss_fn(loss_fn)
@@ -164,25 +164,6 @@ def forgetting_record(
         "status": "not_measured",
         "message": "no forget set and retain set to compare, or no calibration data: nothing was measured.",
     }
-
-
-def resolve_objective(opts: UnlearnOptions, given: UnlearnOptions, method: str) -> UnlearnOptions:
-    """The curvature objective in force: with ``calibration=`` and no objective given, the per-subject route
-    (``match_unseen`` + the stop rule); ``match_unseen`` without calibration data is refused.
-
-    Raises:
-        ConfigError: objective "match_unseen" without ``calibration``.
-    """
-    if not get_method(method).curvature:
-        return opts
-    if opts.calibration is not None and "objective" not in given.model_fields_set:
-        opts = opts.model_copy(update={"objective": "match_unseen"})
-    if opts.objective == "match_unseen" and opts.calibration is None:
-        raise ConfigError(
-            "objective='match_unseen' moves each forget row into the loss distribution of data the model "
-            "never saw: pass calibration=<Dataset of such rows> (kept apart from the data you judge on)."
-        )
-    return opts
 
 
 def _first_order_stop(opts: UnlearnOptions, steps: list[StepRecord]) -> str:

@@ -266,6 +266,25 @@ class UnlearnOptions(BaseModel):
         data.update(update)
         return type(self)(**data)
 
+    def with_objective(self, curvature: bool) -> UnlearnOptions:
+        """The curvature objective in force: with ``calibration`` and no ``objective`` given, the per-subject
+        route (``match_unseen`` and the stop rule); first-order methods are returned unchanged.
+
+        Raises:
+            ConfigError: objective "match_unseen" without ``calibration``.
+        """
+        if not curvature:
+            return self
+        opts = self
+        if self.calibration is not None and "objective" not in self.model_fields_set:
+            opts = self.model_copy(update={"objective": "match_unseen"})
+        if opts.objective == "match_unseen" and opts.calibration is None:
+            raise ConfigError(
+                "objective='match_unseen' moves each forget row into the loss distribution of data the model "
+                "never saw: pass calibration=<Dataset of such rows> (kept apart from the data you judge on)."
+            )
+        return opts
+
     def public_dict(self) -> dict[str, Any]:
         """The options as JSON-friendly values (callables and models shown by type name)."""
         out: dict[str, Any] = {}

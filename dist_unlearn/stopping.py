@@ -322,6 +322,18 @@ def check_calibration(
             )
 
 
+def rule_for(evaluate: Evaluate, options: Any, listeners: Sequence[Listener] = ()) -> ForgetStopRule:
+    """The rule that ``options`` ask for (``stop_auc_band``, ``forget_subjects``, ``calibration_subjects``)
+    over an engine's evaluator."""
+    return ForgetStopRule(
+        evaluate,
+        options.stop_auc_band,
+        forget_subjects=options.forget_subjects,
+        calibration_subjects=options.calibration_subjects,
+        listeners=listeners,
+    )
+
+
 def local_stop_rule(
     model: Any,
     loss_fn: Any,
@@ -344,11 +356,4 @@ def local_stop_rule(
         collate_fn=options.collate_fn,
         cost=cost,
     )
-    rule = ForgetStopRule(
-        losses,
-        options.stop_auc_band,
-        forget_subjects=options.forget_subjects,
-        calibration_subjects=options.calibration_subjects,
-        listeners=[targets.update] if targets is not None else (),
-    )
-    return rule
+    return rule_for(losses, options, [targets.update] if targets is not None else ())
