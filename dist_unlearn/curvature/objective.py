@@ -13,8 +13,12 @@ beta = ``beta`` and l_i^ref the loss of the model as given (before unlearning):
   ``max_steps``; use it with a small alpha or few steps.
 - ``"npo"``:  L(w) = L_r(w) + alpha (2/beta) mean_i softplus(beta (l_i^ref - l_i(w))),  the Negative
   Preference Optimisation term (Zhang et al. 2024) with log pi = -loss. Bounded below: the forget term
-  saturates once every forget loss is well above its reference, so ARC converges. The choice for memorised
-  models (fine-tuned networks, LMs).
+  saturates once every forget loss is well above its reference, so ARC converges -- but only once the
+  rows are far past data never seen (an overshoot the stop rule has to catch).
+- ``"match_unseen"``:  L(w) = L_r(w) + alpha sum_i v_i (1/2) d_i(w)^2,  d_i the distance of l_i to its
+  bin of the calibration rows' loss distribution (:mod:`dist_unlearn.targets`: a per-subject quantile
+  match, every subject weighted alike). Its minimum puts each subject among data the model never saw, not
+  past it; it needs ``calibration=`` (the bins come from those rows) and is updated by the stop rule.
 
 ``gradient="influence"`` anchors the retain objective at the stationary-point identity
 g_0 = -(n_f/n_r) grad L_f(w_0) (one pass over the forget set): the first gradient is g_0, later gradients
@@ -38,8 +42,9 @@ from torch.utils.data._utils.collate import default_collate
 
 from dist_unlearn.cost import CostCounter
 from dist_unlearn.curvature.local import LocalOracle
+from dist_unlearn.models.losses import per_example_losses
 
-OBJECTIVES = ("retain", "grad_diff", "npo")
+OBJECTIVES = ("retain", "grad_diff", "npo", "match_unseen")
 GRADIENTS = ("full", "influence")
 
 
@@ -227,22 +232,6 @@ class IndexedRows(Dataset):
         return self.inner([r for r, _ in rows]), torch.tensor([i for _, i in rows])
 
 
-def per_example(loss_fn: Any, model: torch.nn.Module, batch: Any) -> torch.Tensor:
-    """Differentiable loss of each example: the loss's own per-example path, else one call per row."""
-    from dist_unlearn.methods.first_order import _row, per_example_losses
-
-    if callable(getattr(loss_fn, "per_example", None)) or (
-        callable(getattr(loss_fn, "outputs", None)) and callable(getattr(loss_fn, "from_outputs", None))
-    ):
-        return per_example_losses(loss_fn, model, batch)
-    from dist_unlearn.methods._training import count_examples
-
-    if isinstance(batch, list) and batch and all(isinstance(t, torch.Tensor) for t in batch):
-        batch = tuple(batch)  # default_collate of (x, y) rows gives a list of columns
-    n = count_examples(batch)
-    return torch.stack([loss_fn(model, _row(batch, i, n)).reshape(()) for i in range(n)])
-
-
 class NPOForgetLoss:
     """(2/beta) mean_i softplus(beta (l_i^ref - l_i(w))) on an :class:`IndexedRows` batch (batch, idx).
 
@@ -254,7 +243,7 @@ class NPOForgetLoss:
 
     def __call__(self, model: torch.nn.Module, batch: tuple[Any, torch.Tensor]) -> torch.Tensor:
         inner, idx = batch
-        losses = per_example(self.loss_fn, model, inner)
+        losses = per_example_losses(self.loss_fn, model, inner)
         valid = idx >= 0
         ref = self.reference.to(losses.device)[idx.clamp_min(0).to(self.reference.device)].to(losses.dtype)
         terms = F.softplus(self.beta * (ref - losses))
@@ -267,6 +256,34 @@ class NPOForgetLoss:
         return (2.0 / self.beta) * terms.sum() / valid.sum().clamp_min(1)
 
 
+class BinForgetLoss:
+    """mean_i c_i (1/2) d_i^2 on an :class:`IndexedRows` batch (batch, idx): the ``match_unseen`` term.
+
+    ``targets.table[i] = (lo_i, hi_i, c_i)`` (:class:`dist_unlearn.targets.ForgetTargets`, read at each call,
+    so the bins a stop rule updates take effect at the next evaluation); the mean over all forget rows is
+    F = sum_i v_i (1/2) d_i^2. Rows with index -1 are padding (the engine's ZeRO-3 chunks): left out.
+    """
+
+    def __init__(self, loss_fn: Any, targets: Any):
+        self.loss_fn, self.targets = loss_fn, targets
+
+    def __call__(self, model: torch.nn.Module, batch: tuple[Any, torch.Tensor]) -> torch.Tensor:
+        from dist_unlearn.targets import bin_penalty
+
+        inner, idx = batch
+        losses = per_example_losses(self.loss_fn, model, inner)
+        valid = (idx >= 0).to(losses.device)
+        table = self.targets.table
+        if table.shape[0] == 0:
+            raise RuntimeError("match_unseen: the forget rows' bins were never set (ForgetTargets.update).")
+        rows = table[idx.clamp_min(0).to(table.device)].to(device=losses.device, dtype=losses.dtype)
+        terms = rows[:, 2] * bin_penalty(losses, rows[:, 0], rows[:, 1])
+        if bool(valid.all()):
+            return terms.mean()
+        terms = torch.where(valid, terms, torch.zeros_like(terms))
+        return terms.sum() / valid.sum().clamp_min(1)
+
+
 @torch.no_grad()
 def reference_losses(loss_fn: Any, model: torch.nn.Module, rows: IndexedRows, batch_size: int, device: Any):
     """l_i^ref: the per-example losses of the model as it is now, indexed by example (float64)."""
@@ -276,7 +293,7 @@ def reference_losses(loss_fn: Any, model: torch.nn.Module, rows: IndexedRows, ba
     for start in range(0, len(rows), batch_size):
         part = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
         inner, idx = rows.collate(part)
-        out[idx] = per_example(loss_fn, model, to_device(inner, device)).double().cpu()
+        out[idx] = per_example_losses(loss_fn, model, to_device(inner, device)).double().cpu()
     return out
 
 
@@ -290,6 +307,7 @@ def build_oracle(
     gradient: str = "full",
     forget_weight: float = 1.0,
     beta: float = 0.1,
+    targets: Any = None,
     **oracle_kwargs: Any,
 ) -> Any:
     """The curvature oracle of an objective (module docstring) over ``retain`` (and ``forget``).
@@ -297,35 +315,46 @@ def build_oracle(
     Args:
         model, loss_fn, retain: as for :class:`LocalOracle` (``oracle_kwargs`` go to the retain oracle).
         forget: the forget set (needed unless objective="retain" and gradient="full").
-        objective: "retain", "grad_diff" or "npo".
+        objective: "retain", "grad_diff", "npo" or "match_unseen".
         gradient: "full" or "influence" (objective "retain" only).
         forget_weight: alpha; beta: the NPO inverse temperature.
+        targets: the forget rows' bins (:class:`dist_unlearn.targets.ForgetTargets`), objective
+            "match_unseen" only; whoever owns them (the stop rule) keeps them up to date.
     """
     retain_oracle = LocalOracle(model, loss_fn, retain, **oracle_kwargs)
     if objective == "retain" and gradient == "full":
         return retain_oracle
-    common = {
-        k: oracle_kwargs[k] for k in ("hvp", "batch_size", "params", "device", "fd_eps") if k in oracle_kwargs
-    }
+    common = {k: oracle_kwargs[k] for k in ("hvp", "batch_size", "device", "fd_eps") if k in oracle_kwargs}
     loss_fn = retain_oracle.loss_fn
+
+    def forget_oracle(loss: Any, data: Any, collate: Any, per_row: bool = False) -> LocalOracle:
+        """The forget term's oracle on the retain oracle's parameters (cost role "forget"); a per-row loss
+        (NPO, match_unseen) has no Gauss-Newton form: exact or FD HVPs."""
+        kw = dict(common)
+        if per_row:
+            kw["hvp"] = "fd" if common.get("hvp") == "fd" else "exact"
+        return LocalOracle(
+            model, loss, data, collate_fn=collate, params=retain_oracle.params, role="forget", **kw
+        )
+
+    collate = oracle_kwargs.get("collate_fn")
     if objective == "retain":  # gradient == "influence"
-        forget_oracle = LocalOracle(
-            model, loss_fn, forget, collate_fn=oracle_kwargs.get("collate_fn"), params=retain_oracle.params,
-            role="forget", **{k: v for k, v in common.items() if k != "params"},
-        )  # fmt: skip
-        return InfluenceFirstGradient(retain_oracle, forget_oracle)
+        return InfluenceFirstGradient(retain_oracle, forget_oracle(loss_fn, forget, collate))
     if objective == "grad_diff":
-        forget_oracle = LocalOracle(
-            model, loss_fn, forget, collate_fn=oracle_kwargs.get("collate_fn"), params=retain_oracle.params,
-            role="forget", **{k: v for k, v in common.items() if k != "params"},
-        )  # fmt: skip
-        return CombinedOracle([(1.0, retain_oracle), (-float(forget_weight), forget_oracle)])
-    rows = IndexedRows(forget, oracle_kwargs.get("collate_fn"))
+        part = forget_oracle(loss_fn, forget, collate)
+        return CombinedOracle([(1.0, retain_oracle), (-float(forget_weight), part)])
+    rows = IndexedRows(forget, collate)
+    if objective == "match_unseen":
+        if targets is None:
+            from dist_unlearn.errors import ConfigError
+
+            raise ConfigError(
+                "objective='match_unseen' needs the forget rows' bins from calibration data: pass "
+                "calibration=<rows the model never saw> to unlearn()."
+            )
+        part = forget_oracle(BinForgetLoss(loss_fn, targets), rows, rows.collate, per_row=True)
+        return CombinedOracle([(1.0, retain_oracle), (float(forget_weight), part)])
     ref = reference_losses(loss_fn, model, rows, retain_oracle.batch_size, retain_oracle.device)
     retain_oracle.cost.add("loss", len(rows), role="forget")  # the reference forward over the forget set
-    forget_oracle = LocalOracle(
-        model, NPOForgetLoss(loss_fn, ref, beta), rows, collate_fn=rows.collate, params=retain_oracle.params,
-        **{k: v for k, v in common.items() if k not in ("params", "hvp")},
-        hvp="fd" if common.get("hvp") == "fd" else "exact", role="forget",
-    )  # fmt: skip
-    return CombinedOracle([(1.0, retain_oracle), (float(forget_weight), forget_oracle)])
+    part = forget_oracle(NPOForgetLoss(loss_fn, ref, beta), rows, rows.collate, per_row=True)
+    return CombinedOracle([(1.0, retain_oracle), (float(forget_weight), part)])

@@ -36,7 +36,7 @@ def per_example_losses(
         preds = predict(model, _numeric(dataset), batch_size=batch_size, predict_fn=task.predict_fn)
         if preds.losses is not None:
             return np.asarray(preds.losses, dtype=np.float64)
-    from dist_unlearn.tasks.base import iterate_batches
+    from dist_unlearn.data.batches import iterate_batches
 
     out = []
     was_training = model.training
@@ -51,12 +51,11 @@ def per_example_losses(
 
 
 def _numeric(dataset: Any) -> Any:
-    from dist_unlearn.tasks.base import _numeric as is_numeric
+    from dist_unlearn.data.batches import numeric_columns
 
-    features = getattr(dataset, "features", None)
-    if features is None:
+    if getattr(dataset, "features", None) is None:
         return dataset
-    return dataset.select_columns([c for c, f in features.items() if is_numeric(f)])
+    return dataset.select_columns(numeric_columns(dataset))
 
 
 def evidence_of(task: Any, model: torch.nn.Module, forget: Any, unseen: Any, *, batch_size: int) -> dict:

@@ -17,13 +17,12 @@ import torch
 from torch import nn
 
 from dist_unlearn.cost import CostCounter
+from dist_unlearn.data.batches import count_examples
 from dist_unlearn.data.device import model_device, to_device
 from dist_unlearn.errors import ModelError, NumericalError
 from dist_unlearn.methods.base import StepRecord
+from dist_unlearn.methods.budget import BUDGET_NOTE
 from dist_unlearn.options import UnlearnOptions
-
-BUDGET_NOTE = "; stopped: budget"
-"""Appended to the last step's message when ``max_example_passes`` stopped the loop."""
 
 
 @dataclass
@@ -33,33 +32,6 @@ class ModelRun:
     model: nn.Module
     steps: list[StepRecord]
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-class Pair(tuple):
-    """Several batches in one work item (grad_diff's (forget, retain)): counted batch by batch."""
-
-
-def count_examples(item: Any) -> int:
-    """Examples in a work item: a batch (tensor, dict of columns, tuple/list of tensors) or a tuple of batches
-    (grad_diff's (forget, retain) pair; scrub's ("max" | "min", batch)); None and strings count 0."""
-    if item is None or isinstance(item, str):
-        return 0
-    if isinstance(item, torch.Tensor):
-        return int(item.shape[0]) if item.dim() > 0 else 1
-    if isinstance(item, dict):
-        for v in item.values():
-            if isinstance(v, torch.Tensor) and v.dim() > 0:
-                return int(v.shape[0])
-            if isinstance(v, list):
-                return len(v)
-        return 1
-    if isinstance(item, Pair):
-        return sum(count_examples(x) for x in item)
-    if isinstance(item, tuple | list) and item:
-        if all(isinstance(x, torch.Tensor) for x in item):  # one batch given as (inputs, labels, ...)
-            return count_examples(item[0])
-        return sum(count_examples(x) for x in item)  # several batches
-    return 1
 
 
 Roles = str | Callable[[Any], list[tuple[str, int]]]
@@ -137,6 +109,7 @@ def optimise(
     method: str,
     epochs: int,
     cost: CostCounter | None = None,
+    stop: Any = None,
     roles: Roles = "retain",
 ) -> list[StepRecord]:
     """Run ``epochs`` passes of ``epoch_items(epoch)``, one optimiser step per item (at most ``max_steps``).
@@ -152,6 +125,8 @@ def optimise(
             forwards of a frozen model (NPO reference, SCRUB teacher) are counted by the objective. With
             ``options.max_example_passes`` the loop stops before a step that would take ``cost`` over the
             cap (each step predicted to cost what the previous one did; the first: its examples).
+        stop: a :class:`~dist_unlearn.methods.first_order_stop.FirstOrderStop` (the forgetting stop rule,
+            checked before the first step and then every ``stop.every`` steps or after each epoch), or None.
         roles: the cost role of each item's examples (:data:`Roles`): "retain" (fine-tuning, retraining),
             "forget" (gradient ascent) or a split of paired items (:func:`paired_roles`).
 
@@ -176,9 +151,10 @@ def optimise(
 
         bar = tqdm(desc=method, unit="step", leave=False, total=options.max_steps)
     cap, last_cost, stopped = options.max_example_passes, None, False
+    ended = stop is not None and not stop.start(params)  # nothing to forget: no step at all
     try:
         k = 0
-        for epoch in range(epochs):
+        for epoch in range(0 if ended else epochs):
             for item in epoch_items(epoch):
                 if options.max_steps is not None and k >= options.max_steps:
                     break
@@ -241,7 +217,13 @@ def optimise(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(value.detach()):.4g}")
-            if stopped or (options.max_steps is not None and k >= options.max_steps):
+                if stop is not None and stop.due(k, epoch_end=False):
+                    ended = _judge(stop, k, params, opt, records)
+                    if ended:
+                        break
+            if not ended and stop is not None and stop.due(k, epoch_end=True) and records:
+                ended = _judge(stop, k, params, opt, records)
+            if ended or stopped or (options.max_steps is not None and k >= options.max_steps):
                 break
         if stopped and records:
             records[-1].message += BUDGET_NOTE
@@ -257,6 +239,14 @@ def optimise(
             bar.close()
         model.train(was_training)
     return records
+
+
+def _judge(stop: Any, k: int, params, opt, records: list[StepRecord]) -> bool:
+    """Run the stop rule after optimiser step k - 1 and note its decision on that step's record."""
+    ended = stop.after(k - 1, params, opt)
+    last = stop.checks[-1]
+    records[-1].forget_auc, records[-1].stop_decision = float(last["auc"]), str(last["decision"])
+    return ended
 
 
 def _restore(params: list[nn.Parameter], good: list[torch.Tensor]) -> None:

@@ -37,6 +37,9 @@ sample; HVPs on a sub-sample or by finite differences cost less, so the predicti
 BUDGET = "budget"
 """``stop_reason`` of a run stopped by ``max_example_passes``."""
 
+BUDGET_NOTE = "; stopped: budget"
+"""Appended to the last step's message when ``max_example_passes`` stopped a first-order loop."""
+
 
 class PassBudget:
     """The ``max_example_passes`` cap of one curvature run over ``oracle`` (inactive when ``cap`` is None).

@@ -37,17 +37,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_unlearn.cost import CostCounter
+from dist_unlearn.data.batches import Pair, count_examples
 from dist_unlearn.methods._training import (
     ModelRun,
-    Pair,
-    count_examples,
     cycle,
     frozen_copy,
     loader,
     optimise,
     paired_roles,
 )
+from dist_unlearn.methods.first_order_stop import first_order_stop
 from dist_unlearn.methods.registry import register_method
+from dist_unlearn.models.losses import per_example_losses
 from dist_unlearn.options import UnlearnOptions
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -85,6 +86,7 @@ def finetune(
 ) -> ModelRun:
     """Fine-tune on the retain set only (catastrophic forgetting of the forget set)."""
     cost = CostCounter()
+    stop = first_order_stop(model, loss_fn, forget, options, cost)
     steps = optimise(
         model,
         lambda b: loss_fn(model, b),
@@ -93,8 +95,9 @@ def finetune(
         method="finetune",
         epochs=options.epochs,
         cost=cost,
+        stop=stop,
     )
-    return ModelRun(model, steps, {"cost": cost.as_dict()})
+    return ModelRun(model, steps, _stats(cost, stop))
 
 
 @register_method("grad_ascent", defaults=DEFAULTS["grad_ascent"], needs=("forget",))
@@ -104,6 +107,7 @@ def grad_ascent(
     """Gradient ascent on the forget loss."""
     alpha = options.forget_weight
     cost = CostCounter()
+    stop = first_order_stop(model, loss_fn, forget, options, cost)
     steps = optimise(
         model,
         lambda b: -alpha * loss_fn(model, b),
@@ -112,9 +116,15 @@ def grad_ascent(
         method="grad_ascent",
         epochs=options.epochs,
         cost=cost,
+        stop=stop,
         roles="forget",
     )
-    return ModelRun(model, steps, {"cost": cost.as_dict()})
+    return ModelRun(model, steps, _stats(cost, stop))
+
+
+def _stats(cost: CostCounter, stop: Any) -> dict[str, Any]:
+    """A first-order run's stats: its cost (the stop rule's forward passes included) and the rule's record."""
+    return {"cost": cost.as_dict(), **(stop.stats() if stop is not None else {})}
 
 
 def _paired(forget: Any, retain: Any, options: UnlearnOptions):
@@ -140,6 +150,7 @@ def grad_diff(
         return gamma * loss_fn(model, rb) - alpha * loss_fn(model, fb)
 
     cost = CostCounter()
+    stop = first_order_stop(model, loss_fn, forget, options, cost)
     steps = optimise(
         model,
         objective,
@@ -148,38 +159,10 @@ def grad_diff(
         method="grad_diff",
         epochs=options.epochs,
         cost=cost,
+        stop=stop,
         roles=paired_roles,
     )
-    return ModelRun(model, steps, {"cost": cost.as_dict()})
-
-
-def _row(batch: Any, i: int, n: int) -> Any:
-    """Example i of a collated batch of n examples (tensors and lists of length n are sliced)."""
-    if isinstance(batch, torch.Tensor | list) and len(batch) == n:
-        return batch[i : i + 1]
-    if isinstance(batch, dict):
-        return {k: _row(v, i, n) for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(_row(v, i, n) for v in batch)
-    return batch
-
-
-def per_example_losses(loss_fn: Any, model: nn.Module, batch: Any) -> torch.Tensor:
-    """Loss of each example of ``batch``.
-
-    ``loss_fn.per_example(model, batch)`` when the loss has it; else, for losses with ``outputs`` and
-    ``from_outputs`` (the ``dist_unlearn.models`` losses), one forward pass and ``from_outputs`` per row;
-    else the batch mean as a single value.
-    """
-    per_example = getattr(loss_fn, "per_example", None)
-    if callable(per_example):
-        return per_example(model, batch)
-    outputs, from_outputs = getattr(loss_fn, "outputs", None), getattr(loss_fn, "from_outputs", None)
-    if callable(outputs) and callable(from_outputs):
-        logits = outputs(model, batch)
-        n = logits.shape[0]
-        return torch.stack([from_outputs(logits[i : i + 1], _row(batch, i, n)) for i in range(n)])
-    return loss_fn(model, batch).reshape(1)
+    return ModelRun(model, steps, _stats(cost, stop))
 
 
 @register_method("npo", defaults=DEFAULTS["npo"], needs=("forget",))
@@ -189,6 +172,7 @@ def npo(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: Un
     beta, alpha, gamma = options.beta, options.forget_weight, options.retain_weight
     use_retain = gamma > 0 and retain is not None
     cost = CostCounter()
+    stop = first_order_stop(model, loss_fn, forget, options, cost)
 
     def objective(item):
         fb, rb = item
@@ -203,16 +187,18 @@ def npo(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: Un
 
     items = _paired(forget, retain if use_retain else None, options)
     steps = optimise(
-        model, objective, items, options, method="npo", epochs=options.epochs, cost=cost, roles=paired_roles
-    )
-    return ModelRun(
         model,
-        steps,
-        {
-            "npo_reference": "given" if options.reference_model is not None else "original",
-            "cost": cost.as_dict(),
-        },
+        objective,
+        items,
+        options,
+        method="npo",
+        epochs=options.epochs,
+        cost=cost,
+        stop=stop,
+        roles=paired_roles,
     )
+    reference = "given" if options.reference_model is not None else "original"
+    return ModelRun(model, steps, {"npo_reference": reference, **_stats(cost, stop)})
 
 
 def default_output_fn(loss_fn: Any) -> Callable[[nn.Module, Any], torch.Tensor]:
@@ -255,6 +241,7 @@ def scrub(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: 
     forget_epochs = options.forget_epochs if options.forget_epochs is not None else max(1, epochs // 2)
     T, alpha, gamma = options.temperature, options.kl_weight, options.retain_weight
     cost = CostCounter()
+    stop = first_order_stop(model, loss_fn, forget, options, cost)
 
     def kl(batch, role: str):
         with torch.no_grad():
@@ -279,5 +266,7 @@ def scrub(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: 
         for b in loader(retain, options, epoch):
             yield "min", b
 
-    steps = optimise(model, objective, items, options, method="scrub", epochs=epochs, cost=cost, roles=roles)
-    return ModelRun(model, steps, {"forget_epochs": forget_epochs, "cost": cost.as_dict()})
+    steps = optimise(
+        model, objective, items, options, method="scrub", epochs=epochs, cost=cost, stop=stop, roles=roles
+    )
+    return ModelRun(model, steps, {"forget_epochs": forget_epochs, **_stats(cost, stop)})

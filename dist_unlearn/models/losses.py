@@ -178,3 +178,26 @@ def default_loss_fn(model: nn.Module) -> ClassificationLoss | CausalLMLoss:
             "and *ForCausalLM models have a default; pass loss_fn(model, batch) -> scalar."
         )
     return loss_for_task(task)
+
+
+def per_example_losses(loss_fn: Any, model: nn.Module, batch: Any) -> torch.Tensor:
+    """Differentiable loss of each example of ``batch``, shape ``(n,)``.
+
+    ``loss_fn.per_example(model, batch)`` when the loss has it; else, for losses with ``outputs`` and
+    ``from_outputs`` (the losses of this module), one forward pass and ``from_outputs`` per row; else one call
+    of ``loss_fn`` per row (a plain ``loss_fn(model, batch) -> batch mean``).
+    """
+    from dist_unlearn.data.batches import batch_row, count_examples
+
+    if isinstance(batch, list) and batch and all(isinstance(t, torch.Tensor) for t in batch):
+        batch = tuple(batch)  # default_collate of (x, y) rows gives a list of columns
+    per_example = getattr(loss_fn, "per_example", None)
+    if callable(per_example):
+        return per_example(model, batch)
+    outputs, from_outputs = getattr(loss_fn, "outputs", None), getattr(loss_fn, "from_outputs", None)
+    if callable(outputs) and callable(from_outputs):
+        logits = outputs(model, batch)
+        n = logits.shape[0]
+        return torch.stack([from_outputs(logits[i : i + 1], batch_row(batch, i, n)) for i in range(n)])
+    n = count_examples(batch)
+    return torch.stack([loss_fn(model, batch_row(batch, i, n)).reshape(()) for i in range(n)])

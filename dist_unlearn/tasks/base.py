@@ -6,16 +6,16 @@ import importlib
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from tqdm.auto import tqdm
 
+from dist_unlearn.data.batches import iterate_batches
 from dist_unlearn.errors import ConfigError, DataError, NumericalError, reject_unknown
 
 # name -> "module:Class"; modules are imported on first use so a task's optional dependencies
@@ -250,34 +250,6 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source
     if missing:
         raise DataError(f"weights in {source!r} do not match the task model: missing {missing[:5]}")
     model.load_state_dict(fixed, strict=False)
-
-
-def iterate_batches(dataset: Any, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[dict]:
-    """Dict batches of torch tensors from a ``datasets.Dataset`` (string columns dropped)."""
-    ds = torch_format(dataset)
-    n = len(ds)
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    for i in range(0, n, batch_size):
-        yield ds[order[i : i + batch_size].tolist()]
-
-
-def torch_format(dataset: Any) -> Any:
-    """The dataset with numeric columns as torch tensors (string columns removed)."""
-    import datasets
-
-    if isinstance(dataset, datasets.Dataset):
-        cols = [c for c, f in dataset.features.items() if _numeric(f)]
-        return dataset.with_format("torch", columns=cols)
-    return dataset
-
-
-def _numeric(feature: Any) -> bool:
-    import datasets
-
-    if isinstance(feature, datasets.Value):
-        return feature.dtype not in ("string", "large_string")
-    inner = getattr(feature, "feature", None)
-    return inner is not None and _numeric(inner)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
