@@ -37,6 +37,13 @@ a conservative first step (H_0 + lambda I has condition number <= 2: a gradient 
 safe for an L-smooth loss with L = rho); ARC then shrinks M towards Newton steps as long as the model
 predicts the loss well.
 
+**Cost set by the forget set.** The retain term is evaluated on a fixed-size sample of the retain rows,
+drawn once per run (``retain_sample``, :mod:`dist_unlearn.curvature.sample`), so a request costs the same
+whatever the size of the training set; the forget set is read whole. With a forgetting objective the Lanczos
+basis of one point is kept for the following steps' solves (``reuse_curvature``,
+:mod:`dist_unlearn.methods.kept_curvature`): a later step costs a gradient and a trial loss, not a Krylov
+solve. ``stats`` report ``hvps_per_accepted_step`` and ``curvature_bases``.
+
 **Stochastic variant** (``cure_newton_stochastic``): the oracle draws a fresh gradient mini-batch and HVP
 mini-batch every outer step (``oracle.resample(seed + k)``; batch sizes ``grad_batch_size`` /
 ``hvp_batch_size``, the paper's 128 / 64), and the subproblem is solved by Lanczos (``cubic_solver="krylov"``)
@@ -207,9 +214,15 @@ def _initial_M(options: UnlearnOptions):
     return lambda oracle, g, gnorm: estimate_initial_M(oracle, g, gnorm, options)
 
 
-CURE_DEFAULTS = {"max_steps": 10, "krylov_max_iter": 30}
-"""cure_newton's defaults: at most 10 accepted steps (the loop usually stops earlier, "stalled" or
-"converged" by the relative rules), 30 HVPs per solve (or per kept basis, ``reuse_curvature``)."""
+CURE_DEFAULTS = {"krylov_max_iter": 30}
+"""cure_newton's defaults: 30 HVPs per solve (or per kept basis, ``reuse_curvature``); ``max_steps``: see
+:data:`MAX_STEPS`."""
+
+MAX_STEPS = {"fresh": 10, "reuse": 40}
+"""cure_newton's default ``max_steps`` (accepted steps): 10 with a fresh solve at each step (the loop usually
+stops earlier, "stalled" or "converged" by the relative rules), 40 on a kept basis, whose steps cost a
+gradient and a trial loss instead of a Krylov solve (a forgetting run on the demo takes ~25, stopped by the
+forgetting stop rule: benchmarks/notes/h15.md)."""
 
 
 def use_retain_samples(oracle: CurvatureOracle, options: UnlearnOptions) -> RetainSample | None:
@@ -234,8 +247,12 @@ def run_cubic(
     stochastic: bool = False,
 ) -> None:
     """The outer loop of a cubic method with Krylov solves: fresh at each step, or on a kept basis."""
+    if not stochastic and options.max_steps is None:
+        options = options.with_defaults(
+            {"max_steps": MAX_STEPS["reuse" if reuse_possible(options) else "fresh"]}
+        )
     if reuse_possible(options, stochastic):
-        kept = KeptCurvatureSolver(options, state)
+        kept = KeptCurvatureSolver(options, state, krylov_solver(options, state)[0])
         try:
             run_outer_loop(
                 oracle, options, state, on_step, kept.solve, method=method, cubic=True,

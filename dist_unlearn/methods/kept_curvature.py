@@ -6,14 +6,17 @@ one point serve the following steps (:mod:`dist_unlearn.solvers.reuse`): a later
 on Q and solves the cubic model with B = Q T Q^T (+ flat curvature off span(Q)) on span(Q, r) -- no HVP, so
 it costs the gradient of the objective and the ARC trial loss.
 
-- **Building.** The basis is built at the first point with ``krylov_max_iter`` Lanczos iterations from g_0
-  (fewer on breakdown or under ``max_example_passes``). Its extreme Ritz values give the first M estimate
-  (M_0 = 2 rho^2 / |g_0|, as :func:`~dist_unlearn.methods.cure_newton.estimate_initial_M`, which would spend
-  ``eig_iterations`` more HVPs on the same Krylov space), and the first-M search re-solves on it.
+- **Building.** Without a first M, the basis is built at the first point with ``krylov_max_iter`` Lanczos
+  iterations from g_0 (fewer on breakdown or under ``max_example_passes``): its extreme Ritz values give the
+  first M estimate (M_0 = 2 rho^2 / |g_0|, as :func:`~dist_unlearn.methods.cure_newton.estimate_initial_M`,
+  which would spend ``eig_iterations`` more HVPs on the same Krylov space), and the first-M search
+  re-solves on it. Otherwise a basis is the Krylov space of a fresh solve (forcing tolerance and all): a
+  rebuild costs what the step would cost without reuse.
 - **Refresh.** ARC judges every step by its actual decrease rho = actual / predicted; a stale model shows as
   steps with rho < ``arc_eta1``: rejected (M grows: a shorter, more gradient-like step, still no HVP) or
   accepted only as a tie (no real decrease, which would otherwise repeat). After ``curvature_refresh`` such
-  steps in a row on a kept basis, the basis is rebuilt at the current point (0: never rebuilt).
+  steps in a row on a kept basis, the step is solved afresh at the current point and its Krylov space kept
+  (0: never rebuilt).
 - **Where it holds.** Where the Hessian has not changed and the kept space captures it, the reused step is
   the fresh solve's (tests/test_curvature_reuse.py). The true-hard-case probe of a fresh solve
   (:func:`~dist_unlearn.solvers.cubic_subproblem`) is not run on a kept basis; ``reuse_curvature=False``
@@ -32,7 +35,7 @@ from dist_unlearn.curvature.oracle import CurvatureOracle
 from dist_unlearn.linalg import Vector
 from dist_unlearn.methods.base import OuterLoopState
 from dist_unlearn.methods.budget import solve_stop
-from dist_unlearn.methods.proposal import Proposal
+from dist_unlearn.methods.proposal import Proposal, Solve
 from dist_unlearn.options import UnlearnOptions
 from dist_unlearn.solvers.resolve import KrylovSpace
 from dist_unlearn.solvers.reuse import ProjectedSpace, krylov_basis, own_view, project, solve_projected
@@ -47,97 +50,99 @@ class KeptCurvatureSolver:
     Args:
         options: the run's options (``krylov_max_iter``, ``curvature_refresh``, ``max_example_passes``).
         state: the loop state (``step`` identifies the point; ``curvature_bases`` counts the bases built).
+        fresh: the fresh Krylov solve (``cure_newton.krylov_solver``, keeping its space): a rebuild is
+            exactly the solve a run without reuse would do at that point, and its space becomes the basis.
     """
 
-    def __init__(self, options: UnlearnOptions, state: OuterLoopState) -> None:
-        self.options, self.state = options, state
+    def __init__(self, options: UnlearnOptions, state: OuterLoopState, fresh: Solve) -> None:
+        self.options, self.state, self.fresh = options, state, fresh
         self.basis: KrylovSpace | None = None
         self.basis_key: tuple[int, int] | None = None  # (outer step, id(g)) of the basis' start vector
-        self.last: tuple[CurvatureOracle, Vector] | None = None  # oracle and g of the latest solve
+        self.last: tuple[CurvatureOracle, Vector, float] | None = None  # oracle, g, |g| of the latest solve
         self.poor = 0  # steps in a row on a kept basis with rho < arc_eta1 (rejected, or accepted as a tie)
 
     # ---- the basis -------------------------------------------------------------------------------------
     def _key(self, g: Vector) -> tuple[int, int]:
         return (self.state.step, id(g))
 
-    def _build(self, oracle: CurvatureOracle, g: Vector) -> KrylovSpace:
+    def _keep(self, basis: KrylovSpace, g: Vector) -> ProjectedSpace:
         self.release()
-        k = self.options.krylov_max_iter or 30
-        stop = solve_stop(self.options, self.state, oracle)
-        self.basis = krylov_basis(
-            oracle.hvp, g, k, space=oracle.space, stop=None if stop is None else (lambda j: bool(stop(j)))
-        )
-        self.basis_key = self._key(g)
+        self.basis, self.basis_key = basis, self._key(g)
         self.state.curvature_bases += 1
         self.poor = 0
-        return self.basis
+        return own_view(basis, COMPLEMENT_CURVATURE)
 
-    def _view(self, oracle: CurvatureOracle, g: Vector) -> ProjectedSpace:
-        if self.basis is None or self.basis.released:
-            self._build(oracle, g)
-        if self.basis_key == self._key(g):
-            return own_view(self.basis, COMPLEMENT_CURVATURE)
-        return project(self.basis, g, COMPLEMENT_CURVATURE)
+    def _solve_fresh(self, oracle: CurvatureOracle, g: Vector, gnorm: float, M: float) -> Proposal:
+        """A fresh Krylov solve here; its space becomes the kept basis (the old one stays when the solve
+        kept none, after a hard-case restart)."""
+        prop = self.fresh(oracle, g, gnorm, M)
+        if isinstance(prop.krylov, KrylovSpace):
+            prop.krylov = self._keep(prop.krylov, g)
+        return prop
 
     def release(self) -> None:
-        """Free the kept basis (at the end of the run, or before a rebuild)."""
+        """Free the kept basis (at the end of the run, or when a new one replaces it)."""
         if self.basis is not None:
             self.basis.release()
         self.basis, self.basis_key = None, None
 
     # ---- the loop's callables --------------------------------------------------------------------------
     def initial_M(self, oracle: CurvatureOracle, g: Vector, gnorm: float) -> float:
-        """M_0 = 2 rho^2 / |g|, rho = max |Ritz value| of the basis built at this point (no extra HVP)."""
-        if self.basis is None or self.basis_key != self._key(g):
-            self._build(oracle, g)
-        lo, hi = self.basis.ritz_extremes()
+        """M_0 = 2 rho^2 / |g|, rho = max |Ritz value| of a basis of ``krylov_max_iter`` Lanczos steps built
+        here (the first-M search and the later steps solve on it: no separate eigenvalue estimate)."""
+        stop = solve_stop(self.options, self.state, oracle)
+        basis = krylov_basis(
+            oracle.hvp, g, self.options.krylov_max_iter or 30, space=oracle.space,
+            stop=None if stop is None else (lambda j: bool(stop(j))),
+        )  # fmt: skip
+        self._keep(basis, g)
+        lo, hi = basis.ritz_extremes()
         rho = max(abs(lo), abs(hi))
         if not (math.isfinite(rho) and rho > 0 and gnorm > 0):
             return 1.0
         return 2.0 * rho * rho / gnorm
 
     def solve(self, oracle: CurvatureOracle, g: Vector, gnorm: float, M: float | None) -> Proposal:
-        """The step at a new point: on the kept basis (built here when there is none, or rebuilt when the
-        kept model has failed ``curvature_refresh`` times in a row)."""
-        self.last = (oracle, g)
+        """The step at a new point: on the kept basis, or a fresh solve (whose space is kept) when there is
+        none or the kept model has failed ``curvature_refresh`` steps in a row."""
+        self.last = (oracle, g, gnorm)
         last = self.state.history[-1] if self.state.history else None
         failed = last is not None and last.rho is not None and not last.rho >= self.options.arc_eta1
         if failed and last.hvps == 0:
             self.poor += 1  # accepted only as a tie (no real decrease): the kept model predicts badly
         else:
             self.poor = 0
-        built = self.state.curvature_bases
         refresh = self.options.curvature_refresh
-        if refresh and self.poor >= refresh and self.basis is not None:
-            self._build(oracle, g)
-        view = self._view(oracle, g)
-        return _proposal(view, M, view.basis.dimension if self.state.curvature_bases > built else 0)
+        if self.basis is not None and self.basis_key == self._key(g):  # built here by initial_M
+            return _proposal(own_view(self.basis, COMPLEMENT_CURVATURE), M)
+        if self.basis is None or self.basis.released or (refresh and self.poor >= refresh):
+            return self._solve_fresh(oracle, g, gnorm, M)
+        return _proposal(project(self.basis, g, COMPLEMENT_CURVATURE), M)
 
     def resolve(self, view: Any, M: float) -> Proposal:
         """The step for a new M at the same point (after a rejection, or a first-M try): no HVP, unless
-        ``curvature_refresh`` rejections in a row on a basis built elsewhere call for a rebuild here."""
+        ``curvature_refresh`` failed steps in a row on a basis built elsewhere call for a fresh solve."""
         if isinstance(view, ProjectedSpace) and not view.own:
             self.poor += 1
             refresh = self.options.curvature_refresh
             if refresh and self.poor >= refresh and self.last is not None:
-                view.release()
-                oracle, g = self.last
-                self._build(oracle, g)
-                view = own_view(self.basis, COMPLEMENT_CURVATURE)
-                return _proposal(view, M, view.basis.dimension)
-        prop = _proposal(view, M, 0)
+                prop = self._solve_fresh(*self.last, M)
+                if isinstance(prop.krylov, ProjectedSpace):
+                    view.release()  # the loop continues on the new view
+                return prop
+        prop = _proposal(view, M)
         prop.krylov = None  # the loop keeps the view it has
         return prop
 
 
-def _proposal(view: ProjectedSpace, M: float, iterations: int) -> Proposal:
-    """The step on ``view`` for M; ``iterations``: the Lanczos iterations (HVPs) this solve spent."""
+def _proposal(view: ProjectedSpace, M: float) -> Proposal:
+    """The step on ``view`` for M (no HVP)."""
     res = solve_projected(view, M)
     return Proposal(
         step=res.step,
         step_norm=float(res.step_norm),
         model_value=float(res.model_value),
-        iterations=iterations,
+        iterations=0,
         hard_case=bool(res.hard_case),
         converged=True,
         message=str(res.message),
