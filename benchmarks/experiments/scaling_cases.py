@@ -5,8 +5,7 @@ judged on the same holdout people (never trained on); only the number of other p
 the demo's tiny GPT-2 config (2 layers, 64 wide, trained from scratch with the demo's recipe: Adam 3e-3,
 cosine, batch 16); the tokenizer is trained once on the records of every scale and the word lists, so all
 scales share it. Retraining = the same recipe on the retained rows: its example passes are epochs x
-retained rows (:data:`EPOCHS`: fewer epochs at 100x, where one epoch is already 100x the work; ``case.json``
-records that the forget people are still memorised there).
+retained rows (:data:`EPOCHS`; ``case.json`` records how well the forget people are memorised at each scale).
 
 Cached under ``runs/scaling/<scale>x/`` (gitignored): ``train.jsonl``, ``holdout.jsonl``,
 ``forget_ids.txt``, ``model/``, ``retrained/``, ``case.json`` (sizes, epochs, training / retraining passes
@@ -34,9 +33,9 @@ from people import VOCABULARY, make_people, qa_rows, write_jsonl  # noqa: E402
 TEMPLATE = "Question: {prompt}\nAnswer:"
 BASE_PEOPLE, FORGET_PEOPLE, HOLDOUT_PEOPLE, SEED = 12, 4, 16, 3
 SCALES = (1, 10, 100)
-EPOCHS = {1: 80, 10: 80, 100: 30}
-"""Fine-tuning (and retraining) epochs per scale: the demo's 80, and 30 at 100x (the forget people are still
-memorised: ``case.json`` losses)."""
+EPOCHS = {1: 80, 10: 80, 100: 80}
+"""Fine-tuning (and retraining) epochs per scale: the demo's 80 at every scale. (30 epochs at 100x left the
+forget people barely fitted better than unseen ones: forget-vs-holdout AUC 0.58, benchmarks/notes/h15.md.)"""
 CACHE = ROOT / "runs" / "scaling"
 
 
