@@ -47,8 +47,8 @@ class UnlearnOptions(BaseModel):
     # ---- shared by every method -------------------------------------------------------------------------
     max_steps: int | None = Field(default=None, ge=1)
     """Outer steps (curvature methods: accepted updates) or optimizer steps (first-order; None = all epochs).
-    None = the method's default (cure_newton 10, or 40 on a kept curvature basis; the stochastic variant 20;
-    damped/pinv Newton 1)."""
+    None = the method's default (cure_newton 10, 40 on a kept curvature basis, 3 for the retain objective on
+    a retain sample; the stochastic variant 20; damped/pinv Newton 1)."""
     M: float | None = None
     """Cubic regularisation constant (a Hessian-Lipschitz bound), > 0. None = automatic ARC adaptation."""
     tol: float | None = Field(default=None, ge=0)

@@ -39,12 +39,21 @@ FIRST_ORDER = ("npo", "grad_diff")
 
 
 def methods() -> dict[str, tuple[str, dict[str, Any]]]:
-    """name -> (registered method, options): the job's default, and first-order NPO / GradDiff at their
-    ``unlearn()`` defaults; each gets the stop rule's rows (:func:`job_options`)."""
+    """label -> (registered method, options): the job's default; first-order NPO, GradDiff and match_unseen
+    at their ``unlearn()`` defaults; CureNewton on the match_unseen objective, and with a fresh Krylov solve
+    at every step (no curvature reuse). Each gets the stop rule's rows (:meth:`Case.options`)."""
     from dist_unlearn.job.config import DEFAULT_METHOD
 
     default = {k: v for k, v in DEFAULT_METHOD.items() if k != "name"}
-    return {"default": (DEFAULT_METHOD["name"], default), "npo": ("npo", {}), "grad_diff": ("grad_diff", {})}
+    cure = DEFAULT_METHOD["name"]
+    return {
+        "default": (cure, default),
+        "npo": ("npo", {}),
+        "grad_diff": ("grad_diff", {}),
+        "match_unseen": ("match_unseen", {}),
+        "cure_match_unseen": (cure, {**default, "objective": "match_unseen"}),
+        "default_fresh": (cure, {**default, "reuse_curvature": False}),
+    }
 
 
 class Case:
@@ -237,7 +246,8 @@ def parse_value(text: str) -> Any:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scales", type=int, nargs="+", default=list(SCALES), choices=SCALES)
-    ap.add_argument("--methods", nargs="+", default=["default", *FIRST_ORDER, "retrain"])
+    ap.add_argument("--methods", nargs="+", default=["default", *FIRST_ORDER, "retrain"],
+                    help="labels of methods() and 'retrain'")  # fmt: skip
     ap.add_argument("--sweep", nargs="+", metavar=("OPTION", "VALUE"),
                     help="run the default method with OPTION set to each VALUE instead")  # fmt: skip
     ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("OPTION", "VALUE"),
