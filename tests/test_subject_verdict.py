@@ -1,0 +1,87 @@
+"""The audit's per-subject verdict over several tests: flags an aggregate hides, one false-alarm rate for the
+whole request, and a holdout too small to decide."""
+
+import numpy as np
+import pytest
+
+from dist_unlearn.eval.mia import loss_mia_auc
+from dist_unlearn.eval.subject_verdict import AuditSettings, judge_subjects, rows_needed
+from dist_unlearn.eval.subjects import halfwidth
+
+
+def _mixture(rng):
+    unseen = rng.gamma(4.0, 1.5, 60)
+    memorised = rng.uniform(0.1, 0.3, 6)
+    pushed = np.quantile(unseen, 0.995) + rng.uniform(1, 3, 6)
+    like = rng.choice(unseen, 6) + rng.normal(0, 0.01, 6)
+    return np.concatenate([memorised, pushed, like]), unseen
+
+
+def test_mixture_is_flagged_by_name_while_the_aggregate_auc_is_half():
+    rng = np.random.default_rng(1)
+    losses, unseen = _mixture(rng)
+    subjects = ["amanda"] * 6 + ["justin"] * 6 + ["norma"] * 6
+    assert abs(loss_mia_auc(losses[:12], unseen) - 0.5) < 0.05
+    # a second test that is the loss divided by a row constant (zlib-like): same ordering within rows
+    tests = {"loss": (losses, unseen), "zlib": (losses / 40.0, unseen / 40.0)}
+    rec = judge_subjects(tests, subjects, None)
+    got = {r["subject"]: r["status"] for r in rec["subjects"]}
+    assert got == {"amanda": "recognisable", "justin": "conspicuous", "norma": "forgotten"}
+    assert rec["status"] == "partially_forgotten" and rec["failing"] == ["amanda", "justin"]
+    assert "amanda (recognisable" in rec["sentence"] and "justin (conspicuous" in rec["sentence"]
+    assert rec["per_test_alpha"] == pytest.approx(0.05 / 2)
+    amanda = rec["subjects"][0]
+    assert set(amanda["flagged_by"]) == {"loss", "zlib"} and amanda["band"][0] > 0.0
+
+
+def _requests(rng, trials, offset_sd):
+    """Requests of 4 never-seen subjects (6 rows each; rows of a subject share an offset, as one person's
+    records do) against 12 unseen subjects, under four correlated tests."""
+    for _ in range(trials):
+        offsets = rng.normal(0, offset_sd, 16)
+        base = np.concatenate([o + rng.normal(0, 1, 6) for o in offsets])
+        subj = np.repeat(np.arange(16), 6).tolist()
+        tests = {}
+        for t in range(4):
+            noisy = base + rng.normal(0, 0.3, base.size)
+            tests[f"t{t}"] = (noisy[:24], noisy[24:])
+        yield tests, subj[:24], subj[24:]
+
+
+def test_false_alarm_rate_per_never_seen_subject_is_controlled_over_the_tests():
+    rng = np.random.default_rng(5)
+    flagged = judged = 0
+    for tests, fs, us in _requests(rng, 300, offset_sd=0.6):
+        rec = judge_subjects(tests, fs, us)
+        flagged += len(rec["failing"])
+        judged += len(rec["subjects"])
+    assert flagged / judged <= 0.05
+    assert rec["request_false_alarm_bound"] == pytest.approx(0.2)
+
+
+def test_a_memorised_subject_is_caught_and_the_others_are_not():
+    rng = np.random.default_rng(6)
+    caught = others = 0
+    for tests, fs, us in _requests(rng, 200, offset_sd=0.3):
+        # subject 0 memorised: its rows sit below every unseen row
+        memorised = {t: (np.concatenate([f[:6] - 6.0, f[6:]]), u) for t, (f, u) in tests.items()}
+        rec = judge_subjects(memorised, fs, us)
+        caught += rec["subjects"][0]["status"] == "recognisable"
+        others += len(rec["failing"]) - (0 in rec["failing"])
+    assert caught / 200 >= 0.95 and others / 600 <= 0.05
+
+
+def test_single_row_subjects_with_a_small_holdout_are_undecided_and_the_audit_says_how_many_rows():
+    rng = np.random.default_rng(0)
+    unseen = rng.normal(5, 1, 12)
+    forget = np.array([0.01, 0.02])  # far below every unseen row: still, one row each cannot be judged
+    rec = judge_subjects({"loss": (forget, unseen)}, ["a", "b"], None, AuditSettings(alpha=0.1))
+    assert rec["status"] == "undecided" and rec["undecided"] == ["a", "b"]
+    need = rec["subjects"][0]["unseen_rows_needed"]
+    band = AuditSettings(alpha=0.1).band(1)
+    assert need is not None and halfwidth(1, need, band) < 0.5 <= halfwidth(1, need - 1, band)
+    assert f"at least {need} unseen rows" in rec["sentence"]
+    # at alpha 0.05 no holdout size lets a single-row subject be flagged: the audit says so
+    rec = judge_subjects({"loss": (forget, unseen)}, ["a", "b"], None)
+    assert rows_needed(1, AuditSettings().band(1), 1.0) is None
+    assert "too few rows to be judged" in rec["sentence"]
