@@ -1,4 +1,4 @@
-"""Forgetting objectives on the Ray engine (issue 8): grad_diff, npo, influence, hvp_sample, stop rule.
+"""Forgetting objectives on the Ray engine: grad_diff, npo, influence, hvp_sample, stop rule.
 
 Reference: the in-process run (``run_curvature_method`` on
 :func:`dist_unlearn.curvature.objective.build_oracle`) with the same options, seed and HVP kind (exact vs

@@ -162,7 +162,7 @@ def test_retrain_with_model_init_returns_a_new_trained_model(setup):
 
 def test_retrain_default_reinitialises_with_the_seed(setup):
     model, retain, forget = fresh(setup)
-    # max_steps=0 is refused (issue 7): the starting point of retrain is the method's own re-initialisation
+    # max_steps=0 is refused: the starting point of retrain is the method's own re-initialisation
     from dist_unlearn.methods.retrain import _fresh_model
 
     start = _fresh_model(model, UnlearnOptions(seed=11))

@@ -17,7 +17,7 @@ from dist_unlearn.cli import cli
     "config_path",
     required=True,
     type=click.Path(dir_okay=False),
-    help="YAML experiment config, e.g. configs/demo.yaml.",
+    help="YAML experiment config, e.g. configs/experiments/digits_demo.yaml.",
 )
 @click.option(
     "--workers",
