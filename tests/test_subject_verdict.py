@@ -6,7 +6,6 @@ import pytest
 
 from dist_unlearn.eval.mia import loss_mia_auc
 from dist_unlearn.eval.subject_verdict import AuditSettings, judge_subjects, rows_needed
-from dist_unlearn.eval.subjects import halfwidth
 
 
 def _mixture(rng):
@@ -51,7 +50,7 @@ def _requests(rng, trials, offset_sd):
 def test_false_alarm_rate_per_never_seen_subject_is_controlled_over_the_tests():
     rng = np.random.default_rng(5)
     flagged = judged = 0
-    for tests, fs, us in _requests(rng, 300, offset_sd=0.6):
+    for tests, fs, us in _requests(rng, 200, offset_sd=0.6):
         rec = judge_subjects(tests, fs, us)
         flagged += len(rec["failing"])
         judged += len(rec["subjects"])
@@ -71,17 +70,45 @@ def test_a_memorised_subject_is_caught_and_the_others_are_not():
     assert caught / 200 >= 0.95 and others / 600 <= 0.05
 
 
-def test_single_row_subjects_with_a_small_holdout_are_undecided_and_the_audit_says_how_many_rows():
+def test_single_row_subjects_need_two_over_alpha_unseen_rows_and_the_audit_says_so():
+    """One row among n unseen rows sits below all of them with probability 1/(n+1) when never seen: it can
+    be flagged at level alpha only when n + 1 >= 2 / alpha (exact rank law; the normal band never can)."""
     rng = np.random.default_rng(0)
     unseen = rng.normal(5, 1, 12)
-    forget = np.array([0.01, 0.02])  # far below every unseen row: still, one row each cannot be judged
-    rec = judge_subjects({"loss": (forget, unseen)}, ["a", "b"], None, AuditSettings(alpha=0.1))
+    forget = np.median(unseen) + np.array([-0.01, 0.01])
+    rec = judge_subjects({"loss": (forget, unseen)}, ["a", "b"], None)  # alpha 0.05, one test
     assert rec["status"] == "undecided" and rec["undecided"] == ["a", "b"]
-    need = rec["subjects"][0]["unseen_rows_needed"]
-    band = AuditSettings(alpha=0.1).band(1)
-    assert need is not None and halfwidth(1, need, band) < 0.5 <= halfwidth(1, need - 1, band)
-    assert f"at least {need} unseen rows" in rec["sentence"]
-    # at alpha 0.05 no holdout size lets a single-row subject be flagged: the audit says so
-    rec = judge_subjects({"loss": (forget, unseen)}, ["a", "b"], None)
-    assert rows_needed(1, AuditSettings().band(1), 1.0) is None
-    assert "too few rows to be judged" in rec["sentence"]
+    assert rec["subjects"][0]["unseen_rows_needed"] == 39  # 2 / 0.05 - 1
+    assert "at least 39 unseen rows" in rec["sentence"]
+    unseen = rng.normal(5, 1, 39)
+    rec = judge_subjects({"loss": (np.array([0.01, 5.0]), unseen)}, ["a", "b"], None)
+    assert [r["status"] for r in rec["subjects"]] == ["recognisable", "forgotten"]
+    # rows that move together (design effect 10): no holdout lets one row be flagged; the audit says so
+    assert rows_needed(1, AuditSettings().band(1), 10.0) is None
+
+
+def test_rows_no_single_subject_can_flag_are_caught_together():
+    rng = np.random.default_rng(0)
+    unseen = rng.normal(5, 1, 12)
+    rec = judge_subjects(
+        {"loss": (np.array([0.01, 0.02]), unseen)}, ["a", "b"], None, AuditSettings(alpha=0.1)
+    )
+    assert rec["undecided"] == ["a", "b"] and rec["pooled"]["status"] == "recognisable"
+    assert rec["status"] == "not_forgotten" and "together" in rec["sentence"]
+
+
+def test_exact_band_has_the_stated_false_alarm_rate():
+    """The exact band against brute force: the share of all C(m+n, m) interleavings outside it."""
+    from itertools import combinations
+
+    from dist_unlearn.eval.rank_null import exact_halfwidth, mann_whitney_counts
+
+    m, n, alpha = 3, 7, 0.1
+    counts = [0] * (m * n + 1)
+    for pos in combinations(range(m + n), m):  # positions of the subject's rows in the pooled order
+        counts[sum(p - i for i, p in enumerate(pos))] += 1  # U = unseen rows below each subject row
+    assert tuple(counts) == mann_whitney_counts(m, n)
+    h = exact_halfwidth(m, n, alpha)
+    outside = sum(c for u, c in enumerate(counts) if abs(u / (m * n) - 0.5) > h + 1e-12)
+    inside_next = sum(c for u, c in enumerate(counts) if abs(u / (m * n) - 0.5) >= h - 1e-12)
+    assert outside / sum(counts) <= alpha < inside_next / sum(counts)

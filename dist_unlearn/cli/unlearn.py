@@ -102,6 +102,7 @@ def print_verdict(audit: dict[str, Any]) -> None:
     if not console.is_terminal:
         console = Console(width=140)
     console.print(table)
+    print_subjects(audit, console)
     click.echo(ver["sentence"])
     chk = audit.get("checks") or {}
     parts = []
@@ -120,7 +121,63 @@ def print_verdict(audit: dict[str, Any]) -> None:
             f"{last['auc']:.3f} ({last['decision']}); stop reason {run.get('stop_reason')}; the verdict is "
             f"on the other {split.get('audit_rows')} holdout rows"
         )
-    cost = (run.get("cost") or {}).get("example_passes")
+    print_probes(audit)
     where = f"{run['workers']} workers, ZeRO-{run['zero_stage']}" if run.get("workers") else "in-process"
-    cost_txt = f"{cost:.0f} example passes" if cost is not None else "example passes not reported"
+    vs = audit.get("cost_against_retraining")
+    cost_txt = vs["sentence"] if vs else "example passes not reported"
+    roles = (run.get("cost") or {}).get("by_role") or {}
+    if roles:
+        cost_txt += " [" + ", ".join(f"{r} {e['example_passes']:.0f}" for r, e in roles.items()) + "]"
     click.echo(f"cost: {cost_txt}; wall {run['wall_time_s']:.1f} s ({where})")
+    extra = [f"audit {(audit.get('audit') or {}).get('cost', {}).get('example_passes', 0):.0f}"]
+    probes = audit.get("probes") or {}
+    if probes.get("enabled"):
+        extra.append(f"probes {(probes.get('cost') or {}).get('example_passes', 0):.0f}")
+    click.echo("apart from the unlearning: " + ", ".join(extra) + " example passes")
+
+
+def print_subjects(audit: dict[str, Any], console: Any) -> None:
+    """One row per subject: status before and after, the primary test's quantile, band and flags."""
+    from rich.table import Table
+
+    from dist_unlearn.job.audit_sections import subject_rows
+
+    ver = audit["verdict"]
+    if not ver.get("subjects"):
+        return
+    table = Table(
+        title=f"subjects ({(audit.get('subjects') or {}).get('column') or 'each forget row'}): where each "
+        "falls among the unseen rows (0.5 = like them)",
+        title_justify="left",
+    )
+    for col in ("subject", "rows", "before", "after", "quantile", "band", "flagged by"):
+        table.add_column(col, justify="right" if col in ("rows", "quantile") else "left")
+    for row in subject_rows(ver):
+        table.add_row(*row)
+    console.print(table)
+    attacks = (audit["evidence"]["after"] or {}).get("attacks") or {}
+    before = (audit["evidence"]["before"] or {}).get("attacks") or {}
+    if attacks:
+        click.echo(
+            "attack AUCs before -> after: "
+            + ", ".join(f"{k} {_f(before.get(k), '.2f')} -> {_f(v, '.2f')}" for k, v in attacks.items())
+        )
+
+
+def print_probes(audit: dict[str, Any]) -> None:
+    """One line per robustness probe: its status, the LOSS AUC it brought back."""
+    probes = audit.get("probes") or {}
+    if not probes.get("enabled"):
+        return
+    for p in probes["probes"]:
+        if p.get("skipped"):
+            click.echo(f"probe {p['probe']}: skipped ({p['skipped']})")
+            continue
+        g = p["aucs"].get("loss") or {}
+        ret = g.get("returned")
+        click.echo(
+            f"probe {p['probe']}: {p['status']}; LOSS AUC {_f(g.get('delivered'), '.2f')} -> "
+            f"{_f(g.get('probe'), '.2f')}"
+            + (f" ({ret:.0%} of the gap back)" if ret is not None else "")
+            + (f"; failing: {', '.join(map(str, p['failing']))}" if p["failing"] else "")
+        )

@@ -113,9 +113,10 @@ def _lm_batch(
         z_r = z[r][m].double().cpu().numpy()
         loss = float(-lp_r.mean())
         head = slice(0, max(1, lp_r.size - 1))  # the last target (EOS) is left out of Min-K%
-        text = tokenizer.decode(t[r][m].tolist(), skip_special_tokens=True) if tokenizer is not None else ""
         out["loss"].append(loss)
-        out["zlib"].append(loss / len(zlib.compress(text.encode("utf-8"))))
+        if tokenizer is not None:
+            text = tokenizer.decode(t[r][m].tolist(), skip_special_tokens=True)
+            out["zlib"].append(loss / len(zlib.compress(text.encode("utf-8"))))
         out["min_k"].append(-lowest_mean(lp_r[head], k))
         out["min_k_plus_plus"].append(-lowest_mean(z_r[head], k))
     return out
@@ -143,6 +144,7 @@ def row_statistics(
     pad_id: int = 0,
     batch_size: int = 16,
     k: float = MIN_K,
+    attacks: tuple[str, ...] | None = None,
 ) -> RowStats:
     """Every attack's statistic of each token row (see the module docstring), one forward pass per batch.
 
@@ -154,9 +156,10 @@ def row_statistics(
         pad_id: the padding token id.
         batch_size: rows per forward pass.
         k: the Min-K% fraction, in (0, 1].
+        attacks: the attacks to keep (default: all of the task's, :func:`attacks_for`).
 
     Returns:
-        :class:`RowStats` with the task's attacks (:func:`attacks_for`).
+        :class:`RowStats` with those attacks.
 
     Raises:
         ConfigError: ``k`` outside (0, 1], or a causal LM without a tokenizer.
@@ -165,9 +168,12 @@ def row_statistics(
     if not 0.0 < k <= 1.0:
         raise ConfigError(f"Min-K% fraction k must be in (0, 1], got {k!r}.")
     lm = task != "classification"
-    if lm and tokenizer is None:
+    names = attacks_for(task) if attacks is None else tuple(attacks)
+    unknown = [n for n in names if n not in attacks_for(task)]
+    if unknown:
+        raise ConfigError(f"unknown {task} attack(s) {unknown}; known: {list(attacks_for(task))}.")
+    if "zlib" in names and tokenizer is None:
         raise ConfigError("the zlib attack decodes the target tokens: pass the tokenizer.")
-    names = attacks_for(task)
     values: dict[str, list[float]] = {n: [] for n in names}
     correct: list[float] = []
     device = model_device(model)
@@ -193,12 +199,15 @@ def row_statistics(
     )
 
 
+def statistic_auc(forget: np.ndarray, unseen: np.ndarray) -> float | None:
+    """Forget-vs-unseen AUC of one loss-like statistic (1 = forget rows look like members, 0.5 =
+    indistinguishable); None when a side is empty or has non-finite values (a diverged model)."""
+    f, u = np.asarray(forget, dtype=np.float64), np.asarray(unseen, dtype=np.float64)
+    if not (f.size and u.size and np.all(np.isfinite(f)) and np.all(np.isfinite(u))):
+        return None
+    return auc_score(-f, -u)
+
+
 def attack_aucs(forget: RowStats, unseen: RowStats) -> dict[str, float | None]:
-    """Forget-vs-unseen AUC of every attack (1 = forget rows look like members, 0.5 = indistinguishable);
-    None where a side has non-finite statistics (a diverged model)."""
-    out: dict[str, float | None] = {}
-    for name, f in forget.values.items():
-        u = unseen.values[name]
-        finite = np.all(np.isfinite(f)) and np.all(np.isfinite(u)) and f.size and u.size
-        out[name] = auc_score(-f, -u) if finite else None
-    return out
+    """:func:`statistic_auc` of every attack."""
+    return {name: statistic_auc(f, unseen.values[name]) for name, f in forget.values.items()}

@@ -5,7 +5,9 @@ LMs; loss, confidence, entropy for classifiers) or the extraction test (:mod:`di
 statistic ``1 - ROUGE-L recall``), each a loss-like number per row (lower = more member-like). Each test
 places each subject among the audit's unseen rows with :func:`dist_unlearn.eval.subjects.subject_scores`
 (its mean quantile ``q_S`` and central band ``0.5 +- h_S``, the design effect estimated from the unseen
-subjects).
+subjects). For small samples of independent rows the band comes from the exact rank law instead of the
+normal approximation (:func:`refined_halfwidth`, :mod:`dist_unlearn.eval.rank_null`): a subject of one row
+can then be flagged once the holdout has ``2 / alpha - 1`` rows, which the normal band never allows.
 
 **Several tests, one false-alarm rate per subject.** With m tests, a subject the model never saw would be
 flagged by *some* test far more often than one test's alpha. Every band is therefore built at ``alpha / m``
@@ -28,9 +30,15 @@ tests disagree, the one furthest outside its band in units of ``h_S`` decides, b
 rows' losses (its band covers [0, 1]: too few rows per subject or too few unseen rows at this
 false-alarm rate; the record says how many unseen rows would do).
 
-**Status of the job.** ``forgotten`` only when every subject is; ``not_forgotten`` when some subject is
-flagged and none is forgotten, ``partially_forgotten`` when some are flagged and others forgotten (the
-record names them); ``undecided`` when none is flagged but some cannot be judged.
+**The request as a whole.** Subjects can each sit inside their band while all lean the same way (every
+one slightly recognisable); the rows of all subjects pooled into one group are judged the same way (same
+tests, same alpha, the design effect of one subject's rows applied to the pool), with a band far narrower
+than one subject's.
+
+**Status of the job.** ``forgotten`` only when every subject is (and the pool is inside its band);
+``not_forgotten`` when some subject is flagged and none is forgotten, ``partially_forgotten`` when some are
+flagged and others forgotten (or only the pool is flagged; the record names them); ``undecided`` when none
+is flagged but some cannot be judged.
 
 The criterion asks whether each subject looks like a subject the model never saw. Removing a whole class or
 capability is a different goal (a model retrained without a class still tells that class apart from unseen
@@ -40,6 +48,7 @@ data of the other classes); it is judged against retraining in the experiments
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -47,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from dist_unlearn.errors import ConfigError
+from dist_unlearn.eval.rank_null import exact_halfwidth
 from dist_unlearn.eval.subjects import (
     SubjectBand,
     SubjectScore,
@@ -97,19 +107,50 @@ class AuditSettings:
         )
 
 
+def refined_halfwidth(n_rows: int, n_unseen: int, band: SubjectBand, inflation: float) -> float:
+    """The band's half width: :func:`~dist_unlearn.eval.subjects.halfwidth` (normal approximation with the
+    design effect), replaced by the exact rank law (:func:`~dist_unlearn.eval.rank_null.exact_halfwidth`)
+    where rows are independent (design effect 1) and the sample is small, and never narrower than the
+    exact law when rows are not independent."""
+    normal = halfwidth(n_rows, n_unseen, band, inflation)
+    exact = exact_halfwidth(n_rows, n_unseen, band.alpha)
+    if exact is None:
+        return normal
+    exact = max(band.min_halfwidth, exact) if exact < 0.5 else 0.5
+    return exact if inflation <= 1.0 else max(normal, exact)
+
+
+def decidable(n_rows: int, n_unseen: int, band: SubjectBand, inflation: float) -> bool:
+    """Whether a subject of ``n_rows`` rows can be flagged at all with ``n_unseen`` unseen rows: the most
+    extreme arrangement is rarer than alpha (``2 / C(n_rows + n_unseen, n_rows) <= alpha``) and, with a
+    design effect, the normal band is narrower than [0, 1]."""
+    if 2.0 / math.comb(n_rows + n_unseen, n_rows) > band.alpha:
+        return False
+    return inflation <= 1.0 or halfwidth(n_rows, n_unseen, band, inflation) < 0.5
+
+
 def rows_needed(n_rows: int, band: SubjectBand, inflation: float, limit: int = 1_000_000) -> int | None:
-    """The fewest unseen rows with which a subject of ``n_rows`` rows can be flagged (its band narrower than
-    [0, 1]); None when no holdout size suffices (too few rows per subject at this false-alarm rate)."""
-    if halfwidth(n_rows, limit, band, inflation) >= 0.5:
+    """The fewest unseen rows with which a subject of ``n_rows`` rows can be flagged (:func:`decidable`);
+    None when no holdout size suffices (too few rows per subject at this false-alarm rate)."""
+    if not decidable(n_rows, limit, band, inflation):
         return None
     lo, hi = 1, limit
     while lo < hi:
         mid = (lo + hi) // 2
-        if halfwidth(n_rows, mid, band, inflation) < 0.5:
+        if decidable(n_rows, mid, band, inflation):
             hi = mid
         else:
             lo = mid + 1
     return lo
+
+
+def refine(score: SubjectScore, n_unseen: int, band: SubjectBand, inflation: float) -> SubjectScore:
+    """``score`` with the :func:`refined_halfwidth` band and the status it gives."""
+    h = refined_halfwidth(score.n_rows, n_unseen, band, inflation)
+    d = score.quantile - 0.5
+    score.halfwidth = h
+    score.status = "forgotten" if abs(d) <= h else ("recognisable" if d < 0 else "conspicuous")
+    return score
 
 
 def _combine(per_test: dict[str, SubjectScore]) -> tuple[str, dict[str, str]]:
@@ -120,6 +161,23 @@ def _combine(per_test: dict[str, SubjectScore]) -> tuple[str, dict[str, str]]:
     if all(s.halfwidth >= 0.5 for s in per_test.values()):
         return "undecided", {}
     return "forgotten", {}
+
+
+def _subject_record(subj: Any, per_test: dict[str, SubjectScore]) -> dict[str, Any]:
+    status, flags = _combine(per_test)
+    first = next(iter(per_test.values()))
+    return {
+        "subject": _plain(subj),
+        "n_rows": first.n_rows,
+        "status": status,
+        "flagged_by": flags,
+        "quantile": first.quantile,
+        "band": list(first.band),
+        "tests": {
+            t: {k: v for k, v in s.to_dict().items() if k not in ("subject", "n_rows")}
+            for t, s in per_test.items()
+        },
+    }
 
 
 def _edge_rows(q: float, n_unseen: int) -> float:
@@ -184,34 +242,33 @@ def judge_subjects(
     for name in names:
         forget, unseen = tests[name]
         n_unseen = len(unseen)
-        scores[name] = {
-            s.subject: s
-            for s in subject_scores(
-                forget, forget_subjects, unseen, unseen_subjects=unseen_subjects, band=band
-            )
-        }
         inflation[name] = design_effect(unseen, unseen_subjects, band)[0]
+        found = subject_scores(forget, forget_subjects, unseen, unseen_subjects=unseen_subjects, band=band)
+        scores[name] = {s.subject: refine(s, len(unseen), band, inflation[name]) for s in found}
     subjects = []
     for subj in order:
-        per_test = {t: scores[t][subj] for t in names}
-        status, flags = _combine(per_test)
-        first = per_test[names[0]]
-        record = {
-            "subject": _plain(subj),
-            "n_rows": first.n_rows,
-            "status": status,
-            "flagged_by": flags,
-            "quantile": first.quantile,
-            "band": list(first.band),
-            "tests": {
-                t: {k: v for k, v in s.to_dict().items() if k not in ("subject", "n_rows")}
-                for t, s in per_test.items()
-            },
-        }
-        if status == "undecided":
-            need = [rows_needed(first.n_rows, band, inflation[t]) for t in names]
+        record = _subject_record(subj, {t: scores[t][subj] for t in names})
+        if record["status"] == "undecided":
+            need = [rows_needed(record["n_rows"], band, inflation[t]) for t in names]
             record["unseen_rows_needed"] = min((n for n in need if n is not None), default=None)
         subjects.append(record)
+    pooled = None
+    if len(order) > 1:
+        everyone = ["(all subjects)"] * len(forget_subjects)
+        pooled = _subject_record(
+            everyone[0],
+            {
+                t: refine(
+                    subject_scores(
+                        tests[t][0], everyone, tests[t][1], unseen_subjects=unseen_subjects, band=band
+                    )[0],
+                    len(tests[t][1]),
+                    band,
+                    inflation[t],
+                )
+                for t in names
+            },
+        )
     n_groups = len(set(unseen_subjects)) if unseen_subjects is not None else 0
     out = {
         "settings": asdict(settings),
@@ -222,6 +279,7 @@ def judge_subjects(
         "n_unseen": n_unseen,
         "unseen_subjects": n_groups,
         "subjects": subjects,
+        "pooled": pooled,
         "counts": {s: sum(r["status"] == s for r in subjects) for s in AUDIT_STATUSES},
         "failing": [r["subject"] for r in subjects if r["status"] in ("recognisable", "conspicuous")],
         "undecided": [r["subject"] for r in subjects if r["status"] == "undecided"],
@@ -242,11 +300,18 @@ def resolution(record: dict[str, Any]) -> dict[str, Any]:
     sentence = (
         f"{n_u} unseen rows (quantile step {1 / n_u:.3f}); per-test false-alarm rate "
         f"{record['per_test_alpha']:.2g} ({record['settings']['alpha']:g} per subject over "
-        f"{len(record['tests'])} tests). A subject is flagged when its mean quantile leaves "
-        f"0.5 +- h: h from {h_min:.3f} to {h_max:.3f} here, i.e. below the "
-        f"{_edge_rows(0.5 - h_max, n_u):g}th-{_edge_rows(0.5 - h_min, n_u):g}th lowest of the {n_u} unseen "
-        "rows or above the mirror edge."
+        f"{len(record['tests'])} tests)."
     )
+    judged = [h for h in halves if h < 0.5]
+    if judged:
+        lo, hi = min(judged), max(judged)
+        sentence += (
+            f" A subject is flagged when its mean quantile leaves 0.5 +- h, h from {lo:.3f} to {hi:.3f} here: "
+            f"below the {_edge_rows(0.5 - hi, n_u):g}th-{_edge_rows(0.5 - lo, n_u):g}th lowest of the {n_u} "
+            "unseen rows, or above the mirror edge."
+        )
+    else:
+        sentence += " No subject can be flagged with this holdout."
     if need:
         known = [n for n in need if n is not None]
         if known:
@@ -265,7 +330,7 @@ def resolution(record: dict[str, Any]) -> dict[str, Any]:
 
 def _describe(r: dict[str, Any]) -> str:
     parts = []
-    for t, st in r["flagged_by"].items():
+    for t in r["flagged_by"]:
         s = r["tests"][t]
         parts.append(
             f"{TEST_TITLES.get(t, t)} q={s['quantile']:.2f} outside [{s['band'][0]:.2f}, {s['band'][1]:.2f}]"
@@ -287,6 +352,12 @@ def job_status(record: dict[str, Any]) -> tuple[str, str]:
             + f"; {len(forgotten)} forgotten."
         )
         return status, sentence
+    pooled = record.get("pooled")
+    if pooled is not None and pooled["status"] in ("recognisable", "conspicuous"):
+        return "partially_forgotten" if forgotten else "not_forgotten", (
+            f"No single subject of the {n} is flagged, but their rows together are still told apart from "
+            f"data never seen: {_describe(pooled)}."
+        )
     undecided = [r for r in subs if r["status"] == "undecided"]
     if undecided:
         return "undecided", (

@@ -111,7 +111,11 @@ def plot_losses(before: dict[str, Any], after: dict[str, Any], path: Path) -> Pa
 
 def write_audit(stage: Path, record: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
     """Write ``audit.json``, ``audit.md`` and the plot into ``stage`` (the job's staging folder)."""
+    from dist_unlearn.eval.subject_plot import plot_subjects
+    from dist_unlearn.job.audit_sections import SUBJECT_PLOT
+
     plot_losses(before, after, stage / PLOT_NAME)
+    plot_subjects(record["verdict"], stage / SUBJECT_PLOT)
     full = dict(record)
     full["evidence"] = {
         "before": strip_losses(before),
@@ -126,6 +130,7 @@ def write_audit(stage: Path, record: dict[str, Any], before: dict[str, Any], aft
 def audit_markdown(a: dict[str, Any]) -> str:
     """The human-readable audit (the same facts as audit.json, without the per-example losses)."""
     req, mdl, run, ver = a["request"], a["model"], a["run"], a["verdict"]
+    agg = ver.get("aggregate") or ver
     ev_b, ev_a = a["evidence"]["before"], a["evidence"]["after"]
     lines = [
         "# Unlearning audit",
@@ -196,10 +201,14 @@ def audit_markdown(a: dict[str, Any]) -> str:
         f"Retain loss change {_fmt(chk.get('retain_loss_change'), '+.1%')}, holdout loss change "
         f"{_fmt(chk.get('holdout_loss_change'), '+.1%')} (tolerance {chk['tolerance']:.0%}).",
         "",
-        f"Thresholds: `{json.dumps(ver['thresholds'])}`; target AUC {ver['target_auc']} ({ver['target']}).",
+        f"Aggregate loss evidence (all forget rows at once): {agg['status']}; thresholds "
+        f"`{json.dumps(agg['thresholds'])}`; target AUC {agg['target_auc']} ({agg['target']}).",
         "",
         f"![losses]({a['evidence']['plot']})",
     ]
+    from dist_unlearn.job.audit_sections import attacks_md, cost_md, probes_md, subjects_md
+
+    lines += subjects_md(a) + attacks_md(a) + probes_md(a) + cost_md(a)
     if a.get("not_checked"):
         lines += ["", "## Not checked", ""] + [f"- {x}" for x in a["not_checked"]]
     if a.get("warnings"):

@@ -1,0 +1,108 @@
+"""The job's verdict: every subject of the request judged against the audit's unseen rows by every test
+(:mod:`dist_unlearn.eval.subject_verdict`), the aggregate loss evidence of
+:func:`dist_unlearn.eval.verdict.decide` kept next to it.
+
+The tests are the task's membership attacks (:mod:`dist_unlearn.eval.attacks`) and, for a causal LM whose
+answers were generated, the extraction test (statistic ``1 - ROUGE-L recall`` of the greedy answer,
+:mod:`dist_unlearn.eval.extraction`). The job is ``forgotten`` only when every subject is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dist_unlearn.eval.attacks import statistic_auc
+from dist_unlearn.eval.subject_verdict import AuditSettings, judge_subjects
+from dist_unlearn.eval.verdict import decide
+from dist_unlearn.job.evidence import Measurement
+
+EXPLAINED = (
+    "Each subject (dist_unlearn.eval.subject_verdict) is placed among the audit's unseen rows by every "
+    "test: its mean quantile must lie inside 0.5 +- h (recognisable below: still fitted better than data "
+    "never seen; conspicuous above: pushed past it, which also tells it apart). The job is forgotten only "
+    "when every subject is. This asks whether each subject looks like one the model never saw; removing a "
+    "whole class or capability is a different goal (a model retrained without a class still tells it apart), "
+    "judged against retraining in the experiments (dist-unlearn run), not by this audit."
+)
+
+
+def subject_tests(
+    m: Measurement, forget_index: Sequence[int] | None = None, holdout_index: Sequence[int] | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Test name -> (forget rows' statistics, unseen rows' statistics) of a measurement, optionally on
+    subsets of the forget and holdout rows."""
+    f, u = m.stats["forget"], m.stats["holdout"]
+    if forget_index is not None:
+        f = f.subset(forget_index)
+    if holdout_index is not None:
+        u = u.subset(holdout_index)
+    tests = {name: (f.values[name], u.values[name]) for name in f.values}
+    if "forget" in m.extraction and "holdout" in m.extraction:
+        ef, eu = m.extraction["forget"], m.extraction["holdout"]
+        if forget_index is not None:
+            ef = ef.subset(list(forget_index))
+        if holdout_index is not None:
+            eu = eu.subset(list(holdout_index))
+        tests["extraction"] = (1.0 - ef.rouge_l, 1.0 - eu.rouge_l)
+    return tests
+
+
+def subset_aucs(
+    m: Measurement, forget_index: Sequence[int] | None = None, holdout_index: Sequence[int] | None = None
+) -> dict[str, float | None]:
+    """Forget-vs-unseen AUC of every test on (subsets of) a measurement's rows."""
+    return {
+        name: statistic_auc(f, u) for name, (f, u) in subject_tests(m, forget_index, holdout_index).items()
+    }
+
+
+def job_verdict(
+    before: Measurement | None,
+    after: Measurement,
+    before_record: dict[str, Any] | None,
+    after_record: dict[str, Any],
+    forget_subjects: list[Any],
+    holdout_subjects: list[Any] | None,
+    settings: AuditSettings,
+) -> dict[str, Any]:
+    """The verdict record of a job (``audit.json`` ``verdict``).
+
+    Args:
+        before, after: the measurements at the original and the delivered weights (``before`` None when
+            only one model is audited).
+        before_record, after_record: their evidence records (:func:`dist_unlearn.job.evidence
+            .evidence_record`).
+        forget_subjects: the subject of each forget row; holdout_subjects: of each audit holdout row.
+        settings: the per-subject verdict's settings.
+
+    Returns:
+        Without a holdout: :func:`decide`'s record (``unknown_without_holdout``) with ``subjects`` None.
+        Otherwise :func:`judge_subjects`'s record, each subject with its status and quantile ``before``,
+        plus ``before_status``, ``aggregate`` (:func:`decide` of the loss evidence), ``changed`` and
+        ``explained``.
+    """
+    aggregate = decide(after_record, before=before_record)
+    if "holdout" not in after.stats:
+        aggregate["subjects"] = None
+        aggregate["before_status"] = decide(before_record)["status"] if before_record else None
+        aggregate["explained"] = EXPLAINED
+        return aggregate
+    verdict = judge_subjects(subject_tests(after), forget_subjects, holdout_subjects, settings)
+    verdict["before_status"] = None
+    if before is not None:
+        earlier = judge_subjects(subject_tests(before), forget_subjects, holdout_subjects, settings)
+        verdict["before_status"] = earlier["status"]
+        then = {r["subject"]: r for r in earlier["subjects"]}
+        for r in verdict["subjects"]:
+            was = then[r["subject"]]
+            rows = was["tests"][verdict["tests"][0]]["row_quantiles"]
+            r["before"] = {"status": was["status"], "quantile": was["quantile"], "row_quantiles": rows}
+    verdict["aggregate"] = aggregate
+    verdict["changed"] = aggregate["changed"]
+    if aggregate["changed"] is False:
+        verdict["sentence"] += " The run did not change the forget rows' losses."
+    verdict["explained"] = EXPLAINED
+    return verdict
