@@ -306,7 +306,7 @@ def resolution(record: dict[str, Any]) -> dict[str, Any]:
     if judged:
         lo, hi = min(judged), max(judged)
         sentence += (
-            f" A subject is flagged when its mean quantile leaves 0.5 +- h, h from {lo:.3f} to {hi:.3f} here: "
+            f" A subject is flagged when its mean quantile leaves 0.5 +- h, h from {lo:.3f} to {hi:.3f}: "
             f"below the {_edge_rows(0.5 - hi, n_u):g}th-{_edge_rows(0.5 - lo, n_u):g}th lowest of the {n_u} "
             "unseen rows, or above the mirror edge."
         )
