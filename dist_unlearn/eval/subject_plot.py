@@ -1,11 +1,13 @@
-"""The audit's subject plot: every subject against the distribution of data never seen, at a glance.
+"""The audit's subject plot: every subject against the distribution of data never seen, under every test.
 
-One line per subject (the request's order; at most :data:`MAX_SUBJECTS`, the furthest from 0.5 first when
-there are more). The x axis is the position among the audit's unseen rows under the primary test (LOSS):
-0 = fitted better than every unseen row, 0.5 = like them, 1 = worse than every one. Each line shows the
-subject's central band (shaded), its rows (small dots), its mean quantile after unlearning (large marker,
-coloured by status) and before (hollow marker, arrow to after). The bottom line shows where subjects the
-model never saw fall (each unseen subject against the others): the spread the band is calibrated on.
+One panel per test (LOSS, zlib, Min-K%, Min-K%++, extraction for causal LMs; loss, confidence, entropy for
+classifiers), one line per subject (the request's order; at most :data:`MAX_SUBJECTS`, the furthest from
+0.5 first), then the pool of all subjects and the subjects the model never saw. The x axis is the position
+among the audit's unseen rows under that test: 0 = more member-like than every unseen row, 0.5 = like them,
+1 = less than every one. Each line shows the subject's central band for that test (shaded), its rows
+(small dots), its mean quantile after unlearning (large marker, coloured by that test's verdict) and before
+(hollow marker, arrow to after). The bottom line shows where each never-seen subject falls against the
+others: the spread the band is calibrated on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dist_unlearn.eval.plots import png_bytes
+from dist_unlearn.eval.subject_verdict import TEST_TITLES
 
 MAX_SUBJECTS = 40
 COLOURS = {
@@ -22,6 +25,37 @@ COLOURS = {
     "conspicuous": "#d62728",
     "undecided": "#7f7f7f",
 }
+
+
+def _panel(ax: Any, rows: list[dict[str, Any]], test: str, reference: list[dict[str, Any]]) -> None:
+    for y, r in enumerate(rows):
+        t = r["tests"][test]
+        lo, hi = t["band"]
+        ax.barh(y, hi - lo, left=lo, height=0.6, color="#dddddd", zorder=0)
+        dots = t.get("row_quantiles") or []
+        ax.scatter(dots, [y] * len(dots), s=8, color="#555555", zorder=2)
+        before = (r.get("before") or {}).get("tests", {}).get(test)
+        if before is not None:
+            ax.annotate(
+                "",
+                xy=(t["quantile"], y),
+                xytext=(before["quantile"], y),
+                arrowprops={"arrowstyle": "->", "color": "#999999", "lw": 1},
+                zorder=1,
+            )
+            ax.scatter([before["quantile"]], [y], s=55, facecolors="none", edgecolors="#666666", zorder=3)
+        ax.scatter([t["quantile"]], [y], s=80, color=COLOURS.get(t["status"], "k"), edgecolors="k", zorder=4)
+    if reference:
+        y = len(rows)
+        ax.scatter(
+            [x["quantile"] for x in reference], [y] * len(reference), s=25, color="#aaaaaa", marker="s"
+        )
+    ax.axvline(0.5, color="k", linestyle="--", linewidth=0.8)
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_xticks([0, 0.5, 1])
+    ax.set_title(TEST_TITLES.get(test, test), fontsize=9)
+    ax.set_xlabel("quantile among unseen rows", fontsize=7)
+    ax.tick_params(labelsize=7)
 
 
 def plot_subjects(verdict: dict[str, Any], path: str | Path) -> Path | None:
@@ -33,65 +67,39 @@ def plot_subjects(verdict: dict[str, Any], path: str | Path) -> Path | None:
     subjects = verdict.get("subjects")
     if not subjects:
         return None
-    primary = verdict["tests"][0]
     shown = subjects
     if len(subjects) > MAX_SUBJECTS:
         shown = sorted(subjects, key=lambda r: -abs(r["quantile"] - 0.5))[:MAX_SUBJECTS]
-    if verdict.get("pooled"):
-        shown = [*shown, verdict["pooled"]]
-    reference = verdict.get("unseen_reference") or []
-    n = len(shown) + (1 if reference else 0)
-    fig = Figure(figsize=(8.5, 1.4 + 0.38 * n))
-    ax = fig.add_subplot(1, 1, 1)
-    for y, r in enumerate(shown):
-        lo, hi = r["band"]
-        ax.barh(y, hi - lo, left=lo, height=0.6, color="#dddddd", zorder=0)
-        rows = r["tests"][primary].get("row_quantiles") or []
-        ax.scatter(rows, [y] * len(rows), s=9, color="#555555", zorder=2)
-        before = r.get("before")
-        colour = COLOURS.get(r["status"], "k")
-        if before is not None:
-            ax.annotate(
-                "",
-                xy=(r["quantile"], y),
-                xytext=(before["quantile"], y),
-                arrowprops={"arrowstyle": "->", "color": "#999999", "lw": 1},
-                zorder=1,
-            )
-            ax.scatter([before["quantile"]], [y], s=60, facecolors="none", edgecolors="#666666", zorder=3)
-        ax.scatter([r["quantile"]], [y], s=90, color=colour, edgecolors="k", zorder=4)
-    labels = [f"{r['subject']} ({r['n_rows']} rows, {r['status']})" for r in shown]
-    if reference:
-        y = len(shown)
-        ax.scatter(
-            [x["quantile"] for x in reference], [y] * len(reference), s=30, color="#bbbbbb", marker="s"
-        )
-        labels.append(f"never-seen subjects ({len(reference)})")
-    ax.axvline(0.5, color="k", linestyle="--", linewidth=0.8)
-    ax.set_yticks(range(n))
-    ax.set_yticklabels(labels, fontsize=8)
-    ax.set_ylim(n - 0.5, -0.5)
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_xlabel(
-        "position among the audit's unseen rows (LOSS): 0 = fitted better than every unseen row, "
-        "1 = worse than every one",
-        fontsize=8,
-    )
+    rows = [*shown, verdict["pooled"]] if verdict.get("pooled") else list(shown)
+    references = verdict.get("unseen_reference") or {}
+    tests = verdict["tests"]
+    n = len(rows) + (1 if any(references.values()) else 0)
+    fig = Figure(figsize=(2.4 + 2.3 * len(tests), 1.9 + 0.36 * n))
+    axes = fig.subplots(1, len(tests), sharey=True, squeeze=False)[0]
+    for ax, test in zip(axes, tests, strict=True):
+        _panel(ax, rows, test, references.get(test) or [])
+    labels = [f"{r['subject']} ({r['n_rows']} rows): {r['status']}" for r in rows]
+    if n > len(rows):
+        labels.append("never-seen subjects")
+    axes[0].set_yticks(range(n))
+    axes[0].set_yticklabels(labels, fontsize=8)
+    axes[0].set_ylim(n - 0.5, -0.5)
     handles = [
         Line2D([], [], marker="o", linestyle="none", color=c, markeredgecolor="k", label=s)
         for s, c in COLOURS.items()
     ]
     handles += [
         Line2D([], [], marker="o", linestyle="none", markerfacecolor="none", color="#666666", label="before"),
-        Line2D(
-            [], [], marker="s", linestyle="none", color="#dddddd", markersize=10, label="band (never seen)"
-        ),
+        Line2D([], [], marker="s", linestyle="none", color="#dddddd", markersize=10, label="band"),
+        Line2D([], [], marker="s", linestyle="none", color="#aaaaaa", label="a never-seen subject"),
     ]
-    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / n), ncol=6)
-    ax.set_title(
-        f"Does each subject look like data the model never saw? status: {verdict['status']}", fontsize=10
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=len(handles), frameon=False)
+    fig.suptitle(
+        f"Does each subject look like data the model never saw? Job: {verdict['status']}. "
+        "(0 = more member-like than every unseen row, 0.5 = like them, 1 = less)",
+        fontsize=9,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     out = Path(path)
     out.write_bytes(png_bytes(fig))
     return out

@@ -283,7 +283,7 @@ def judge_subjects(
         "counts": {s: sum(r["status"] == s for r in subjects) for s in AUDIT_STATUSES},
         "failing": [r["subject"] for r in subjects if r["status"] in ("recognisable", "conspicuous")],
         "undecided": [r["subject"] for r in subjects if r["status"] == "undecided"],
-        "unseen_reference": unseen_reference(tests[names[0]][1], unseen_subjects),
+        "unseen_reference": {t: unseen_reference(tests[t][1], unseen_subjects) for t in names},
     }
     out["resolution"] = resolution(out)
     out["status"], out["sentence"] = job_status(out)

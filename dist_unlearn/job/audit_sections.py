@@ -23,7 +23,12 @@ def _band(b: list[float] | None) -> str:
 
 def _flags(r: dict[str, Any]) -> str:
     flags = r.get("flagged_by") or {}
-    return ", ".join(f"{TEST_TITLES.get(t, t)}: {s}" for t, s in flags.items()) or "-"
+    return (
+        ", ".join(
+            f"{TEST_TITLES.get(t, t)} q={r['tests'][t]['quantile']:.2f} ({s})" for t, s in flags.items()
+        )
+        or "-"
+    )
 
 
 def subject_rows(ver: dict[str, Any]) -> list[list[str]]:
@@ -45,6 +50,22 @@ def subject_rows(ver: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return out
+
+
+def _extraction_lines(ver: dict[str, Any]) -> list[str]:
+    unseen = ver.get("extraction_unseen")
+    if not unseen:
+        return []
+    per = "; ".join(
+        f"{r['subject']} {r['extraction']['exact']:.2f} / {r['extraction']['rouge_l']:.2f}"
+        for r in ver["subjects"]
+        if r.get("extraction")
+    )
+    return [
+        "",
+        f"What the model says (greedy answers, exact / ROUGE-L recall of the true answer): {per}; people it "
+        f"never saw: {unseen['exact']:.2f} / {unseen['rouge_l']:.2f}.",
+    ]
 
 
 def subjects_md(a: dict[str, Any]) -> list[str]:
@@ -75,6 +96,7 @@ def subjects_md(a: dict[str, Any]) -> list[str]:
         "",
         "Quantile: the mean position of the subject's rows among the audit's unseen rows (0 = fitted better "
         "than every unseen row, 0.5 = like them, 1 = worse than every one).",
+        *_extraction_lines(ver),
         "",
         f"![subjects]({SUBJECT_PLOT})",
         "",

@@ -59,6 +59,23 @@ def subset_aucs(
     }
 
 
+def add_extraction_rates(verdict: dict[str, Any], m: Measurement, forget_subjects: list[Any]) -> None:
+    """Each subject's extraction rates (``exact``, ``rouge_l``) and the unseen rows' (``extraction_unseen``),
+    when the model's answers were generated: what the model says about each subject, against what it says
+    about people it never saw."""
+    if "forget" not in m.extraction or "holdout" not in m.extraction:
+        return
+    ex = m.extraction["forget"]
+    for r in verdict["subjects"]:
+        rows = [i for i, s in enumerate(forget_subjects) if s == r["subject"]]
+        r["extraction"] = {"exact": float(ex.exact[rows].mean()), "rouge_l": float(ex.rouge_l[rows].mean())}
+    unseen = m.extraction["holdout"]
+    verdict["extraction_unseen"] = {
+        "exact": float(unseen.exact.mean()),
+        "rouge_l": float(unseen.rouge_l.mean()),
+    }
+
+
 def job_verdict(
     before: Measurement | None,
     after: Measurement,
@@ -98,8 +115,14 @@ def job_verdict(
         then = {r["subject"]: r for r in earlier["subjects"]}
         for r in verdict["subjects"]:
             was = then[r["subject"]]
-            rows = was["tests"][verdict["tests"][0]]["row_quantiles"]
-            r["before"] = {"status": was["status"], "quantile": was["quantile"], "row_quantiles": rows}
+            r["before"] = {
+                "status": was["status"],
+                "quantile": was["quantile"],
+                "tests": {
+                    t: {"quantile": x["quantile"], "status": x["status"]} for t, x in was["tests"].items()
+                },
+            }
+    add_extraction_rates(verdict, after, forget_subjects)
     verdict["aggregate"] = aggregate
     verdict["changed"] = aggregate["changed"]
     if aggregate["changed"] is False:

@@ -158,7 +158,7 @@ def audit_record(
         "method": job.options_record,
         "run": run_record(job, end_utc),
         "verdict": verdict,
-        "checks": utility_checks(job.before, job.after),
+        "checks": utility_checks(job.before or {}, job.after),
         "warnings": job.warnings,
     }
     record.update(audit_sections(job))
