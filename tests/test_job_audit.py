@@ -248,3 +248,55 @@ def test_subject_column_missing_from_the_holdout_names_its_source(people, tmp_pa
     job = _job(people, "original", tmp_path / "s", people["names"][:2], holdout=str(tmp_path / "h.jsonl"))
     with pytest.raises(DataError, match=r"'person' \(from forget.where\) is not a column of the holdout"):
         audit_model(job, log=_quiet)
+
+
+def test_cli_audit_prints_the_subject_table(people, tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from dist_unlearn.cli import _register, cli
+
+    _register()
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(_job(people, "original", tmp_path / "a", people["names"][:2])))
+    r = CliRunner().invoke(cli, ["audit", "--config", str(job), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "audit only" in r.output and "subjects (person)" in r.output
+    for name in people["names"][:2]:
+        assert name in r.output
+    assert "recognisable" in r.output and "not_forgotten" in r.output and "attack AUCs" in r.output
+    assert (tmp_path / "a" / "audit.json").is_file() and not (tmp_path / "a" / "model").exists()
+
+
+def test_the_unlearned_model_is_the_same_with_and_without_probes(people, tmp_path):
+    """The probes run on copies after the model is final: the files written are bit-identical whether
+    they ran or not; the audit says what unlearning cost against retraining."""
+    from dist_unlearn.job import run_job
+    from dist_unlearn.output import sha256_file
+
+    method = {"name": "cure_newton", "max_steps": 1, "krylov_max_iter": 3, "eig_iterations": 3}
+    common = {"method": method, "training": {"epochs": EPOCHS}}
+    on = run_job(
+        _job(
+            people,
+            "original",
+            tmp_path / "on",
+            people["names"][:2],
+            probes={"relearn_max_passes": 16},
+            **common,
+        ),
+        log=_quiet,
+    )
+    off = run_job(_job(people, "original", tmp_path / "off", people["names"][:2], **common), log=_quiet)
+    assert on.audit["probes"]["delivered_model_unchanged"] and not off.audit["probes"]["enabled"]
+    files = sorted(p.name for p in (tmp_path / "on" / "model").iterdir() if p.suffix == ".safetensors")
+    assert files and all(
+        sha256_file(tmp_path / "on" / "model" / f) == sha256_file(tmp_path / "off" / "model" / f)
+        for f in files
+    )
+    vs = on.audit["cost_against_retraining"]
+    passes = on.audit["run"]["cost"]["example_passes"]
+    assert vs["retraining_passes"] == EPOCHS * 48  # 48 retained rows
+    assert vs["percent_of_retraining"] == pytest.approx(100 * passes / (EPOCHS * 48))
+    assert set(on.audit["run"]["cost"]["by_role"]) <= {"retain", "forget", "calibration"}
+    assert on.audit["audit"]["cost"]["by_role"].keys() == {"audit"}

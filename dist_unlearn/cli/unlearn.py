@@ -9,23 +9,14 @@ import click
 from dist_unlearn.cli import cli
 
 
-@cli.command("unlearn")
-@click.option(
-    "--config",
-    "-c",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="job.yaml: model, data, forget selector, holdout, method (see configs/jobs/example.yaml).",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Run on N Ray workers (DeepSpeed ranks; the embedded Ray when RAY_ADDRESS is unset).",
-)
-@click.option("--zero-stage", type=click.IntRange(0, 3), default=None, help="DeepSpeed ZeRO stage.")
-@click.option(
+def job_config_option(what: str) -> Any:
+    """``--config job.yaml`` (shared by ``unlearn`` and ``audit``)."""
+    return click.option(
+        "--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False), help=what
+    )
+
+
+OUTPUT_OPTION = click.option(
     "--output",
     "--out",
     "output_dir",
@@ -33,12 +24,29 @@ from dist_unlearn.cli import cli
     default=None,
     help="Output folder (default: the job's output_dir).",
 )
-@click.option("--oversubscribe", is_flag=True, help="Allow more workers than cores / GPUs.")
-@click.option(
+OVERWRITE_OPTION = click.option(
     "--overwrite", is_flag=True, help="Replace what an earlier job wrote there (never other files)."
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads.")
-@click.option("--quiet", "-q", is_flag=True, help="Only the verdict table.")
+THREADS_OPTION = click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads."
+)
+QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="Only the verdict tables.")
+
+
+@cli.command("unlearn")
+@job_config_option("job.yaml: model, data, forget selector, holdout, method (see configs/jobs/example.yaml).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run on N Ray workers (DeepSpeed ranks; the embedded Ray when RAY_ADDRESS is unset).",
+)
+@click.option("--zero-stage", type=click.IntRange(0, 3), default=None, help="DeepSpeed ZeRO stage.")
+@OUTPUT_OPTION
+@click.option("--oversubscribe", is_flag=True, help="Allow more workers than cores / GPUs.")
+@OVERWRITE_OPTION
+@THREADS_OPTION
+@QUIET_OPTION
 def unlearn_command(
     config_path: str,
     workers: int | None,
@@ -50,19 +58,35 @@ def unlearn_command(
     quiet: bool,
 ) -> None:
     """Unlearn the forget rows from your model; write the model, audit.json and audit.md."""
-    from dist_unlearn.errors import DistUnlearnError
-    from dist_unlearn.job import load_job, run_job
+    from dist_unlearn.job import run_job
 
     overrides: dict[str, Any] = {"workers": workers, "zero_stage": zero_stage, "output_dir": output_dir}
     if oversubscribe:
         overrides["oversubscribe"] = True
+    run_and_print(run_job, config_path, overrides, overwrite=overwrite, threads=threads, quiet=quiet)
+
+
+def run_and_print(
+    runner: Any,
+    config_path: str,
+    overrides: dict[str, Any],
+    *,
+    overwrite: bool,
+    threads: int | None,
+    quiet: bool,
+) -> None:
+    """Load job.yaml with ``overrides``, run ``runner(cfg, overwrite=, log=)`` (the job or the audit alone),
+    print the verdict tables; a bad input becomes a one-line error naming its kind."""
+    from dist_unlearn.errors import DistUnlearnError
+    from dist_unlearn.job import load_job
+
     try:
         cfg = load_job(config_path, overrides)
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        result = run_job(cfg, overwrite=overwrite, log=(lambda m: None) if quiet else None)
+        result = runner(cfg, overwrite=overwrite, log=(lambda m: None) if quiet else None)
     except DistUnlearnError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     print_verdict(result.audit)
@@ -84,20 +108,22 @@ def print_verdict(audit: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    ev_b, ev_a = audit["evidence"]["before"], audit["evidence"]["after"]
+    ev_b, ev_a = audit["evidence"]["before"] or {}, audit["evidence"]["after"]
     ver, run = audit["verdict"], audit["run"]
+    what = "audit only" if audit.get("audit_only") else f"method {audit['method']['name']}"
     table = Table(
-        title=f"unlearn: {audit['request']['forget']['rows']} forget rows, method {audit['method']['name']}",
+        title=f"unlearn: {audit['request']['forget']['rows']} forget rows, {what}",
         title_justify="left",
     )
     table.add_column("")
     keys = ["forget_loss", "retain_loss", "holdout_loss", "forget_vs_holdout_auc", "ks_pvalue"]
-    keys += [k for k in ev_b if k.endswith("_accuracy")]
+    keys += [k for k in ev_a if k.endswith("_accuracy")]
     for k in keys:
         table.add_column(k.replace("forget_vs_holdout_auc", "AUC f/h"), justify="right")
     table.add_column("status")
-    table.add_row("before", *[_f(ev_b.get(k), _spec(k)) for k in keys], ver.get("before_status", "-"))
-    table.add_row("after", *[_f(ev_a.get(k), _spec(k)) for k in keys], ver["status"])
+    if ev_b:
+        table.add_row("before", *[_f(ev_b.get(k), _spec(k)) for k in keys], ver.get("before_status") or "-")
+    table.add_row("after" if ev_b else "model", *[_f(ev_a.get(k), _spec(k)) for k in keys], ver["status"])
     console = Console()
     if not console.is_terminal:
         console = Console(width=140)
@@ -125,6 +151,8 @@ def print_verdict(audit: dict[str, Any]) -> None:
     where = f"{run['workers']} workers, ZeRO-{run['zero_stage']}" if run.get("workers") else "in-process"
     vs = audit.get("cost_against_retraining")
     cost_txt = vs["sentence"] if vs else "example passes not reported"
+    if audit.get("audit_only"):
+        cost_txt = "no unlearning (audit only)"
     roles = (run.get("cost") or {}).get("by_role") or {}
     if roles:
         cost_txt += " [" + ", ".join(f"{r} {e['example_passes']:.0f}" for r, e in roles.items()) + "]"

@@ -66,6 +66,7 @@ def write_audit_only(job: JobState) -> dict[str, Any]:
     from dist_unlearn.provenance import write_ids_file
 
     verdict = verdict_of(job)
+    job.log(f"verdict: {verdict['status']}. {verdict['sentence']}")
     with OutputDir(job.out, overwrite=job.overwrite, command="audit") as od:
         ids = write_ids_file(od.stage / "forget_ids.txt", job.selection.ids)
         ids["path"] = str(job.out / "forget_ids.txt")

@@ -391,6 +391,7 @@ def write_outputs(job: JobState) -> dict[str, Any]:
     from dist_unlearn.provenance import weight_file_hashes, write_ids_file
 
     verdict = verdict_of(job)
+    job.log(f"verdict: {verdict['status']}. {verdict['sentence']}")
     with OutputDir(job.out, overwrite=job.overwrite, command="unlearn") as od:
         save_model(job.model, od.stage / "model", tokenizer=job.tokenizer)
         if job.src.adapter and job.cfg.merged:
