@@ -23,7 +23,6 @@ from dist_unlearn.job.recipe import (
     measure,
     now_utc,
     probe,
-    verdict_of,
 )
 
 
@@ -61,6 +60,7 @@ def audit_model(
 def write_audit_only(job: JobState) -> dict[str, Any]:
     """The audit of a model as given: ``audit.json``, ``audit.md``, the plots and ``forget_ids.txt``."""
     from dist_unlearn.job.audit import strip_losses, write_audit
+    from dist_unlearn.job.judge import verdict_of
     from dist_unlearn.job.record import audit_record
     from dist_unlearn.output import OutputDir
     from dist_unlearn.provenance import write_ids_file

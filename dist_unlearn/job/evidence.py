@@ -114,6 +114,19 @@ def measure_model(
     return m
 
 
+def extraction_sets(rows: dict[str, Any], audit: Any, task: str) -> dict[str, Any] | None:
+    """The rows whose prompts the model answers (causal LMs with ``audit.extraction``): forget, audit
+    holdout, and the first ``audit.extraction_retain_rows`` of the retain sample (still answered?)."""
+    if not audit.extraction or task != "causal_lm":
+        return None
+    retain = rows["retain_sample"]
+    return {
+        "forget": rows["forget"],
+        "holdout": rows["holdout"],
+        "retain": retain.select(range(min(len(retain), audit.extraction_retain_rows))),
+    }
+
+
 def extraction_summary(ex: Extraction) -> dict[str, Any]:
     """Rates of one set's greedy answers: exact (verbatim) and mean ROUGE-L recall."""
     return {

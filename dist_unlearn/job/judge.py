@@ -129,3 +129,17 @@ def job_verdict(
         verdict["sentence"] += " The run did not change the forget rows' losses."
     verdict["explained"] = EXPLAINED
     return verdict
+
+
+def verdict_of(job: Any) -> dict[str, Any]:
+    """:func:`job_verdict` of a job's state (:class:`~dist_unlearn.job.recipe.JobState`) after measuring."""
+    audit = job.cfg.audit
+    return job_verdict(
+        job.measured.get("before"),
+        job.measured["after"],
+        job.before,
+        job.after,
+        job.subjects.forget,
+        job.subjects.of_holdout(job.split.audit) if job.split is not None else None,
+        AuditSettings(alpha=audit.alpha, min_halfwidth=audit.min_halfwidth),
+    )

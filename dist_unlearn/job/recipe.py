@@ -265,7 +265,7 @@ def measure(job: JobState, when: str) -> dict[str, Any]:
     """Steps 3 and 5: the evidence at the model's current weights (forget, retain sample, audit holdout):
     every attack's statistics and, for a causal LM with ``audit.extraction``, the greedy answers to the
     forget, audit-holdout and (``audit.extraction_retain_rows``) retained prompts."""
-    from dist_unlearn.job.evidence import evidence_record, measure_model
+    from dist_unlearn.job.evidence import evidence_record, extraction_sets, measure_model
 
     rows = job.rows
     sets = {"forget": rows["forget"], "retain": rows["retain_sample"], "holdout": rows["holdout"]}
@@ -276,14 +276,6 @@ def measure(job: JobState, when: str) -> dict[str, Any]:
             f"{0 if rows['holdout'] is None else len(rows['holdout'])} holdout (audit) rows"
             + (f", {len(calibration)} calibration rows for the stop rule" if calibration is not None else "")
         )
-    answers = None
-    if job.cfg.audit.extraction and job.src.task == "causal_lm":
-        retain = rows["retain_sample"]
-        answers = {
-            "forget": rows["forget"],
-            "holdout": rows["holdout"],
-            "retain": retain.select(range(min(len(retain), job.cfg.audit.extraction_retain_rows))),
-        }
     m = measure_model(
         job.model,
         sets,
@@ -291,7 +283,7 @@ def measure(job: JobState, when: str) -> dict[str, Any]:
         tokenizer=job.tokenizer,
         pad_id=job.pad_id,
         batch_size=job.cfg.eval_batch_size,
-        extraction=answers,
+        extraction=extraction_sets(rows, job.cfg.audit, job.src.task),
         cost=job.audit_cost,
     )
     job.measured[when] = m
@@ -318,13 +310,9 @@ def method_options(job: JobState) -> dict[str, Any]:
     opts.setdefault("seed", job.cfg.seed)
     if job.rows["calibration"] is not None:
         opts["calibration"] = job.rows["calibration"]
-    from dist_unlearn.options import reads
+    from dist_unlearn.job.subjects import subject_options
 
-    if reads(job.cfg.method.name, "forget_subjects"):
-        opts.setdefault("forget_subjects", list(job.subjects.forget))
-        calibration = job.subjects.of_holdout(job.split.calibration) if job.split is not None else None
-        if job.rows["calibration"] is not None and calibration is not None:
-            opts.setdefault("calibration_subjects", calibration)
+    opts.update(subject_options(job, opts))
     return opts
 
 
@@ -385,6 +373,7 @@ def write_outputs(job: JobState) -> dict[str, Any]:
         The audit record (with the evidence, without the per-example losses).
     """
     from dist_unlearn.job.audit import model_card, strip_losses, write_audit
+    from dist_unlearn.job.judge import verdict_of
     from dist_unlearn.job.record import audit_record
     from dist_unlearn.models import save_model
     from dist_unlearn.output import OutputDir
@@ -406,21 +395,3 @@ def write_outputs(job: JobState) -> dict[str, Any]:
         od.commit()
     record["evidence"] = {"before": strip_losses(job.before), "after": strip_losses(job.after)}
     return record
-
-
-def verdict_of(job: JobState) -> dict[str, Any]:
-    """The per-subject verdict of the evidence after (and before) (:func:`dist_unlearn.job.judge
-    .job_verdict`)."""
-    from dist_unlearn.eval.subject_verdict import AuditSettings
-    from dist_unlearn.job.judge import job_verdict
-
-    audit = job.cfg.audit
-    return job_verdict(
-        job.measured.get("before"),
-        job.measured["after"],
-        job.before,
-        job.after,
-        job.subjects.forget,
-        job.subjects.of_holdout(job.split.audit) if job.split is not None else None,
-        AuditSettings(alpha=audit.alpha, min_halfwidth=audit.min_halfwidth),
-    )

@@ -94,3 +94,23 @@ def resolve_subjects(cfg: Any, train: Any, selection: Any, holdout: Any | None) 
     forget = [values[i] for i in selection.indices]
     held = _values(holdout, column, f"holdout {str(cfg.holdout)!r}", source) if holdout is not None else None
     return Subjects(column, source, forget, held)
+
+
+def subject_options(job: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """``forget_subjects`` (and ``calibration_subjects`` with a stop rule) for the job's method, when the
+    method reads them and the job.yaml did not set them."""
+    from dist_unlearn.options import reads
+
+    out: dict[str, Any] = {}
+    if not reads(job.cfg.method.name, "forget_subjects"):
+        return out
+    if "forget_subjects" not in given:
+        out["forget_subjects"] = list(job.subjects.forget)
+    calibration = job.subjects.of_holdout(job.split.calibration) if job.split is not None else None
+    if (
+        job.rows["calibration"] is not None
+        and calibration is not None
+        and "calibration_subjects" not in given
+    ):
+        out["calibration_subjects"] = calibration
+    return out
