@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dist_unlearn.cli import cli
+from dist_unlearn.cli import cli, verbose_option
 from dist_unlearn.cli.unlearn import (
     OUTPUT_OPTION,
     OVERWRITE_OPTION,
@@ -13,6 +13,7 @@ from dist_unlearn.cli.unlearn import (
 
 
 @cli.command("audit")
+@verbose_option
 @job_config_option("job.yaml: the model to judge, its data, the forget selector (the subjects), the holdout.")
 @OUTPUT_OPTION
 @OVERWRITE_OPTION

@@ -7,10 +7,11 @@ from typing import Any
 
 import click
 
-from dist_unlearn.cli import cli
+from dist_unlearn.cli import cli, verbose_option
 
 
 @cli.command("run")
+@verbose_option
 @click.option(
     "--config",
     "-c",

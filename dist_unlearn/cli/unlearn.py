@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from dist_unlearn.cli import cli
+from dist_unlearn.cli import cli, verbose_option
 
 
 def job_config_option(what: str) -> Any:
@@ -34,6 +34,7 @@ QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="Only the verdic
 
 
 @cli.command("unlearn")
+@verbose_option
 @job_config_option("job.yaml: model, data, forget selector, holdout, method (see configs/jobs/example.yaml).")
 @click.option(
     "--workers",

@@ -32,7 +32,7 @@ from dist_unlearn.distributed.group import WorkerDiedError, WorkerGroup
 from dist_unlearn.distributed.run_state import OUTER_STEP_CALLS, EngineRun, engine_stats
 from dist_unlearn.distributed.startup import build_group, dataset_of, ensure_ray
 from dist_unlearn.errors import ConfigError, DistributedError
-from dist_unlearn.stopping import ForgetStopRule
+from dist_unlearn.stopping import rule_for
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def prepare(
     spec = get_method(method)
     if not spec.curvature:
         raise ConfigError(f"method {method!r} is not a curvature method; it cannot run with workers=N.")
-    opts = opts.with_defaults(spec.defaults)
+    opts = opts.with_defaults(spec.defaults).with_objective(spec.curvature)
     n = int(opts.workers or 1)
     if use_gpu is None:
         use_gpu = torch.cuda.is_available()
@@ -228,11 +228,23 @@ def start_group(
         beta=opts.beta,
         hvp_rows=run.hvp_rows,
     )
+    push = None
+    if opts.objective == "match_unseen":  # the driver sees every row of a subject: it derives the bins
+        from dist_unlearn.targets import ForgetTargets
+
+        bins = ForgetTargets(opts.forget_subjects)
+
+        def push(forget_losses: Any, calibration_losses: Any) -> None:
+            bins.update(forget_losses, calibration_losses)
+            oracle.set_forget_bins(bins.table.numpy())
+
     if opts.calibration is not None:
-        oracle.stop_rule = ForgetStopRule(oracle.membership_losses, opts.stop_auc_band)
+        oracle.stop_rule = rule_for(oracle.membership_losses, opts, [push] if push is not None else ())
     if run.committed is not None:
         oracle.influence_first = False  # the first step's influence gradient was used already
         group.execute_all("load_shard", str(run.ckpt / "weights-rank{rank}.pt"))
+        if push is not None:  # the new ranks' bins: from the restored weights (the last kept point)
+            push(*oracle.membership_losses())
     run.times["setup_s"] += time.perf_counter() - t0
     return group, oracle
 

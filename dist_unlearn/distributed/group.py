@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from dist_unlearn.errors import DistributedError
+from dist_unlearn.quiet import worker_env
 
 WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 """glibc settings of the rank processes (the caller's environment wins). By default glibc raises its mmap
@@ -74,6 +75,7 @@ class WorkerGroup:
         actor_cls = ray.remote(DistWorker)
         env = {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu", "RAY_USAGE_STATS_ENABLED": "0"}
         env.update({k: os.environ.get(k, v) for k, v in WORKER_MALLOC_ENV.items()})
+        env.update(worker_env())  # the driver's library switches (dist_unlearn.quiet)
         self.actors = [
             actor_cls.options(
                 num_cpus=cpus_per_worker,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dist_unlearn.stopping import ForgetStopRule
+from dist_unlearn.stopping import rule_for
 
 OUTER_STEP_CALLS = (
     "loss",
@@ -29,6 +29,7 @@ OUTER_STEP_CALLS = (
     "influence_gradient",
     "retain_loss",
     "membership_losses",
+    "set_forget_bins",
 )
 """Worker calls made once per outer step or trial point (loss, gradient, update, snapshots, checkpoints), not
 per Lanczos iteration: the first-M search and ARC trials add these, the fused iteration does not."""
@@ -82,6 +83,19 @@ class EngineRun:
         return self.method == "cure_newton_stochastic"
 
 
+def forgetting_of(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """``stats["forgetting"]`` of an engine run: its stop rule's last check (or why there is none)."""
+    from dist_unlearn.forgetting import from_stop_checks
+
+    if checks:
+        return from_stop_checks(checks)
+    return {
+        "status": "not_measured",
+        "message": "no calibration data (rows the model never saw) was given, so nothing judged the forget "
+        "rows; pass calibration= (the job: a holdout) to judge and stop per subject.",
+    }
+
+
 def engine_stats(run: EngineRun, out_model: Any) -> dict[str, Any]:
     """The run's statistics: the loop's, cost, memory, time breakdown and driver round trips."""
     opts, state, m, ws = run.opts, run.state, run.measured, run.worker_stats
@@ -111,11 +125,8 @@ def engine_stats(run: EngineRun, out_model: Any) -> dict[str, Any]:
         "objective": opts.objective,
         **({"final_objective": state.final_loss} if opts.objective != "retain" else {}),
         **({"stop_checks": list(state.stop_checks)} if state.stop_checks else {}),
-        **(
-            {"stop_rule": ForgetStopRule(lambda: None, opts.stop_auc_band).describe()}
-            if opts.calibration is not None
-            else {}
-        ),
+        **({"stop_rule": rule_for(lambda: None, opts).describe()} if opts.calibration is not None else {}),
+        "forgetting": forgetting_of(state.stop_checks),
         "final_grad_norm": state.final_grad_norm,
         "update_norm": update_norm,
         "peak_memory_mb": max(w["peak_rss_mb"] for w in ws),
