@@ -6,8 +6,9 @@ Without a retrained model (the user's audit): :func:`row_statistics` (the member
 per row), :func:`extract` (greedy answers), :func:`judge_subjects` (the per-subject verdict over them),
 :func:`quantized_copy` / :func:`relearned_copy` (robustness probes on copies).
 Both experiment evaluations accept a precomputed oracle reference (:func:`classifier_reference`,
-:func:`lm_reference`) so the retrained model is run once for all methods. :func:`measure_resources` times a block;
-:func:`write_results` / :func:`write_report` write ``results.json`` and ``report.md`` + PNGs atomically.
+:func:`lm_reference`) so the retrained model is run once for all methods. :func:`measure_resources` times
+a block; :func:`write_results` / :func:`write_report` write ``results.json`` and ``report.md`` + PNGs
+atomically.
 
 Submodules are imported on first use (``dist-unlearn report`` must not pay for torch).
 """
