@@ -53,6 +53,12 @@ def subject_rows(ver: dict[str, Any]) -> list[list[str]]:
 
 
 def _extraction_lines(ver: dict[str, Any]) -> list[str]:
+    if ver.get("accuracy_unseen") is not None:
+        per = "; ".join(f"{r['subject']} {r['accuracy']:.2f}" for r in ver["subjects"] if "accuracy" in r)
+        return [
+            "",
+            f"Accuracy on each subject's own labels: {per}; unseen rows: {ver['accuracy_unseen']:.2f}.",
+        ]
     unseen = ver.get("extraction_unseen")
     if not unseen:
         return []

@@ -59,21 +59,32 @@ def subset_aucs(
     }
 
 
-def add_extraction_rates(verdict: dict[str, Any], m: Measurement, forget_subjects: list[Any]) -> None:
-    """Each subject's extraction rates (``exact``, ``rouge_l``) and the unseen rows' (``extraction_unseen``),
-    when the model's answers were generated: what the model says about each subject, against what it says
-    about people it never saw."""
-    if "forget" not in m.extraction or "holdout" not in m.extraction:
-        return
-    ex = m.extraction["forget"]
-    for r in verdict["subjects"]:
-        rows = [i for i, s in enumerate(forget_subjects) if s == r["subject"]]
-        r["extraction"] = {"exact": float(ex.exact[rows].mean()), "rouge_l": float(ex.rouge_l[rows].mean())}
-    unseen = m.extraction["holdout"]
-    verdict["extraction_unseen"] = {
-        "exact": float(unseen.exact.mean()),
-        "rouge_l": float(unseen.rouge_l.mean()),
+def add_rates(verdict: dict[str, Any], m: Measurement, forget_subjects: list[Any]) -> None:
+    """What each subject's rows give away directly, next to the same rate on unseen rows: for a causal LM
+    whose answers were generated, ``extraction`` (``exact``, ``rouge_l``: what the model says about each
+    subject against what it says about people it never saw); for a classifier, ``accuracy`` (forget rows
+    vs unseen rows; a memorised wrong label counts as correct on its own label)."""
+    rows_of = {
+        r["subject"]: [i for i, s in enumerate(forget_subjects) if s == r["subject"]]
+        for r in verdict["subjects"]
     }
+    if "forget" in m.extraction and "holdout" in m.extraction:
+        ex, unseen = m.extraction["forget"], m.extraction["holdout"]
+        for r in verdict["subjects"]:
+            rows = rows_of[r["subject"]]
+            r["extraction"] = {
+                "exact": float(ex.exact[rows].mean()),
+                "rouge_l": float(ex.rouge_l[rows].mean()),
+            }
+        verdict["extraction_unseen"] = {
+            "exact": float(unseen.exact.mean()),
+            "rouge_l": float(unseen.rouge_l.mean()),
+        }
+    correct, unseen_correct = m.stats["forget"].correct, m.stats["holdout"].correct
+    if correct is not None and unseen_correct is not None:
+        for r in verdict["subjects"]:
+            r["accuracy"] = float(correct[rows_of[r["subject"]]].mean())
+        verdict["accuracy_unseen"] = float(unseen_correct.mean())
 
 
 def job_verdict(
@@ -122,7 +133,7 @@ def job_verdict(
                     t: {"quantile": x["quantile"], "status": x["status"]} for t, x in was["tests"].items()
                 },
             }
-    add_extraction_rates(verdict, after, forget_subjects)
+    add_rates(verdict, after, forget_subjects)
     verdict["aggregate"] = aggregate
     verdict["changed"] = aggregate["changed"]
     if aggregate["changed"] is False:
