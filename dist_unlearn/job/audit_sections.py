@@ -85,7 +85,8 @@ def subjects_md(a: dict[str, Any]) -> list[str]:
             f"Subject column: `{info.get('column')}` ({info.get('source')}); "
             f"{len(info.get('forget_subjects') or [])} forget subjects, "
             f"{info.get('holdout_subjects') if info.get('holdout_subjects') is not None else 'no'} "
-            "unseen subjects in the holdout."
+            f"unseen subjects in the holdout ({ver.get('unseen_subjects', 0)} in its audit part, the "
+            "reference below)."
         )
         lines.append("")
     if not subs:
