@@ -112,3 +112,25 @@ def test_exact_band_has_the_stated_false_alarm_rate():
     outside = sum(c for u, c in enumerate(counts) if abs(u / (m * n) - 0.5) > h + 1e-12)
     inside_next = sum(c for u, c in enumerate(counts) if abs(u / (m * n) - 0.5) >= h - 1e-12)
     assert outside / sum(counts) <= alpha < inside_next / sum(counts)
+
+
+def test_the_design_effect_can_come_from_more_never_seen_subjects_than_the_reference():
+    """Calibration subjects (never seen, not the reference) join the design effect's estimate: rows that
+    move together in the larger pool widen every band; the reference distribution is unchanged."""
+    rng = np.random.default_rng(7)
+    audit = rng.normal(0, 1, 48)
+    audit_subj = np.repeat(np.arange(8), 6).tolist()
+    offsets = rng.normal(0, 1.5, 8)
+    calib = np.concatenate([o + rng.normal(0, 0.3, 6) for o in offsets])
+    calib_subj = np.repeat(np.arange(100, 108), 6).tolist()
+    forget = rng.normal(0, 1, 12)
+    tests = {"loss": (forget, audit)}
+    alone = judge_subjects(tests, ["a"] * 6 + ["b"] * 6, audit_subj)
+    design = {"loss": (np.concatenate([audit, calib]), audit_subj + calib_subj)}
+    pooled = judge_subjects(tests, ["a"] * 6 + ["b"] * 6, audit_subj, design=design)
+    assert pooled["inflation"]["loss"] > alone["inflation"]["loss"] and pooled["design_subjects"] == 16
+    assert (
+        pooled["subjects"][0]["tests"]["loss"]["halfwidth"]
+        > alone["subjects"][0]["tests"]["loss"]["halfwidth"]
+    )
+    assert pooled["subjects"][0]["quantile"] == alone["subjects"][0]["quantile"]

@@ -215,6 +215,7 @@ def judge_subjects(
     forget_subjects: Sequence[Hashable],
     unseen_subjects: Sequence[Hashable] | None,
     settings: AuditSettings | None = None,
+    design: Mapping[str, tuple[Sequence[float] | np.ndarray, Sequence[Hashable]]] | None = None,
 ) -> dict[str, Any]:
     """The per-subject verdict of the module docstring.
 
@@ -224,6 +225,9 @@ def judge_subjects(
         forget_subjects: the subject of each forget row.
         unseen_subjects: the subject of each unseen row (None: rows independent, no design effect).
         settings: alpha and the band's floor.
+        design: test -> (statistics, subjects) of every never-seen row available to estimate the design
+            effect from (e.g. the unseen rows plus the stop rule's calibration rows: more unseen subjects, a
+            steadier estimate); None: the unseen rows alone. The reference distribution stays ``tests``'.
 
     Returns:
         ``{"status", "sentence", "subjects": [...], "failing", "undecided", "counts", "settings",
@@ -242,7 +246,8 @@ def judge_subjects(
     for name in names:
         forget, unseen = tests[name]
         n_unseen = len(unseen)
-        inflation[name] = design_effect(unseen, unseen_subjects, band)[0]
+        pool = design[name] if design is not None else (unseen, unseen_subjects)
+        inflation[name] = design_effect(pool[0], pool[1], band)[0]
         found = subject_scores(forget, forget_subjects, unseen, unseen_subjects=unseen_subjects, band=band)
         scores[name] = {s.subject: refine(s, len(unseen), band, inflation[name]) for s in found}
     subjects = []
@@ -270,6 +275,10 @@ def judge_subjects(
             },
         )
     n_groups = len(set(unseen_subjects)) if unseen_subjects is not None else 0
+    first = names[0]
+    design_subjects = (
+        len(set(design[first][1])) if design is not None and design[first][1] is not None else n_groups
+    )
     out = {
         "settings": asdict(settings),
         "per_test_alpha": band.alpha,
@@ -278,6 +287,7 @@ def judge_subjects(
         "inflation": inflation,
         "n_unseen": n_unseen,
         "unseen_subjects": n_groups,
+        "design_subjects": design_subjects,
         "subjects": subjects,
         "pooled": pooled,
         "counts": {s: sum(r["status"] == s for r in subjects) for s in AUDIT_STATUSES},

@@ -115,8 +115,8 @@ def subjects_md(a: dict[str, Any]) -> list[str]:
         f"{ver['settings']['alpha']:g} per subject, {ver['per_test_alpha']:.3g} per test (Bonferroni); for "
         f"the whole request at most {ver['request_false_alarm_bound']:.2g}.",
         "- design effect (how alike one subject's rows are, from "
-        f"{ver['unseen_subjects']} unseen subjects): "
-        + ", ".join(f"{TEST_TITLES.get(t, t)} {v:.2f}" for t, v in ver["inflation"].items()),
+        f"{ver.get('design_subjects', ver['unseen_subjects'])} never-seen subjects: the audit part's and the "
+        "stop rule's): " + ", ".join(f"{TEST_TITLES.get(t, t)} {v:.2f}" for t, v in ver["inflation"].items()),
         f"- resolution: {ver['resolution']['sentence']}",
     ]
     return lines

@@ -123,6 +123,7 @@ def extraction_sets(rows: dict[str, Any], audit: Any, task: str) -> dict[str, An
     return {
         "forget": rows["forget"],
         "holdout": rows["holdout"],
+        "calibration": rows.get("calibration"),
         "retain": retain.select(range(min(len(retain), audit.extraction_retain_rows))),
     }
 

@@ -50,6 +50,23 @@ def subject_tests(
     return tests
 
 
+def design_pool(
+    m: Measurement, holdout_subjects: list[Any] | None, calibration_subjects: list[Any] | None
+) -> dict[str, tuple[np.ndarray, list[Any]]] | None:
+    """Test -> (statistics, subjects) of the audit holdout rows and the calibration rows together: every
+    never-seen subject the job has, to estimate how alike one subject's rows are (the design effect); None
+    when the calibration rows were not measured or either part has no subject column."""
+    if "calibration" not in m.stats or holdout_subjects is None or calibration_subjects is None:
+        return None
+    u, c = m.stats["holdout"], m.stats["calibration"]
+    subjects = list(holdout_subjects) + list(calibration_subjects)
+    pool = {name: (np.concatenate([u.values[name], c.values[name]]), subjects) for name in u.values}
+    if "extraction" in subject_tests(m) and "calibration" in m.extraction:
+        rouge = np.concatenate([m.extraction["holdout"].rouge_l, m.extraction["calibration"].rouge_l])
+        pool["extraction"] = (1.0 - rouge, subjects)
+    return pool if set(pool) == set(subject_tests(m)) else None
+
+
 def subset_aucs(
     m: Measurement, forget_index: Sequence[int] | None = None, holdout_index: Sequence[int] | None = None
 ) -> dict[str, float | None]:
@@ -95,6 +112,7 @@ def job_verdict(
     forget_subjects: list[Any],
     holdout_subjects: list[Any] | None,
     settings: AuditSettings,
+    calibration_subjects: list[Any] | None = None,
 ) -> dict[str, Any]:
     """The verdict record of a job (``audit.json`` ``verdict``).
 
@@ -105,6 +123,8 @@ def job_verdict(
             .evidence_record`).
         forget_subjects: the subject of each forget row; holdout_subjects: of each audit holdout row.
         settings: the per-subject verdict's settings.
+        calibration_subjects: the subject of each calibration row, when those rows were measured too (their
+            subjects join the design effect's estimate, :func:`design_pool`).
 
     Returns:
         Without a holdout: :func:`decide`'s record (``unknown_without_holdout``) with ``subjects`` None.
@@ -118,10 +138,14 @@ def job_verdict(
         aggregate["before_status"] = decide(before_record)["status"] if before_record else None
         aggregate["explained"] = EXPLAINED
         return aggregate
-    verdict = judge_subjects(subject_tests(after), forget_subjects, holdout_subjects, settings)
+    design = design_pool(after, holdout_subjects, calibration_subjects)
+    verdict = judge_subjects(subject_tests(after), forget_subjects, holdout_subjects, settings, design)
     verdict["before_status"] = None
     if before is not None:
-        earlier = judge_subjects(subject_tests(before), forget_subjects, holdout_subjects, settings)
+        earlier_design = design_pool(before, holdout_subjects, calibration_subjects)
+        earlier = judge_subjects(
+            subject_tests(before), forget_subjects, holdout_subjects, settings, earlier_design
+        )
         verdict["before_status"] = earlier["status"]
         then = {r["subject"]: r for r in earlier["subjects"]}
         for r in verdict["subjects"]:
@@ -153,4 +177,5 @@ def verdict_of(job: Any) -> dict[str, Any]:
         job.subjects.forget,
         job.subjects.of_holdout(job.split.audit) if job.split is not None else None,
         AuditSettings(alpha=audit.alpha, min_halfwidth=audit.min_halfwidth),
+        job.subjects.of_holdout(job.split.calibration) if job.split is not None else None,
     )

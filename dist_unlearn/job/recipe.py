@@ -269,6 +269,7 @@ def measure(job: JobState, when: str) -> dict[str, Any]:
 
     rows = job.rows
     sets = {"forget": rows["forget"], "retain": rows["retain_sample"], "holdout": rows["holdout"]}
+    sets["calibration"] = rows["calibration"]  # never seen: its subjects steady the design effect's estimate
     if when == "before":
         calibration = rows["calibration"]
         job.log(
