@@ -5,8 +5,9 @@ The per-subject band promises: a subject the model never saw is flagged by any t
 It builds the demo's inputs with ``--people`` more never-seen people than the demo has (the tokenizer is
 trained on every person's text, the model on the demo's 30 training people only, as in the demo), keeps the
 demo's 16 holdout people as the job's holdout, and judges each extra person as a forget subject against the
-job's audit holdout rows with every test (LOSS, zlib, Min-K%, Min-K%++, extraction). The share flagged is
-the empirical false-alarm rate (overall and per test), with a binomial 95% interval.
+job's audit holdout rows with every test (LOSS, zlib, Min-K%, Min-K%++, extraction), the design effect
+estimated as the job does (the audit part's and the calibration part's never-seen subjects). The share
+flagged is the empirical false-alarm rate (overall and per test), with a binomial 95% interval.
 
     python benchmarks/audit_calibration.py --out /tmp/audit_calibration --people 200 \
         --json benchmarks/results/audit_calibration_h14.json
@@ -31,7 +32,7 @@ def main() -> None:
     from dist_unlearn.eval.subject_verdict import AuditSettings, judge_subjects
     from dist_unlearn.job.config import as_job
     from dist_unlearn.job.evidence import measure_model
-    from dist_unlearn.job.judge import subject_tests
+    from dist_unlearn.job.judge import design_pool, subject_tests
     from dist_unlearn.job.recipe import JobState, check_inputs, load_rows
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -62,13 +63,14 @@ def main() -> None:
     from dist_unlearn.data.tokenize import tokenize_rows
 
     people_rows = tokenize_rows(load_table(fresh_file), job.tokenizer, job.fmt)
-    sets = {"forget": people_rows, "holdout": job.rows["holdout"]}
+    sets = {"forget": people_rows, "holdout": job.rows["holdout"], "calibration": job.rows["calibration"]}
     m = measure_model(
         job.model, sets, "causal_lm", tokenizer=job.tokenizer, pad_id=job.pad_id, extraction=sets
     )
     subjects = [r["person"] for r in rows]
     unseen = job.subjects.of_holdout(job.split.audit)
-    verdict = judge_subjects(subject_tests(m), subjects, unseen, AuditSettings())
+    design = design_pool(m, unseen, job.subjects.of_holdout(job.split.calibration))
+    verdict = judge_subjects(subject_tests(m), subjects, unseen, AuditSettings(), design)
     n = len(verdict["subjects"])
     flagged = len(verdict["failing"])
     by_test = {t: sum(t in r["flagged_by"] for r in verdict["subjects"]) for t in verdict["tests"]}
