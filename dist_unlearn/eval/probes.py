@@ -14,7 +14,8 @@ reports how much of the forget-vs-unseen gap returned (:mod:`dist_unlearn.job.ro
       s_o = max_i |W_{o,i}| / (2^(b-1) - 1),   W_q = s_o * clamp(round(W / s_o), -(2^(b-1) - 1), 2^(b-1) - 1),
 
   on every matrix of a linear layer (``nn.Linear``: rows are output channels; GPT-2's ``Conv1D``: columns).
-  Embeddings, norms and biases stay in full precision (the usual weight-only quantization). A LoRA adapter
+  Embeddings (and an output head tied to them), norms and biases stay in full precision (the usual
+  weight-only quantization). A LoRA adapter
   is merged into its base first: the deployed weights are what gets quantized.
 
 The model given is never modified: every probe works on ``copy.deepcopy(model)``.
@@ -32,11 +33,13 @@ from dist_unlearn.errors import ConfigError
 
 
 def _matrices(model: nn.Module) -> list[tuple[str, nn.Parameter, int]]:
-    """``(name, weight, output-channel axis)`` of every linear layer's weight matrix."""
+    """``(name, weight, output-channel axis)`` of every linear layer's weight matrix, except an output head
+    tied to the embeddings (it is the embedding table)."""
+    embeddings = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
     out = []
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.data_ptr() in embeddings:
             continue
         if isinstance(module, nn.Linear):
             out.append((name, weight, 0))
@@ -104,6 +107,7 @@ def relearned_copy(
     seed: int,
     collate_fn: Any,
     max_passes: float | None = None,
+    loss_fn: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of ``model`` fine-tuned on ``rows`` with Adam (the registry's ``finetune``).
 
@@ -116,6 +120,7 @@ def relearned_copy(
         seed: shuffling seed.
         collate_fn: the rows' collate function.
         max_passes: cost cap in example passes (None: no cap).
+        loss_fn: ``loss_fn(model, batch)`` (None: the transformers model's default loss).
 
     Returns:
         ``(copy, record)``; the record has ``rows``, ``epochs``, ``lr``, ``steps``, ``stop_reason`` and
@@ -128,7 +133,7 @@ def relearned_copy(
     opts["collate_fn"] = collate_fn
     if max_passes is not None:
         opts["max_example_passes"] = float(max_passes)
-    res = dist_unlearn.unlearn(twin, None, rows, None, method="finetune", **opts)
+    res = dist_unlearn.unlearn(twin, loss_fn, rows, None, method="finetune", **opts)
     stats = dict(res.stats)
     return res.model.eval(), {
         "rows": len(rows),
