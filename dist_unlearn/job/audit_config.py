@@ -4,6 +4,7 @@ Example (the defaults)::
 
     audit:
       alpha: 0.05                 # chance that a subject the model never saw is flagged (over all tests)
+      family: subject             # ... per subject; "request": for the whole request (wider bands)
       min_halfwidth: 0.1          # no band narrower than 0.5 +- 0.1 on the quantile scale
       extraction: true            # causal LMs: greedy answers to the forget / holdout prompts
       extraction_retain_rows: 64  # ... and to this many retained rows (are they still answered?)
@@ -21,7 +22,7 @@ Example (the defaults)::
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -34,7 +35,10 @@ class AuditSection(_Section):
 
     section: ClassVar[str] = "audit"
     alpha: float = Field(default=0.05, gt=0, lt=1)
-    """Chance that a subject the model never saw is flagged by any of the tests."""
+    """Chance that a subject the model never saw is flagged by any of the tests (``family: subject``), or
+    that a request of subjects it never saw gets any flag (``family: request``)."""
+    family: Literal["subject", "request"] = "subject"
+    """Over what ``alpha`` is the false-alarm rate: each subject, or the whole request (wider bands)."""
     min_halfwidth: float = Field(default=0.1, ge=0, lt=0.5)
     """No band is narrower than 0.5 +- this on the quantile scale."""
     extraction: bool = True

@@ -92,6 +92,7 @@ def subjects_md(a: dict[str, Any]) -> list[str]:
     if not subs:
         return lines + ["No holdout: no subject could be judged."]
     first = TEST_TITLES.get(ver["tests"][0], ver["tests"][0])
+    per = "for the whole request" if ver["settings"].get("family") == "request" else "per subject"
     lines += [
         f"| subject | rows | before | after | {first} quantile before -> after | band | flagged by |",
         "|---|---|---|---|---|---|---|",
@@ -112,7 +113,8 @@ def subjects_md(a: dict[str, Any]) -> list[str]:
         ver.get("explained", ""),
         "",
         f"- tests: {', '.join(TEST_TITLES.get(t, t) for t in ver['tests'])}; false-alarm rate "
-        f"{ver['settings']['alpha']:g} per subject, {ver['per_test_alpha']:.3g} per test (Bonferroni); for "
+        f"{ver['settings']['alpha']:g} {per}, "
+        f"{ver['per_test_alpha']:.3g} per test (Bonferroni); for "
         f"the whole request at most {ver['request_false_alarm_bound']:.2g}.",
         "- design effect (how alike one subject's rows are, from "
         f"{ver.get('design_subjects', ver['unseen_subjects'])} never-seen subjects: the audit part's and the "

@@ -176,6 +176,6 @@ def verdict_of(job: Any) -> dict[str, Any]:
         job.after,
         job.subjects.forget,
         job.subjects.of_holdout(job.split.audit) if job.split is not None else None,
-        AuditSettings(alpha=audit.alpha, min_halfwidth=audit.min_halfwidth),
+        AuditSettings(alpha=audit.alpha, family=audit.family, min_halfwidth=audit.min_halfwidth),
         job.subjects.of_holdout(job.split.calibration) if job.split is not None else None,
     )

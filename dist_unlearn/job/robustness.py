@@ -99,7 +99,8 @@ class Prober:
     def __init__(self, job: Any) -> None:
         self.job = job
         self.cfg = job.cfg.probes
-        self.settings = AuditSettings(alpha=job.cfg.audit.alpha, min_halfwidth=job.cfg.audit.min_halfwidth)
+        a = job.cfg.audit
+        self.settings = AuditSettings(alpha=a.alpha, family=a.family, min_halfwidth=a.min_halfwidth)
         self.cost = CostCounter()
         self.forget_subjects = job.subjects.forget
         self.holdout_subjects = job.subjects.of_holdout(job.split.audit) if job.split is not None else None
