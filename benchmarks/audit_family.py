@@ -34,7 +34,8 @@ def main() -> None:
         "demo retrained": demo_job(args.demo, args.out / "dr", model=str(args.retrained)),
         "demo delivered": demo_job(args.demo, args.out / "du", model=str(args.delivered)),
         "fresh original": {**fresh_job, "output_dir": str(args.out / "fo")},
-        "fresh retrained": {**fresh_job, "model": str(args.fresh / "retrained"), "output_dir": str(args.out / "fr")},
+        "fresh retrained": {**fresh_job, "model": str(args.fresh / "retrained"),
+                            "output_dir": str(args.out / "fr")},
         "fresh unlearned": {**fresh_job, "model": str(args.fresh / "unlearned" / "model"),
                             "output_dir": str(args.out / "fu")},
     }  # fmt: skip
