@@ -207,6 +207,6 @@ def print_probes(audit: dict[str, Any]) -> None:
         click.echo(
             f"probe {p['probe']}: {p['status']}; LOSS AUC {_f(g.get('delivered'), '.2f')} -> "
             f"{_f(g.get('probe'), '.2f')}"
-            + (f" ({ret:.0%} of the gap back)" if ret is not None else "")
+            + (f" ({round(ret, 2) + 0.0:.0%} of the gap back)" if ret is not None else "")
             + (f"; failing: {', '.join(map(str, p['failing']))}" if p["failing"] else "")
         )

@@ -188,7 +188,8 @@ def probes_md(a: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {p['probe']} | {p['status']} | {', '.join(map(str, p['failing'])) or '-'} | "
             f"{_q(g.get('original'))} -> {_q(g.get('delivered'))} -> {_q(g.get('probe'))} | "
-            f"{'-' if ret is None else f'{ret:.0%}'} | {_pct(p.get('holdout_loss_change'))} | {work} |"
+            f"{'-' if ret is None else f'{round(ret, 2) + 0.0:.0%}'} | "
+            f"{_pct(p.get('holdout_loss_change'))} | {work} |"
         )
     cost = pr.get("cost") or {}
     lines += ["", f"Probe cost: {cost.get('example_passes', 0):.0f} example passes (role probe)."]

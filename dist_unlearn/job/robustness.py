@@ -35,7 +35,7 @@ from torch import nn
 from dist_unlearn.cost import CostCounter
 from dist_unlearn.eval.subject_verdict import AuditSettings, judge_subjects
 from dist_unlearn.job.evidence import measure_model
-from dist_unlearn.job.judge import subject_tests, subset_aucs
+from dist_unlearn.job.judge import design_pool, subject_tests, subset_aucs
 
 MIN_GAP = 0.05
 """Unlearning must have moved a test's AUC by at least this for a returned share to be computed."""
@@ -104,11 +104,14 @@ class Prober:
         self.cost = CostCounter()
         self.forget_subjects = job.subjects.forget
         self.holdout_subjects = job.subjects.of_holdout(job.split.audit) if job.split is not None else None
+        self.calibration_subjects = (
+            job.subjects.of_holdout(job.split.calibration) if job.split is not None else None
+        )
 
     def measure(self, model: nn.Module, forget: Any, holdout: Any) -> Any:
         job = self.job
         answer = job.cfg.audit.extraction and job.src.task == "causal_lm"
-        sets = {"forget": forget, "holdout": holdout}
+        sets = {"forget": forget, "holdout": holdout, "calibration": job.rows.get("calibration")}
         return measure_model(
             model,
             sets,
@@ -133,7 +136,8 @@ class Prober:
         hs = self.holdout_subjects
         if hs is not None and hi is not None:
             hs = [hs[i] for i in hi]
-        verdict = judge_subjects(subject_tests(m), fs, hs, self.settings)
+        design = design_pool(m, hs, self.calibration_subjects)
+        verdict = judge_subjects(subject_tests(m), fs, hs, self.settings, design)
         probe_auc = subset_aucs(m)
         measured = self.job.measured
         delivered = subset_aucs(measured["after"], fi, hi)
