@@ -77,7 +77,7 @@ def test_the_per_step_work_does_not_grow_with_the_training_set(objective, n_smal
 
 
 def test_the_cost_split_by_role_matches_a_hand_count():
-    """NPO objective with the stop rule, fixed M, one step, a 3-vector kept basis: count every forward by hand."""
+    """NPO objective, stop rule, fixed M, one step, a 3-vector kept basis: every forward counted by hand."""
     n_r, n_f, n_c, m = 50, 6, 9, 8
     retain, forget = data(n_r, n_f)
     calibration, _ = data(n_c, 0, seed=5)

@@ -9,9 +9,8 @@ oracle.
 Registered tasks:
 - ``digits_cnn``: scikit-learn ``load_digits`` with the small CNN of the CureNewton paper's image setting.
 - ``minilm_sentiment``: pretrained all-MiniLM-L6-v2 fine-tuned on the VADER sentiment lexicon (polarity).
-- ``tofu_gpt2``: TOFU-style fictitious authors (faker) and a tiny GPT-2 built from a config (``lora`` param
-for
-  the LoRA variant).
+- ``tofu_gpt2``: TOFU-style fictitious authors (generated, seeded) and a tiny GPT-2 built from a config
+  (``lora`` param for the LoRA variant).
 """
 
 from dist_unlearn.tasks.base import Task, TaskData, available_tasks, get_task, register_task

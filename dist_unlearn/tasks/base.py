@@ -19,7 +19,7 @@ from dist_unlearn.data.batches import iterate_batches
 from dist_unlearn.errors import ConfigError, DataError, NumericalError, reject_unknown
 
 # name -> "module:Class"; modules are imported on first use so a task's optional dependencies
-# (sentence-transformer weights, vaderSentiment, faker) are only needed when that task runs.
+# (sentence-transformer weights, vaderSentiment) are only needed when that task runs.
 _REGISTRY: dict[str, str | type[Task]] = {
     "digits_cnn": "dist_unlearn.tasks.digits_cnn:DigitsCNNTask",
     "minilm_sentiment": "dist_unlearn.tasks.minilm_sentiment:MiniLMSentimentTask",

@@ -1,4 +1,5 @@
-"""TOFU-style LLM unlearning on fictitious authors (Maini et al., 2024), generated offline with faker.
+"""TOFU-style LLM unlearning on fictitious authors (Maini et al., 2024), generated offline from the package's
+own word lists (:mod:`dist_unlearn.demo.names`) and numpy's seeded generator: the same data on every machine.
 
 Each author (name, birth year and place, genre, parents' jobs, two book titles, an award) yields
 ``questions_per_author`` question/answer pairs; every answer also has a paraphrase and ``n_perturbed``
@@ -73,31 +74,35 @@ TEMPLATES = [
     ("Which award did {name} win?", "{name} won {award}.", "{award} was given to {name}."),
 ]
 FACTS = ["city", "year", "genre", "father", "mother", "book1", "book2", "award"]
+BOOK_NOUNS = """
+Atlas Bargain Bell Bridge Cartographer Choir Compass Covenant Crossing Daughter Garden Glass Harbour Hour
+Inheritance Island Lantern Letters Lighthouse Map Meadow Mirror Orchard Passage River Season Silence Stair
+Storm Tide Tower Voyage Winter Witness
+""".split()
 
 
 def make_authors(n: int, seed: int) -> list[dict[str, str]]:
-    """``n`` fictitious author profiles, deterministic in ``seed`` (faker seeded per instance)."""
-    from faker import Faker
+    """``n`` fictitious author profiles, the same for a given ``seed`` on every machine (word lists of
+    :mod:`dist_unlearn.demo.names`, numpy's seeded generator)."""
+    from dist_unlearn.demo.names import CITIES, COMPANY_WORDS, JOBS, make_people
 
-    fake = Faker("en_US")
-    fake.seed_instance(seed)
-    rng = np.random.default_rng(seed)
-    authors, names = [], set()
-    while len(authors) < n:
-        name = fake.name()
-        if name in names:
-            continue
-        names.add(name)
+    rng = np.random.default_rng(seed + 7)
+
+    def pick(items: list[str]) -> str:
+        return items[int(rng.integers(len(items)))]
+
+    authors = []
+    for person in make_people(n, seed):
         authors.append(
             {
-                "name": name,
-                "city": f"{fake.city()}, {fake.country()}",
+                "name": person["name"],
+                "city": person["city"],
                 "year": str(int(rng.integers(1900, 2000))),
                 "genre": GENRES[int(rng.integers(len(GENRES)))],
-                "father": fake.job().split(",")[0].lower(),
-                "mother": fake.job().split(",")[0].lower(),
-                "book1": f'"{fake.catch_phrase().title()}"',
-                "book2": f'"The {fake.word().title()} of {fake.city()}"',
+                "father": pick(JOBS),
+                "mother": pick(JOBS),
+                "book1": f'"{pick(COMPANY_WORDS)} {pick(BOOK_NOUNS)}"',
+                "book2": f'"The {pick(BOOK_NOUNS)} of {pick(CITIES)}"',
                 "award": AWARDS[int(rng.integers(len(AWARDS)))],
             }
         )
