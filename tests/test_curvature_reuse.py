@@ -123,27 +123,29 @@ def test_outer_loop_with_reuse_takes_the_fresh_solves_steps_and_spends_hvps_once
     assert kept.counters["hvps"] == 4 < fresh.counters["hvps"]  # one 4-dimensional basis in all
 
 
-def test_rejections_on_a_stale_basis_rebuild_it_where_the_run_is():
-    """On the quartic (its Hessian changes from point to point) a kept basis goes stale; after
-    ``curvature_refresh`` steps in a row that it fails (rejected, or accepted only as a tie) the basis is
-    rebuilt at the current point, and the run converges as fresh solves do."""
+def test_a_stale_basis_is_rebuilt_after_steps_accepted_only_as_ties():
+    """On the quartic (its Hessian changes from point to point) a kept basis goes stale: its steps are
+    accepted only as ties (no real decrease, rho < eta1), which would repeat forever. After
+    ``curvature_refresh`` of them in a row the next step is a fresh solve whose space is kept; ARC's
+    rejections (its own search for M) do not count. The run then keeps decreasing |g|; with 0 it stalls."""
     oracle = FunctionOracle(quartic, torch.zeros(4))
     opts = UnlearnOptions(reuse_curvature=True, curvature_refresh=2, max_steps=30, tol=1e-10)
     state = OuterLoopState()
     steps = run_curvature_method("cure_newton", oracle, opts, state=state)
-    assert state.curvature_bases >= 2
+    assert state.curvature_bases >= 3
     rebuilt = [j for j, s in enumerate(steps) if j > 0 and s.hvps]
     assert len(rebuilt) == state.curvature_bases - 1
-    for j in rebuilt:  # each rebuild follows two steps the kept model failed (rho < eta1), then Lanczos
-        assert all(not steps[i].rho >= opts.arc_eta1 for i in (j - 1, j - 2))
-        assert steps[j].hvps == steps[j].krylov_iterations > 0
-    assert state.stop_reason == "converged" and state.final_grad_norm <= 1e-10  # and the run converges
+    for j in rebuilt:  # each rebuild follows two accepted ties on the kept basis, then costs its Lanczos
+        ties = [s for s in steps[:j] if s.accepted][-2:]
+        assert all(t.hvps == 0 and not t.rho >= opts.arc_eta1 for t in ties)
+        assert steps[j].hvps >= steps[j].krylov_iterations > 0
     never = FunctionOracle(quartic, torch.zeros(4))
     state0 = OuterLoopState()
     opts0 = UnlearnOptions(reuse_curvature=True, curvature_refresh=0, max_steps=30, tol=1e-10)
     run_curvature_method("cure_newton", never, opts0, state=state0)
-    assert state0.curvature_bases == 1  # 0: the first basis serves the whole run (here: it stalls)
-    assert state0.final_grad_norm > 1e-3
+    assert state0.curvature_bases == 1  # 0: the first basis serves the whole run
+    assert state0.final_grad_norm > 1e-3  # and it stalls where the rebuilt run does not
+    assert state.final_grad_norm < 0.1 * state0.final_grad_norm
 
 
 def test_a_resumed_run_rebuilds_its_basis_at_the_checkpoint():
