@@ -184,7 +184,7 @@ def _run_curvature(
     if opts.objective == "match_unseen":
         from dist_unlearn.targets import ForgetTargets
 
-        targets = ForgetTargets(opts.forget_subjects)
+        targets = ForgetTargets(opts.forget_subjects, opts.bin_span)
     stochastic = method == "cure_newton_stochastic"
     hvp_batch = opts.hvp_batch_size if stochastic else None
     if method == "cure_newton":
@@ -215,8 +215,9 @@ def _run_curvature(
 
         rule_cost = CostCounter()
         oracle.stop_rule = local_stop_rule(
-            model, oracle.loss_fn, forget, opts, batch_size=oracle.batch_size, cost=rule_cost, targets=targets
-        )
+            model, oracle.loss_fn, forget, opts, batch_size=oracle.batch_size, cost=rule_cost,
+            targets=targets, retain=retain,
+        )  # fmt: skip
     state = OuterLoopState(seed=opts.seed)
     steps = run_curvature_method(method, oracle, opts, state=state)
     extra = curvature_stats(oracle, state)

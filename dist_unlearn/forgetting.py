@@ -37,10 +37,18 @@ FITTED_QUANTILE = 0.95
 """The retained rows' loss quantile (before the run) up to which a forget row counts as still fitted."""
 
 
-def _sample(n: int, k: int, seed: int) -> list[int]:
-    if n <= k:
-        return list(range(n))
-    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=k, replace=False))
+def retain_sample(retain: Any, k: int, seed: int) -> Any:
+    """A fixed, seeded sample of at most ``k`` rows of ``retain`` (Dataset, DataLoader, datasets.Dataset)."""
+    from torch.utils.data import DataLoader, Subset
+
+    inner = retain.dataset if isinstance(retain, DataLoader) else retain
+    n = len(inner)
+    rows = (
+        list(range(n))
+        if n <= k
+        else sorted(int(i) for i in np.random.default_rng(seed).choice(n, k, replace=False))
+    )
+    return inner.select(rows) if hasattr(inner, "select") else Subset(inner, rows)
 
 
 class MovementEvidence:
@@ -57,17 +65,13 @@ class MovementEvidence:
 
     def __init__(self, model: Any, loss_fn: Any, forget: Any, retain: Any, *, batch_size: int,
                  collate_fn: Any, seed: int, cost: Any) -> None:  # fmt: skip
-        from torch.utils.data import DataLoader, Subset
-
         from dist_unlearn.stopping import LocalMembershipLosses
 
-        inner = retain.dataset if isinstance(retain, DataLoader) else retain
-        rows = _sample(len(inner), RETAIN_SAMPLE, seed)
-        sample = inner.select(rows) if hasattr(inner, "select") else Subset(inner, rows)
+        sample = retain_sample(retain, RETAIN_SAMPLE, seed)
         self.evaluate = LocalMembershipLosses(
             model, loss_fn, forget, sample, batch_size=batch_size, collate_fn=collate_fn, cost=cost
         )
-        self.n_retain = len(rows)
+        self.n_retain = len(sample)
         self.before = self._measure()
 
     def _measure(self) -> tuple[np.ndarray, np.ndarray]:

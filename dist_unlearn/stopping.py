@@ -67,6 +67,7 @@ class StopCheck:
         subjects: per subject (per-subject criterion): ``subject``, ``n_rows``, ``quantile`` (q_S),
             ``halfwidth`` (h_S) and ``status`` (forgotten / recognisable / conspicuous).
         recognisable, conspicuous: the subjects with that status (per-subject criterion).
+        damage: the guard's record when it refused the step (the retained rows lost too much), else None.
     """
 
     step: int
@@ -78,6 +79,7 @@ class StopCheck:
     subjects: list[dict[str, Any]] = field(default_factory=list)
     recognisable: list[Any] = field(default_factory=list)
     conspicuous: list[Any] = field(default_factory=list)
+    damage: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +110,11 @@ class ForgetStopRule:
         calibration_subjects: the subject of each calibration row (the design effect of the subject bands).
         subject_band: the bands' settings (:class:`dist_unlearn.eval.subjects.SubjectBand`; None: defaults).
         listeners: called with the losses of each check whose weights stand (:data:`Listener`).
+        stop_within: stop only when every subject is past this share of its band's recognisable half
+            (q_S >= 1/2 - stop_within h_S; aggregate AUC <= 1/2 + stop_within band), in (0, 1]; an
+            overshoot is still a subject past the whole band on the other side.
+        guard: ``guard(forget losses, calibration losses)`` -> None, or a record of damage to what must be
+            kept (:class:`RetainGuard`): the step is then refused like an overshoot.
     """
 
     def __init__(
@@ -119,6 +126,8 @@ class ForgetStopRule:
         calibration_subjects: Sequence[Hashable] | None = None,
         subject_band: Any = None,
         listeners: Sequence[Listener] = (),
+        stop_within: float = 1.0,
+        guard: Callable[[np.ndarray, np.ndarray], dict[str, Any] | None] | None = None,
     ) -> None:
         from dist_unlearn.eval.subjects import SubjectBand
 
@@ -131,6 +140,10 @@ class ForgetStopRule:
         self.calibration_subjects = list(calibration_subjects) if calibration_subjects is not None else None
         self.subject_band = subject_band or SubjectBand()
         self.listeners = list(listeners)
+        if not 0.0 < float(stop_within) <= 1.0:
+            raise ConfigError(f"stop_within={stop_within!r} must be in (0, 1].")
+        self.stop_within = float(stop_within)
+        self.guard = guard
 
     @property
     def per_subject(self) -> bool:
@@ -142,7 +155,7 @@ class ForgetStopRule:
         """The decision for an AUC (module docstring)."""
         if auc < 0.5 - self.band:
             return "overshoot"
-        if auc <= 0.5 + self.band:
+        if auc <= 0.5 + self.stop_within * self.band:
             return "stop"
         return "continue"
 
@@ -194,7 +207,8 @@ class ForgetStopRule:
         ]
         check.recognisable = [_plain(s.subject) for s in scores if s.status == "recognisable"]
         check.conspicuous = [_plain(s.subject) for s in scores if s.status == "conspicuous"]
-        check.decision = "overshoot" if check.conspicuous else ("continue" if check.recognisable else "stop")
+        inner = all(s.quantile >= 0.5 - self.stop_within * s.halfwidth for s in scores)
+        check.decision = "overshoot" if check.conspicuous else ("stop" if inner else "continue")
         return check
 
     def check(self, step: int) -> StopCheck:
@@ -205,6 +219,9 @@ class ForgetStopRule:
         """
         forget, calib = (np.asarray(x, dtype=np.float64).reshape(-1) for x in self.evaluate())
         check = self.judge(step, forget, calib)
+        damage = self.guard(forget, calib) if self.guard is not None else None
+        if damage is not None and step >= 0:
+            check.decision, check.damage = "overshoot", damage
         if check.decision != "overshoot" or step < 0:
             for listener in self.listeners:
                 listener(forget, calib)
@@ -289,6 +306,46 @@ class LocalMembershipLosses:
         return self.losses_of(self.sets[0], "forget"), self.losses_of(self.sets[1], "calibration")
 
 
+class RetainGuard:
+    """Refuse a step that costs the retained rows too much (a ``guard`` of :class:`ForgetStopRule`).
+
+    With r(w) the mean loss of a fixed, seeded sample of retained rows and r_0, c_0 the retained sample's
+    and the calibration rows' mean losses at the weights as given, a step is damage when
+
+        r(w) > r_0 + tolerance (c_0 - r_0):
+
+    the retained rows may give up at most ``tolerance`` of their lead over data the model never saw. A
+    refused step is shortened (a larger M; a first-order run returns to its last good point with half the
+    learning rate), so the guard also finds a learning rate that suits the model.
+
+    Args:
+        losses: () -> per-example losses of the retained sample at the current weights.
+        tolerance: the share of the lead that may be lost, > 0.
+    """
+
+    def __init__(self, losses: Callable[[], np.ndarray], tolerance: float) -> None:
+        if not float(tolerance) > 0:
+            raise ConfigError(f"retain_tolerance={tolerance!r} must be > 0 (or None: no guard).")
+        self.losses, self.tolerance = losses, float(tolerance)
+        self.r0: float | None = None
+        self.c0: float | None = None
+
+    def __call__(self, forget: np.ndarray, calib: np.ndarray) -> dict[str, Any] | None:
+        r = float(np.mean(self.losses()))
+        if self.r0 is None:  # the weights as given: the baseline
+            self.r0, self.c0 = r, float(np.mean(calib))
+            return None
+        limit = self.r0 + self.tolerance * max(self.c0 - self.r0, 0.0)
+        if r <= limit:
+            return None
+        return {
+            "retain_sample_loss": r,
+            "limit": limit,
+            "retain_loss_given": self.r0,
+            "calibration_loss_given": self.c0,
+        }
+
+
 def _length(data: Any) -> int | None:
     inner = getattr(data, "dataset", data)  # a DataLoader's dataset
     try:
@@ -322,15 +379,20 @@ def check_calibration(
             )
 
 
-def rule_for(evaluate: Evaluate, options: Any, listeners: Sequence[Listener] = ()) -> ForgetStopRule:
-    """The rule that ``options`` ask for (``stop_auc_band``, ``forget_subjects``, ``calibration_subjects``)
-    over an engine's evaluator."""
+def rule_for(
+    evaluate: Evaluate, options: Any, targets: Any = None, push: Listener | None = None
+) -> ForgetStopRule:
+    """The rule that ``options`` ask for (``stop_auc_band``, ``forget_subjects``, ``calibration_subjects``,
+    ``stop_within``) over an engine's evaluator; with the ``match_unseen`` bins ``targets``, the bins are
+    re-derived at every check that stands (``push``: how, default ``targets.update``)."""
+    listeners = [] if targets is None else [push or targets.update]
     return ForgetStopRule(
         evaluate,
         options.stop_auc_band,
         forget_subjects=options.forget_subjects,
         calibration_subjects=options.calibration_subjects,
         listeners=listeners,
+        stop_within=options.stop_within,
     )
 
 
@@ -343,6 +405,7 @@ def local_stop_rule(
     batch_size: int,
     cost: Any,
     targets: Any = None,
+    retain: Any = None,
 ) -> ForgetStopRule:
     """The in-process rule of ``options`` (``calibration``, ``stop_auc_band``, ``forget_subjects``,
     ``calibration_subjects``) over the live model; with ``targets`` (the ``match_unseen`` bins) they are set
@@ -356,4 +419,14 @@ def local_stop_rule(
         collate_fn=options.collate_fn,
         cost=cost,
     )
-    return rule_for(losses, options, [targets.update] if targets is not None else ())
+    rule = rule_for(losses, options, targets)
+    if options.retain_tolerance is not None and retain is not None:
+        from dist_unlearn.forgetting import retain_sample
+
+        sample = retain_sample(retain, GUARD_SAMPLE, options.seed)
+        rule.guard = RetainGuard(lambda: losses.losses_of(sample, "retain"), options.retain_tolerance)
+    return rule
+
+
+GUARD_SAMPLE = 64
+"""Retained rows the guard watches (fixed and seeded: its cost does not grow with the data)."""

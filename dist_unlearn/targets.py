@@ -59,8 +59,12 @@ def unseen_bins(
     forget_losses: Sequence[float] | np.ndarray,
     unseen_losses: Sequence[float] | np.ndarray,
     subjects: Sequence[Hashable] | None = None,
+    span: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lo, hi, weight) of every forget row (module docstring), float64 arrays in the forget rows' order.
+
+    ``span`` < 1 spreads the bins over the central ``span`` share of the unseen distribution only (the
+    quantile levels a + (1 - 2a) r / n with a = (1 - span) / 2), so that no row is left in the tails.
 
     Raises:
         DataError: no unseen rows, non-finite losses, or a subject list of the wrong length.
@@ -76,7 +80,8 @@ def unseen_bins(
     for rows in groups:
         n = rows.size
         order = rows[np.argsort(f[rows], kind="stable")]
-        edges = np.quantile(u, np.arange(n + 1) / n)
+        a = (1.0 - span) / 2.0
+        edges = np.quantile(u, a + (1.0 - 2.0 * a) * np.arange(n + 1) / n)
         lo[order], hi[order] = edges[:-1], edges[1:]
         weight[rows] = 1.0 / (len(groups) * n)
     return lo, hi, weight
@@ -94,6 +99,7 @@ class ForgetTargets:
 
     Args:
         subjects: the subject of each forget row (None: the forget set is one group).
+        span: the central share of the unseen distribution the bins cover (:func:`unseen_bins`).
 
     Attributes:
         table: float64 tensor (n_forget, 3): lo, hi and the weight v_i times n_forget (so the mean over rows
@@ -102,14 +108,15 @@ class ForgetTargets:
         updates: how many times the bins were set.
     """
 
-    def __init__(self, subjects: Sequence[Hashable] | None = None) -> None:
+    def __init__(self, subjects: Sequence[Hashable] | None = None, span: float = 1.0) -> None:
         self.subjects = list(subjects) if subjects is not None else None
+        self.span = float(span)
         self.table = torch.zeros(0, 3, dtype=torch.float64)
         self.updates = 0
 
     def update(self, forget_losses: np.ndarray, unseen_losses: np.ndarray) -> None:
         """Recompute the bins from per-example losses at the current weights (module docstring)."""
-        lo, hi, weight = unseen_bins(forget_losses, unseen_losses, self.subjects)
+        lo, hi, weight = unseen_bins(forget_losses, unseen_losses, self.subjects, self.span)
         self.table = torch.from_numpy(np.stack([lo, hi, weight * lo.size], axis=1))
         self.updates += 1
 

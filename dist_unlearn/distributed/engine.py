@@ -228,18 +228,18 @@ def start_group(
         beta=opts.beta,
         hvp_rows=run.hvp_rows,
     )
-    push = None
+    bins = push = None
     if opts.objective == "match_unseen":  # the driver sees every row of a subject: it derives the bins
         from dist_unlearn.targets import ForgetTargets
 
-        bins = ForgetTargets(opts.forget_subjects)
+        bins = ForgetTargets(opts.forget_subjects, opts.bin_span)
 
         def push(forget_losses: Any, calibration_losses: Any) -> None:
             bins.update(forget_losses, calibration_losses)
             oracle.set_forget_bins(bins.table.numpy())
 
     if opts.calibration is not None:
-        oracle.stop_rule = rule_for(oracle.membership_losses, opts, [push] if push is not None else ())
+        oracle.stop_rule = rule_for(oracle.membership_losses, opts, bins, push)
     if run.committed is not None:
         oracle.influence_first = False  # the first step's influence gradient was used already
         group.execute_all("load_shard", str(run.ckpt / "weights-rank{rank}.pt"))
