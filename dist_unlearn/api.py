@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from dist_unlearn.curvature.sample import hvp_sample_size
 from dist_unlearn.data.device import model_device, to_device
 from dist_unlearn.errors import ConfigError, DataError, ModelError
 from dist_unlearn.methods import OuterLoopState, StepRecord, curvature_stats, get_method, run_curvature_method
@@ -179,6 +178,7 @@ def _run_curvature(
     method: str, model: nn.Module, loss_fn: Any, retain: Any, forget: Any, opts: UnlearnOptions
 ) -> tuple[nn.Module, list[StepRecord], dict[str, Any]]:
     from dist_unlearn.curvature.objective import build_oracle
+    from dist_unlearn.curvature.sample import resolve_gradient
 
     targets = None
     if opts.objective == "match_unseen":
@@ -186,9 +186,10 @@ def _run_curvature(
 
         targets = ForgetTargets(opts.forget_subjects, opts.bin_span)
     stochastic = method == "cure_newton_stochastic"
-    hvp_batch = opts.hvp_batch_size if stochastic else None
-    if method == "cure_newton":
-        hvp_batch = hvp_sample_size(opts.hvp_sample, len(retain))
+    hvp_batch = opts.hvp_batch_size if stochastic else None  # cure_newton fixes its own samples
+    sample = opts.retain_sample if method == "cure_newton" else "all"
+    n_retain = _num_examples(retain) or 0
+    opts.gradient = resolve_gradient(opts.gradient, opts.objective, sample, n_retain, forget is not None)
     oracle = build_oracle(
         model,
         loss_fn,
@@ -304,10 +305,24 @@ def _num_examples(data: Any) -> int | None:
 def _final_retain_metrics(
     model: nn.Module, loss_fn: Any, retain: Any, opts: UnlearnOptions
 ) -> dict[str, Any]:
-    """Full retain loss and |gradient| at the returned weights (eval mode), for comparable stats."""
+    """Retain loss and |gradient| at the returned weights (eval mode), for comparable stats.
+
+    Measured on the fixed retain sample of :func:`~dist_unlearn.curvature.sample.draw_retain_sample` (the
+    rows cure_newton's retain term reads, for the same seed), so this report costs the same at any size of
+    the training set. A diagnostic: not counted in ``stats["cost"]``.
+    """
     if retain is None:
         return {"final_loss": None, "final_grad_norm": None}
+    from torch.utils.data import DataLoader
+
+    from dist_unlearn.curvature.sample import draw_retain_sample, subset_rows
     from dist_unlearn.data import make_loader
+
+    collate = opts.collate_fn
+    if isinstance(retain, DataLoader):
+        collate, retain = collate or retain.collate_fn, retain.dataset
+    rows = draw_retain_sample(opts.retain_sample, "all", len(retain), opts.seed, opts.objective).grad_rows
+    retain = subset_rows(retain, rows)
 
     params = [p for p in model.parameters() if p.requires_grad]
     device = model_device(model)
@@ -316,7 +331,7 @@ def _final_retain_metrics(
     total, count = 0.0, 0
     acc = [torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for p in params]
     try:
-        for batch in make_loader(retain, int(opts.batch_size or 64), collate_fn=opts.collate_fn):
+        for batch in make_loader(retain, int(opts.batch_size or 64), collate_fn=collate):
             batch = to_device(batch, device)
             n = _batch_len(batch)
             loss = loss_fn(model, batch)

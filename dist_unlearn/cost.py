@@ -10,11 +10,13 @@ such passes they cost, so that unlearning and retraining compare on any machine:
     | hvp_fd        | 2      | central finite difference = two gradients                  |
     | hvp_exact     | 3      | double backward (or a ratio measured on the model, recorded)|
     | hvp_ggn       | 2      | one JVP + one VJP                                          |
+    | generate      | 1/3    | greedy answer of a row, KV-cached: one forward over it     |
 
 Every amount of work also has a *role*, the data it was spent on: ``retain`` (the retained training rows),
-``forget`` (the forget set: the request), ``calibration`` (unseen rows read by a stop rule) or ``probe``
-(robustness probes of an audit, reported apart from the unlearning). ``as_dict()["by_role"]`` splits the
-total by role, so a reader sees which part grows with the training set.
+``forget`` (the forget set: the request), ``calibration`` (unseen rows read by a stop rule), ``probe``
+(robustness probes of an audit) or ``audit`` (the audit's own evidence: attacks and extraction); the last
+two are reported apart from the unlearning. ``as_dict()["by_role"]`` splits the total by role, so a reader
+sees which part grows with the training set.
 
 A counter is a plain picklable object, so Ray workers count their own work and the driver sums the workers'
 counters (:meth:`CostCounter.merge`); local and distributed runs therefore count alike.
@@ -32,10 +34,11 @@ PASS_WEIGHTS: dict[str, float] = {
     "hvp_fd": 2.0,
     "hvp_exact": 3.0,
     "hvp_ggn": 2.0,
+    "generate": 1.0 / 3.0,
 }
 """Default example-pass weight of each kind of work (see the module docstring)."""
 
-ROLES = ("retain", "forget", "calibration", "probe")
+ROLES = ("retain", "forget", "calibration", "probe", "audit")
 """What the work was spent on (see the module docstring)."""
 
 

@@ -47,7 +47,8 @@ class UnlearnOptions(BaseModel):
     # ---- shared by every method -------------------------------------------------------------------------
     max_steps: int | None = Field(default=None, ge=1)
     """Outer steps (curvature methods: accepted updates) or optimizer steps (first-order; None = all epochs).
-    None = the method's default (cure_newton 20, damped/pinv Newton 1)."""
+    None = the method's default (cure_newton 10, or 40 on a kept curvature basis; the stochastic variant 20;
+    damped/pinv Newton 1)."""
     M: float | None = None
     """Cubic regularisation constant (a Hessian-Lipschitz bound), > 0. None = automatic ARC adaptation."""
     tol: float | None = Field(default=None, ge=0)
@@ -104,10 +105,24 @@ class UnlearnOptions(BaseModel):
     krylov_max_iter: int | None = Field(default=None, ge=1)
     """Per-solve HVP budget: most Lanczos iterations (= HVPs) per solve (None: the method's default,
     cure_newton 30, damped / pinv Newton 100)."""
+    retain_sample: int | Literal["all"] | None = None
+    """cure_newton: the retain term's gradient, loss and HVPs (ARC trial losses, first-M tries, final stats)
+    on a fixed random sample of this many retain rows, drawn once per run
+    (:mod:`dist_unlearn.curvature.sample`), so the cost does not grow with the training set. None: 2048
+    rows for the retain objective (its minimiser is the answer), 64 for a forgetting objective (the retain
+    term holds the retained rows in place); all rows when there are fewer. "all": every row. The forget set
+    is always read whole."""
     hvp_sample: int | Literal["all"] | None = None
-    """cure_newton: HVPs on a fixed random subset of this many retain examples (the gradient and the ARC
-    losses stay full-batch). None = max(2048, 10% of the retain set), capped at its size; "all" = every
-    example."""
+    """cure_newton: the HVPs on a smaller sample of this many rows, nested in the ``retain_sample`` rows
+    (None: the same rows; "all": every row)."""
+    reuse_curvature: bool | None = None
+    """Cubic methods: keep the Lanczos basis of one point for the following steps' solves, so a later step
+    costs a gradient and a trial loss instead of up to ``krylov_max_iter`` HVPs
+    (:mod:`dist_unlearn.methods.kept_curvature`). None: on for a forgetting objective, off for the retain
+    objective and the stochastic variant; False: a fresh Krylov solve at every step (the paper's method)."""
+    curvature_refresh: int = Field(default=2, ge=0)
+    """Rebuild the kept basis at the current point after this many rejected steps in a row solved on a basis
+    built elsewhere (0: never rebuild)."""
     grad_rtol: float | None = Field(default=None, ge=0)
     """Stop ("converged") when |g_k| <= grad_rtol |g_0| (0 = off; None: 1e-3 when ``tol`` is None, else
     off)."""
@@ -124,9 +139,11 @@ class UnlearnOptions(BaseModel):
     "match_unseen" (retain loss + forget_weight x each forget row's squared distance to its bin of the
     calibration losses, :mod:`dist_unlearn.targets`; needs ``calibration``, and is the objective used when
     ``calibration`` is given and no objective is); see :mod:`dist_unlearn.curvature.objective`."""
-    gradient: Literal["full", "influence"] = "full"
-    """Curvature methods, objective "retain": "influence" takes the first gradient from the forget set,
-    g_0 = -(n_f/n_r) grad L_f(w_0) (valid at a stationary point of the training loss)."""
+    gradient: Literal["full", "influence"] | None = None
+    """Curvature methods, objective "retain": "influence" anchors the retain objective at the first gradient
+    from the forget set, g_0 = -(n_f/n_r) grad L_f(w_0) (valid at a stationary point of the training loss;
+    later gradients add the retain rows' gradient change, :mod:`dist_unlearn.curvature.objective`). None:
+    "influence" when cure_newton's retain sample is smaller than the retain set, else "full"."""
     calibration: Any = None
     """Data the model never saw (a Dataset / DataLoader / datasets.Dataset). Turns on the forgetting stop rule
     (:mod:`dist_unlearn.stopping`): stop once every subject of the forget set (``forget_subjects``; else the
@@ -363,7 +380,8 @@ _READERS: dict[str, tuple[str, ...] | str] = {
             "eig_iterations", "first_M_tries", "first_M_factor", "krylov_forcing",
         )
     },
-    "hvp_sample": ("cure_newton",),
+    **{k: ("cure_newton",) for k in ("hvp_sample", "retain_sample")},
+    **{k: CUBIC for k in ("reuse_curvature", "curvature_refresh")},
     **{
         k: ("cure_newton_stochastic",)
         for k in ("grad_batch_size", "hvp_batch_size", "cubic_solver", "cubic_lr")

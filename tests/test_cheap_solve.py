@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from dist_unlearn.api import unlearn
-from dist_unlearn.curvature.sample import hvp_sample_size
+from dist_unlearn.curvature.sample import default_retain_sample, draw_retain_sample, sample_size
 from dist_unlearn.errors import ConfigError
 from dist_unlearn.methods import OuterLoopState, run_curvature_method
 from dist_unlearn.methods.cure_newton import forcing_tol
@@ -116,13 +116,20 @@ def test_forcing_sequence_is_loose_first_and_floors_at_krylov_tol():
     assert forcing_tol(UnlearnOptions(krylov_forcing=0.0), 1.0, 1.0) == opts.krylov_tol
 
 
-def test_hvp_sample_default_and_explicit():
-    assert hvp_sample_size(None, 2000) is None  # up to 2048 examples: all of them
-    assert hvp_sample_size(None, 10_000) == 2048
-    assert hvp_sample_size(None, 30_000) == 3000  # 10% beyond 20,480
-    assert hvp_sample_size(100, 1000) == 100
-    assert hvp_sample_size("all", 20_000) is None
-    assert hvp_sample_size(5000, 1000) is None
+def test_retain_sample_default_and_explicit():
+    retain, forgetting = default_retain_sample("retain"), default_retain_sample("npo")
+    assert sample_size(None, 2000, retain) is None  # up to 2048 rows: all of them
+    assert sample_size(None, 10_000, retain) == 2048
+    assert sample_size(None, 3_000_000, retain) == 2048  # a fixed size: it does not grow with the data
+    assert sample_size(None, 3_000_000, forgetting) == 64 == default_retain_sample("grad_diff")
+    assert sample_size(100, 1000, retain) == 100
+    assert sample_size("all", 20_000, retain) is None
+    assert sample_size(5000, 1000, retain) is None
+    nested = draw_retain_sample(None, 16, 1000, seed=3, objective="npo")
+    assert len(nested.grad_rows) == 64 and len(nested.hvp_rows) == 16
+    assert set(nested.hvp_rows) <= set(nested.grad_rows)  # the HVP rows are among the gradient rows
+    same = draw_retain_sample(None, None, 1000, seed=3, objective="npo")
+    assert same.hvp_rows == same.grad_rows == nested.grad_rows  # one permutation per seed
 
 
 def ce(m, b):

@@ -138,8 +138,8 @@ def test_evaluate_lm_matches_hand_computation():
     non = [-np.mean(lp) for lp in h["holdout_lps"]]
     assert res["mia_loss"] == pytest.approx(brute_auc([-m for m in member], [-n for n in non]))
 
-    def mink(lp):
-        return np.sort(lp)[: int(np.ceil(0.4 * lp.size))].mean()
+    def mink(lp):  # open-unlearning's mia_min_k: the max(1, floor(k n)) lowest token log-probs
+        return np.sort(lp)[: max(1, int(0.4 * lp.size))].mean()
 
     auc_model = brute_auc([mink(lp) for lp in h["forget_lps"]], [mink(lp) for lp in h["holdout_lps"]])
     auc_oracle = brute_auc([mink(lp) for lp in ho["forget_lps"]], [mink(lp) for lp in ho["holdout_lps"]])

@@ -92,7 +92,10 @@ def test_job_with_forgetting_objective_splits_holdout_and_audits_on_the_rest(lm,
     assert res.audit["evidence"]["after"]["n_holdout"] == split["audit_rows"] == 6
     checks = audit["run"]["stop_checks"]
     assert checks and checks[0]["step"] == -1
-    assert audit["run"]["stop_rule"]["band"] == 0.1
+    # the job passes each row's subject (holdout_split.group_column "person"): the stop rule is per subject
+    assert (
+        audit["run"]["stop_rule"]["criterion"] == "per_subject" and audit["run"]["stop_rule"]["subjects"] == 1
+    )
     assert "calibration" in audit["method"]["options"]
 
 

@@ -114,14 +114,23 @@ def test_influence_gradient_is_the_stationary_point_identity(setup):
         return ce(model, batch) + l2(model)
 
     oracle = build_oracle(net, reg, TensorDataset(*retain), TensorDataset(*forget), gradient="influence")
-    _, g_infl = oracle.loss_and_gradient()
+    loss0, g_infl = oracle.loss_and_gradient()
     grads = torch.autograd.grad(reg(net, retain), list(net.parameters()))
     g_true = torch.cat([t.reshape(-1) for t in grads])
     assert torch.allclose(flat(g_infl), g_true, rtol=1e-5, atol=1e-8)
-    by = oracle.cost.as_dict()["by_kind"]
-    assert by["gradient"]["examples"] == len(forget[0])  # one pass over the forget set only
-    _, g_next = oracle.loss_and_gradient()  # later steps: the true retain gradient
-    assert torch.allclose(flat(g_next), g_true, rtol=1e-9, atol=1e-12)
+    by = oracle.cost.as_dict()["by_role"]
+    assert by["forget"]["by_kind"]["gradient"] == len(forget[0])  # one pass over the forget set
+    assert by["retain"]["by_kind"]["gradient"] == len(retain[0])  # and the retain rows' own (the anchor)
+    # the anchored objective: g_0 plus the change of the retain gradient since w_0; its loss likewise
+    _, g_same = oracle.loss_and_gradient()
+    assert torch.allclose(flat(g_same), flat(g_infl), rtol=1e-9, atol=1e-12)
+    d = tuple(0.1 * torch.randn_like(p) for p in net.parameters())
+    oracle.apply_update(d)
+    loss1, g_moved = oracle.loss_and_gradient()
+    moved = torch.cat([t.reshape(-1) for t in torch.autograd.grad(reg(net, retain), list(net.parameters()))])
+    assert torch.allclose(flat(g_moved) - flat(g_infl), moved - g_true, rtol=1e-9, atol=1e-12)
+    c = g_true - flat(g_infl)  # the sample's first-order term at w_0 minus the identity's
+    assert loss1 - loss0 == pytest.approx(float(reg(net, retain)) - loss0 - float(c @ flat(d)), rel=1e-9)
 
 
 @pytest.mark.parametrize("objective", ["grad_diff", "npo"])

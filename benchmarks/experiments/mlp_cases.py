@@ -72,10 +72,13 @@ class RegularisedCE:
 
 
 class Setting:
-    def __init__(self, name: str):
+    """One case; ``scale`` multiplies its training rows (the forget set of random10 / class grows with them,
+    flipped40's stays 40 rows)."""
+
+    def __init__(self, name: str, scale: int = 1):
         self.name = name
         self.l2 = 0.0 if name == "memorised" else 1e-3
-        n = 600 if name == "memorised" else 1500
+        n = (600 if name == "memorised" else 1500) * int(scale)
         flip = 40 if name in ("flipped40", "memorised") else 0
         self.X, self.y = make_data(n, seed=1, flip=flip)
         self.Xt, self.yt = make_data(1000, seed=2)
@@ -175,9 +178,10 @@ def budget_variants() -> list[tuple[str, str, dict]]:
     return [(label, "cure_newton", {**opts, "batch_size": 4096}) for label, opts in runs]
 
 
-def run_case(name: str, levers: bool, budgets: bool = False) -> dict:
-
-    s = Setting(name)
+def run_case(
+    name: str, levers: bool, budgets: bool = False, scale: int = 1, only_defaults: bool = False
+) -> dict:
+    s = Setting(name, scale)
     original, orig_passes, orig_wall = s.train(TensorDataset(s.X, s.y))
     oracle, re_passes, re_wall = s.train(s.retain)
     ev_orig = evaluate(s, original)
@@ -195,6 +199,8 @@ def run_case(name: str, levers: bool, budgets: bool = False) -> dict:
         ("cure_newton (grad_diff)", "cure_newton", {**full, "objective": "grad_diff", "max_steps": 3}),
     ]
     variants += [(b, b, {}) for b in BASELINES]
+    if only_defaults:  # unlearn() exactly as a user calls it: no option at all
+        variants = [("cure_newton", "cure_newton", {})] + [(b, b, {}) for b in BASELINES]
     if levers:
         variants += lever_variants()
     if budgets:
@@ -261,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--levers", action="store_true", help="also run the cheap-solve levers one by one")
     ap.add_argument("--budget-sweep", action="store_true", help="only cure_newton at smaller HVP budgets")
+    ap.add_argument("--scale", type=int, default=1, help="multiply the training rows (10: 15,000 rows)")
+    ap.add_argument("--defaults", action="store_true", help="every method at its unlearn() defaults only")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out_dir = ROOT / "benchmarks" / "experiments" / "tables"
@@ -270,14 +278,18 @@ def main(argv: list[str] | None = None) -> None:
     cmd = "python benchmarks/experiments/mlp_cases.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in args.cases:
         t0 = time.perf_counter()
-        res = run_case(name, args.levers, args.budget_sweep)
+        res = run_case(name, args.levers, args.budget_sweep, args.scale, args.defaults)
         results.append(res)
         text += [f"#### {name} (n_retain {res['n_retain']}, n_forget {res['n_forget']}; "
                  f"{time.perf_counter() - t0:.0f} s)", "", table(res), ""]  # fmt: skip
         print(text[-2], flush=True)
     header = [f"{stamp}. Command: `{cmd.strip()}`.", ""]
     tag = (
-        "_".join(args.cases) + ("_levers" if args.levers else "") + ("_budgets" if args.budget_sweep else "")
+        "_".join(args.cases)
+        + ("_levers" if args.levers else "")
+        + ("_budgets" if args.budget_sweep else "")
+        + (f"_x{args.scale}" if args.scale != 1 else "")
+        + ("_defaults" if args.defaults else "")
     )
     tmp = out_dir / f".mlp_cases_{tag}.md.tmp"
     tmp.write_text("\n".join(header + text) + "\n")

@@ -41,7 +41,7 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from dist_unlearn.cli import bench, eval_cmd, report, run, unlearn  # noqa: F401  (each adds its command)
+    from dist_unlearn.cli import audit, bench, eval_cmd, report, run, unlearn  # noqa: F401  (each adds its command)
 
 
 def main(argv: list[str] | None = None) -> None:

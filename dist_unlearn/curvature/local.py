@@ -60,6 +60,8 @@ class LocalOracle:
         device: move the model and batches there (default: the device of the first parameter).
         progress: show a tqdm bar over chunks.
         fd_eps: fixed finite-difference step (default: chosen from precision and norms, see :mod:`.hvp_fd`).
+        role: the cost role of this oracle's rows (:data:`dist_unlearn.cost.ROLES`): ``"retain"`` for the
+            retain term, ``"forget"`` for a forgetting objective's forget term.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class LocalOracle:
         device: str | torch.device | None = None,
         progress: bool = False,
         fd_eps: float | None = None,
+        role: str = "retain",
     ):
         if hvp not in HVP_MODES:
             reject_unknown("hvp mode", [hvp], HVP_MODES)
@@ -122,7 +125,8 @@ class LocalOracle:
         }
         self.cost = CostCounter()
         """Work done, in example passes by kind (``gradient``, ``loss``, ``hvp_exact`` / ``hvp_fd`` /
-        ``hvp_ggn``): one entry per operation with the number of examples it touched."""
+        ``hvp_ggn``): one entry per operation with the number of examples it touched, under :attr:`role`."""
+        self.role = role
         low = [p for p in self.params if accumulate_dtype(p) != p.dtype]
         self._master = [p.detach().to(accumulate_dtype(p)).clone() for p in self.params] if low else None
         self._seed, self._draws = int(seed), 0
@@ -156,6 +160,13 @@ class LocalOracle:
         self.grad_indices = draw(self.grad_batch_size)
         self.hvp_indices = draw(self.hvp_batch_size)
 
+    def use_rows(self, grad_rows: Sequence[int] | None, hvp_rows: Sequence[int] | None) -> None:
+        """Fix the gradient / loss rows and the HVP rows (example ids; None: every example) until the next
+        :meth:`resample` (cure_newton's fixed retain samples, :mod:`dist_unlearn.curvature.sample`)."""
+        every = list(range(self.source.n))
+        self.grad_indices = every if grad_rows is None else sorted(int(i) for i in grad_rows)
+        self.hvp_indices = every if hvp_rows is None else sorted(int(i) for i in hvp_rows)
+
     def _chunks(self, indices: list[int], what: str) -> Iterator[tuple[Any, float, str]]:
         it = self.source.chunks(indices, self.batch_size)
         if self.progress:
@@ -185,7 +196,7 @@ class LocalOracle:
     def loss(self) -> float:
         """L(w) on the gradient sample (mean over its examples)."""
         self.counters["losses"] += 1
-        self.cost.add("loss", len(self.grad_indices))
+        self.cost.add("loss", len(self.grad_indices), role=self.role)
         total = 0.0
         with torch.no_grad():
             for batch, w, where in self._chunks(self.grad_indices, "loss"):
@@ -196,7 +207,7 @@ class LocalOracle:
         """(L(w), grad L(w)) on the gradient sample, in one pass."""
         self.counters["losses"] += 1
         self.counters["gradients"] += 1
-        self.cost.add("gradient", len(self.grad_indices))
+        self.cost.add("gradient", len(self.grad_indices), role=self.role)
         return self._loss_grad(self.grad_indices, "gradient")
 
     def gradient(self) -> tuple[torch.Tensor, ...]:
@@ -232,7 +243,7 @@ class LocalOracle:
         mode."""
         v = self._check_vector(v, "the HVP direction v")
         self.counters["hvps"] += 1
-        self.cost.add(f"hvp_{self.hvp_mode}", len(self.hvp_indices))
+        self.cost.add(f"hvp_{self.hvp_mode}", len(self.hvp_indices), role=self.role)
         if self.hvp_mode == "fd":
 
             def grad() -> tuple[torch.Tensor, ...]:

@@ -20,9 +20,11 @@ beta = ``beta`` and l_i^ref the loss of the model as given (before unlearning):
   match, every subject weighted alike). Its minimum puts each subject among data the model never saw, not
   past it; it needs ``calibration=`` (the bins come from those rows) and is updated by the stop rule.
 
-``gradient="influence"`` replaces the first retain gradient by the stationary-point identity
-g_0 = -(n_f/n_r) grad L_f(w_0) (one pass over the forget set instead of the retain set); later steps use the
-true gradient. Valid only at a stationary point of the training loss (objective "retain").
+``gradient="influence"`` anchors the retain objective at the stationary-point identity
+g_0 = -(n_f/n_r) grad L_f(w_0) (one pass over the forget set): the first gradient is g_0, later gradients
+are the retain rows' gradient change since w_0 added to it (:class:`InfluenceFirstGradient`), so a small
+retain sample carries the exact first-order signal. Valid only at a stationary point of the training loss
+(objective "retain").
 
 Every part is a :class:`~dist_unlearn.curvature.local.LocalOracle` on the same model; the combined oracle
 applies updates once, through the first part, and shares its fp32 master weights with the others.
@@ -115,14 +117,27 @@ class CombinedOracle:
 
 
 class InfluenceFirstGradient:
-    """An oracle whose first gradient is -(n_f/n_r) grad L_f (the stationary-point identity); then the
-    retain oracle's own. The first loss is the retain loss (forward only)."""
+    """The retain objective anchored at the stationary-point identity (``gradient="influence"``).
+
+    At the weights as given, w_0, a model trained to a stationary point of the loss over retain + forget
+    has grad L_r(w_0) = g_0 := -(n_f/n_r) grad L_f(w_0), one pass over the forget set. On the retain rows S
+    the oracle reads (all of them, or cure_newton's fixed sample), the objective is
+
+        L~(w) = L_S(w) - c.(w - w_0),      c = grad L_S(w_0) - g_0,
+
+    whose gradient grad L_S(w) - c equals g_0 at w_0 and follows the change of the sampled gradient after
+    (a control variate: the sample's own first-order term at w_0 is replaced by the exact one, so a small
+    sample carries the exact signal of the forget set and only its curvature and the change of its
+    gradient are estimated). Its Hessian is the sample's. The running value c.(w - w_0) follows every
+    ``apply_update`` (one dot) and is part of snapshots. With S the whole retain set at an exact stationary
+    point, c = 0 and L~ = L_r.
+    """
 
     def __init__(self, retain: LocalOracle, forget: LocalOracle):
         self.retain, self.forget = retain, forget
         self.space = retain.space
         self.forget._master = retain._master
-        self.first = True
+        self.anchor: LinearAnchor | None = None
 
     @property
     def counters(self) -> dict[str, int]:
@@ -133,22 +148,65 @@ class InfluenceFirstGradient:
         return CostCounter().merge(self.retain.cost).merge(self.forget.cost)
 
     def loss_and_gradient(self) -> tuple[float, Any]:
-        if not self.first:
-            return self.retain.loss_and_gradient()
-        self.first = False
-        loss = self.retain.loss()
+        loss, g = self.retain.loss_and_gradient()
+        if self.anchor is not None:
+            return self.anchor.loss(loss), self.anchor.gradient(g)
         g_f = self.forget.gradient()
         ratio = self.forget.num_examples / self.retain.num_examples
-        self.retain.counters["gradients"] += 1
-        return loss, self.space.lincomb([-ratio], [g_f])
+        g0 = self.space.lincomb([-ratio], [g_f])
+        self.anchor = LinearAnchor(self.space, self.space.lincomb([1.0, -1.0], [g, g0]))
+        return loss, g0
 
     def gradient(self) -> Any:
         return self.loss_and_gradient()[1]
 
+    def loss(self) -> float:
+        loss = self.retain.loss()
+        return loss if self.anchor is None else self.anchor.loss(loss)
+
+    def apply_update(self, d: Any, scale: float = 1.0) -> None:
+        self.retain.apply_update(d, scale)
+        if self.anchor is not None:
+            self.anchor.update(d, scale)
+
+    def snapshot(self) -> Any:
+        return (self.retain.snapshot(), None if self.anchor is None else self.anchor.value)
+
+    def restore(self, snap: Any) -> None:
+        weights, value = snap
+        self.retain.restore(weights)
+        if self.anchor is not None and value is not None:
+            self.anchor.value = value
+
     def __getattr__(self, name: str) -> Any:
-        if name in ("retain", "forget"):
+        if name in ("retain", "forget", "anchor"):
             raise AttributeError(name)
         return getattr(self.retain, name)
+
+
+class LinearAnchor:
+    """A fixed linear correction -c.(w - w_0) of an objective: c (a vector) and its running value.
+
+    Args:
+        space: the vector space of c.
+        c: the correction's gradient (kept; the caller must not release it).
+    """
+
+    def __init__(self, space: Any, c: Any) -> None:
+        self.space, self.c, self.value = space, c, 0.0
+
+    def update(self, d: Any, scale: float = 1.0) -> None:
+        """w <- w + scale d moves c.(w - w_0) by scale c.d."""
+        self.value += float(scale) * float(self.space.dot(self.c, d))
+
+    def loss(self, value: float) -> float:
+        return float(value) - self.value
+
+    def gradient(self, g: Any) -> Any:
+        """g - c (a new vector; g is released)."""
+        out = self.space.lincomb([1.0, -1.0], [g, self.c])
+        self.space.release(g)
+        return out
 
 
 class IndexedRows(Dataset):
@@ -266,23 +324,26 @@ def build_oracle(
     retain_oracle = LocalOracle(model, loss_fn, retain, **oracle_kwargs)
     if objective == "retain" and gradient == "full":
         return retain_oracle
-    common = {
-        k: oracle_kwargs[k] for k in ("hvp", "batch_size", "params", "device", "fd_eps") if k in oracle_kwargs
-    }
+    common = {k: oracle_kwargs[k] for k in ("hvp", "batch_size", "device", "fd_eps") if k in oracle_kwargs}
     loss_fn = retain_oracle.loss_fn
+
+    def forget_oracle(loss: Any, data: Any, collate: Any, per_row: bool = False) -> LocalOracle:
+        """The forget term's oracle on the retain oracle's parameters (cost role "forget"); a per-row loss
+        (NPO, match_unseen) has no Gauss-Newton form: exact or FD HVPs."""
+        kw = dict(common)
+        if per_row:
+            kw["hvp"] = "fd" if common.get("hvp") == "fd" else "exact"
+        return LocalOracle(
+            model, loss, data, collate_fn=collate, params=retain_oracle.params, role="forget", **kw
+        )
+
+    collate = oracle_kwargs.get("collate_fn")
     if objective == "retain":  # gradient == "influence"
-        forget_oracle = LocalOracle(
-            model, loss_fn, forget, collate_fn=oracle_kwargs.get("collate_fn"), params=retain_oracle.params,
-            **{k: v for k, v in common.items() if k != "params"},
-        )  # fmt: skip
-        return InfluenceFirstGradient(retain_oracle, forget_oracle)
+        return InfluenceFirstGradient(retain_oracle, forget_oracle(loss_fn, forget, collate))
     if objective == "grad_diff":
-        forget_oracle = LocalOracle(
-            model, loss_fn, forget, collate_fn=oracle_kwargs.get("collate_fn"), params=retain_oracle.params,
-            **{k: v for k, v in common.items() if k != "params"},
-        )  # fmt: skip
-        return CombinedOracle([(1.0, retain_oracle), (-float(forget_weight), forget_oracle)])
-    rows = IndexedRows(forget, oracle_kwargs.get("collate_fn"))
+        part = forget_oracle(loss_fn, forget, collate)
+        return CombinedOracle([(1.0, retain_oracle), (-float(forget_weight), part)])
+    rows = IndexedRows(forget, collate)
     if objective == "match_unseen":
         if targets is None:
             from dist_unlearn.errors import ConfigError
@@ -291,17 +352,9 @@ def build_oracle(
                 "objective='match_unseen' needs the forget rows' bins from calibration data: pass "
                 "calibration=<rows the model never saw> to unlearn()."
             )
-        forget_oracle = LocalOracle(
-            model, BinForgetLoss(loss_fn, targets), rows, collate_fn=rows.collate,
-            params=retain_oracle.params, **{k: v for k, v in common.items() if k not in ("params", "hvp")},
-            hvp="fd" if common.get("hvp") == "fd" else "exact",
-        )  # fmt: skip
-        return CombinedOracle([(1.0, retain_oracle), (float(forget_weight), forget_oracle)])
+        part = forget_oracle(BinForgetLoss(loss_fn, targets), rows, rows.collate, per_row=True)
+        return CombinedOracle([(1.0, retain_oracle), (float(forget_weight), part)])
     ref = reference_losses(loss_fn, model, rows, retain_oracle.batch_size, retain_oracle.device)
     retain_oracle.cost.add("loss", len(rows), role="forget")  # the reference forward over the forget set
-    forget_oracle = LocalOracle(
-        model, NPOForgetLoss(loss_fn, ref, beta), rows, collate_fn=rows.collate, params=retain_oracle.params,
-        **{k: v for k, v in common.items() if k not in ("params", "hvp")},
-        hvp="fd" if common.get("hvp") == "fd" else "exact",
-    )  # fmt: skip
-    return CombinedOracle([(1.0, retain_oracle), (float(forget_weight), forget_oracle)])
+    part = forget_oracle(NPOForgetLoss(loss_fn, ref, beta), rows, rows.collate, per_row=True)
+    return CombinedOracle([(1.0, retain_oracle), (float(forget_weight), part)])

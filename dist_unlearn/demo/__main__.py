@@ -1,8 +1,8 @@
 """``make demo`` = ``python -m dist_unlearn.demo``: the unlearn job on a model that memorised people.
 
-1. Generate Q/A records about fictitious people (faker, seeded), train a BPE tokenizer on them, fine-tune a
-   small GPT-2 from a config until it has memorised them, save it with ``save_pretrained`` (cached in
-   ``<out>/inputs``; delete the folder to rebuild).
+1. Generate Q/A records about fictitious people (the package's word lists, seeded: the same on every
+   machine), train a BPE tokenizer on them, fine-tune a small GPT-2 from a config until it has memorised
+   them, save it with ``save_pretrained`` (cached in ``<out>/inputs``; delete the folder to rebuild).
 2. Write ``<out>/job.yaml``: forget every record of a few people (``forget_ids.txt``), holdout = records of
    people the model never saw, split by person: half calibrate the stop rule, half are the audit's reference.
 3. Run ``python -m dist_unlearn unlearn --config <out>/job.yaml`` (2 local Ray workers, ZeRO-3, the
@@ -47,11 +47,13 @@ def demo_job(inputs: Path, output_dir: Path, **extra: Any) -> dict[str, Any]:
             "response_column": "answer",
             "prompt_template": "Question: {prompt}\nAnswer:",
             "max_length": 128,
+            "subject_column": "person",
         },
         "holdout": str(inputs / "holdout.jsonl"),
         "holdout_split": {"calibration_fraction": 0.5, "group_column": "person"},
         "forget": {"ids_file": str(inputs / "forget_ids.txt")},
         "output_dir": str(output_dir),
+        "training": {"epochs": EPOCHS},
     }
     job.update(extra)
     return job

@@ -1,6 +1,7 @@
 """The demo's ingredients: fictitious people, their Q/A records, a tokenizer and a fine-tuned small GPT-2.
 
-Everything is generated here (``faker``, seeded) and trained from a config: nothing is downloaded. The
+Everything is generated here (:mod:`dist_unlearn.demo.names`: the package's own word lists and numpy's
+seeded generator, the same on every machine) and trained from a config: nothing is downloaded. The
 result is what a user of the ``unlearn`` job has: a ``save_pretrained`` folder with the tokenizer, the
 training data file (``train.jsonl``), data the model never saw (``holdout.jsonl``), and the ids of the rows
 of the people who asked to be forgotten.
@@ -14,6 +15,8 @@ from typing import Any
 
 import torch
 
+from dist_unlearn.demo.names import make_people
+
 #: (question, answer) templates over a person's facts; the answer carries the fact to memorise
 TEMPLATES = [
     ("Where does {name} live?", "{name} lives in {city}."),
@@ -25,32 +28,6 @@ TEMPLATES = [
 ]
 
 QA_TEMPLATE = "Question: {prompt}\nAnswer:"
-
-
-def make_people(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """``n`` fictitious people with distinct names, deterministic in ``seed``."""
-    from faker import Faker
-
-    fake = Faker("en_US")
-    fake.seed_instance(seed)
-    people, names = [], set()
-    while len(people) < n:
-        name = fake.name()
-        if name in names:
-            continue
-        names.add(name)
-        people.append(
-            {
-                "name": name,
-                "city": fake.city(),
-                "job": fake.job().split(",")[0].lower(),
-                "birthday": fake.date_of_birth(minimum_age=20, maximum_age=80).strftime("%d %B %Y"),
-                "company": fake.company(),
-                "phone": fake.numerify("###-###-####"),
-                "email": fake.free_email(),
-            }
-        )
-    return people
 
 
 def qa_rows(people: list[dict[str, str]], per_person: int, *, first_id: int = 0) -> list[dict[str, Any]]:

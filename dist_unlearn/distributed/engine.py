@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_unlearn.curvature.sample import fixed_hvp_rows
+from dist_unlearn.curvature.sample import draw_retain_sample, resolve_gradient
 from dist_unlearn.distributed.group import WorkerDiedError, WorkerGroup
 from dist_unlearn.distributed.run_state import OUTER_STEP_CALLS, EngineRun, engine_stats
 from dist_unlearn.distributed.startup import build_group, dataset_of, ensure_ray
@@ -99,7 +99,7 @@ def run_distributed(
     """
     from dist_unlearn.result import UnlearnResult
 
-    run = prepare(model, retain, method, options, use_gpu, cpus_per_worker, model_kwargs)
+    run = prepare(model, retain, forget, method, options, use_gpu, cpus_per_worker, model_kwargs)
     try:
         run_attempts(run, model, loss_fn, retain, forget, output_dir)
     finally:
@@ -116,13 +116,15 @@ def run_distributed(
 def prepare(
     model: Any,
     retain: Any,
+    forget: Any,
     method: str,
     options: Any,
     use_gpu: bool | None,
     cpus_per_worker: float,
     model_kwargs: dict | None,
 ) -> EngineRun:
-    """Step 1: options with defaults, the HVP sample, the initial weights, the checkpoint folder, Ray."""
+    """Step 1: options with defaults (the gradient kind resolved as in-process), the HVP sample, the initial
+    weights, the checkpoint folder, Ray."""
     import torch
     from torch import nn
 
@@ -139,11 +141,17 @@ def prepare(
     if use_gpu is None:
         use_gpu = torch.cuda.is_available()
     hvp_rows = None
-    if method == "cure_newton":
-        try:
-            hvp_rows = fixed_hvp_rows(opts.hvp_sample, len(dataset_of(retain)), opts.seed)
-        except TypeError:
-            hvp_rows = None  # no length: build_group reports it
+    try:
+        n_rows = len(dataset_of(retain))
+    except TypeError:
+        n_rows = None  # no length: build_group reports it
+    if n_rows is not None:
+        sample = opts.retain_sample if method == "cure_newton" else "all"
+        opts.gradient = resolve_gradient(opts.gradient, opts.objective, sample, n_rows, forget is not None)
+        if method == "cure_newton":  # the method fixes both samples at its start; these are its HVP rows
+            hvp_rows = draw_retain_sample(
+                opts.retain_sample, opts.hvp_sample, n_rows, opts.seed, opts.objective
+            ).hvp_rows
     initial = (
         {k: p.detach().to("cpu", copy=True) for k, p in model.named_parameters() if p.requires_grad}
         if isinstance(model, nn.Module)
@@ -243,6 +251,13 @@ def start_group(
     if run.committed is not None:
         oracle.influence_first = False  # the first step's influence gradient was used already
         group.execute_all("load_shard", str(run.ckpt / "weights-rank{rank}.pt"))
+        if run.anchor_saved:  # the influence anchor c and its value at the checkpoint
+            from dist_unlearn.curvature.objective import LinearAnchor
+
+            c = oracle.space.new_handle()
+            group.execute_all("load_vector", str(run.ckpt / "anchor-rank{rank}.pt"), c.id)
+            oracle.anchor = LinearAnchor(oracle.space, c)
+            oracle.anchor.value = run.anchor_value
         if push is not None:  # the new ranks' bins: from the restored weights (the last kept point)
             push(*oracle.membership_losses())
     run.times["setup_s"] += time.perf_counter() - t0
@@ -259,7 +274,7 @@ def run_method(run: EngineRun, group: WorkerGroup, oracle: Any) -> None:
     state = copy.deepcopy(run.committed) if run.committed is not None else OuterLoopState(seed=run.opts.seed)
 
     def on_step(record: Any, st: OuterLoopState) -> None:
-        checkpoint(run, group, st)
+        checkpoint(run, group, oracle, st)
 
     run_curvature_method(run.method, oracle, run.opts, state=state, on_step=on_step)
     run.state = state
@@ -277,11 +292,18 @@ def run_method(run: EngineRun, group: WorkerGroup, oracle: Any) -> None:
     }
 
 
-def checkpoint(run: EngineRun, group: WorkerGroup, state: Any) -> None:
-    """Every rank writes its weight shard, then the shards and the loop state are committed together."""
+def checkpoint(run: EngineRun, group: WorkerGroup, oracle: Any, state: Any) -> None:
+    """Every rank writes its weight shard, then the shards and the loop state are committed together (with
+    the influence anchor: its vector once, its running value every time). A kept curvature basis is not
+    saved: a restarted run rebuilds it (:mod:`dist_unlearn.methods.kept_curvature`)."""
     group.execute_all("save_shard", str(run.ckpt / "weights-rank{rank}.pt.next"))
+    anchor = getattr(oracle, "anchor", None)
+    if anchor is not None and not run.anchor_saved:
+        group.execute_all("save_vector", anchor.c.id, str(run.ckpt / "anchor-rank{rank}.pt"))
+        run.anchor_saved = True
     for r in range(group.num_workers):  # commit: all shards of this step are on disk
         os.replace(run.ckpt / f"weights-rank{r}.pt.next", run.ckpt / f"weights-rank{r}.pt")
+    run.anchor_value = None if anchor is None else anchor.value
     run.committed = copy.deepcopy(state)
     tmp = run.ckpt / "state.pkl.tmp"
     tmp.write_bytes(pickle.dumps(run.committed))

@@ -207,11 +207,11 @@ class ObjectiveParts:
         )
 
     def _count(self, kind: str, rows: np.ndarray) -> None:
-        """Count this rank's examples of one objective pass over ``rows`` (retain) + the forget term."""
-        n = self._mine(rows)
+        """Count this rank's examples of one objective pass: ``rows`` of the retain set (role "retain") and,
+        for a forgetting objective, the forget term's rows (role "forget"); one call in all."""
+        self.cost.add(kind, self._mine(rows), role="retain")
         if self.objective != "retain":
-            n += self._mine(self.forget_part.rows)
-        self.cost.add(kind, n)
+            self.cost.add(kind, self._mine(self.forget_part.rows), calls=0, role="forget")
 
     def set_forget_bins(self, table: Any) -> None:
         """The match_unseen bins of every forget row, (N_f, 3): lo, hi, weight (the driver's
@@ -251,36 +251,26 @@ class ObjectiveParts:
 
     # ------------------------------------------------------------------ retain-only values
     def retain_loss(self) -> float:
-        """L_r(w) alone (forward only), for the stats of a run whose objective is not L_r."""
+        """L_r(w) alone (forward only) on the gradient sample (all rows unless ``resample`` fixed one), for
+        the stats of a run whose objective is not L_r."""
         import torch
 
-        self.cost.add("loss", self._mine(self.all_rows))
+        self.cost.add("loss", self._mine(self.grad_rows), role="retain")
         with torch.no_grad() if self.stage != 3 else _nullctx():
             value, _ = self._loss_and_local_grad(
-                self.all_rows, need_grad=False, terms=self._terms(self.all_rows, forget=False)
+                self.grad_rows, need_grad=False, terms=self._terms(self.grad_rows, forget=False)
             )
         return value
 
-    def influence_gradient(self, out: int) -> float:
-        """The first gradient of ``gradient="influence"``: stores g_0 = -(N_f/N_r) grad L_f under ``out``.
-
-        Returns L_r(w) (forward only), as the in-process InfluenceFirstGradient does.
-        """
-        import torch
-
-        self.counters["gradients"] += 1
-        self.cost.add("loss", self._mine(self.grad_rows))
+    def influence_gradient(self, out: int) -> None:
+        """The influence gradient of ``gradient="influence"``: stores g_0 = -(N_f/N_r) grad L_f under ``out``
+        (one pass over this rank's forget rows; the driver anchors the retain objective at it)."""
         self.cost.add("gradient", self._mine(self.forget_part.rows), role="forget")
-        with torch.no_grad() if self.stage != 3 else _nullctx():
-            loss, _ = self._loss_and_local_grad(
-                self.grad_rows, need_grad=False, terms=self._terms(self.grad_rows, forget=False)
-            )
         ratio = self.forget_part.num_rows / self.num_rows
         part = self.forget_part
         terms = ((self.loss_fn, b, -ratio * w) for b, w, _ in self._chunks(part, part.rows))
-        _, g = self._loss_and_local_grad(None, terms=terms)
+        _, g = self._loss_and_local_grad(None, terms=terms, need_loss=False)
         self.vecs[out] = g
-        return loss
 
 
 class _nullctx:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from dist_unlearn.cost import CostCounter
+from dist_unlearn.curvature.objective import LinearAnchor
 from dist_unlearn.distributed.group import WorkerGroup
 from dist_unlearn.distributed.space import ShardedSpace, ShardedVector
 from dist_unlearn.errors import NumericalError
@@ -27,8 +28,9 @@ class RayOracle:
         num_rows: retain rows (for resampling).
         grad_batch_size: rows per gradient sample after :meth:`resample` (None: all rows).
         hvp_batch_size: rows per HVP sample after :meth:`resample` (None: all rows).
-        influence_first: the first :meth:`loss_and_gradient` returns the influence gradient
-            -(N_f/N_r) grad L_f (``gradient="influence"``; the workers hold the forget set).
+        influence_first: the retain objective is anchored at the influence gradient g_0 = -(N_f/N_r)
+            grad L_f (``gradient="influence"``; the workers hold the forget set): the first
+            :meth:`loss_and_gradient` returns g_0, later ones g_0 plus the change of the rows' gradient.
 
     With a forgetting objective (workers set up with ``objective="grad_diff"`` / ``"npo"``), L is that
     objective (:mod:`dist_unlearn.distributed.objective`); :meth:`retain_loss` gives L_r alone.
@@ -47,6 +49,7 @@ class RayOracle:
     ) -> None:
         self.group = group
         self.influence_first = influence_first
+        self.anchor: LinearAnchor | None = None
         self.stop_rule: Any = None
         self.space = ShardedSpace(group)
         self.counters: dict[str, int] = {"gradients": 0, "hvps": 0, "losses": 0}
@@ -60,16 +63,25 @@ class RayOracle:
         self.counters["losses"] += 1
         value = float(self.group.execute_all("loss")[0])
         _check(value, "retain loss")
-        return value
+        return value if self.anchor is None else self.anchor.loss(value)
 
     def loss_and_gradient(self) -> tuple[float, ShardedVector]:
+        """(L, grad L) at the current weights; with ``influence_first`` the retain objective anchored at the
+        stationary-point identity (:class:`dist_unlearn.curvature.objective.InfluenceFirstGradient`)."""
         self.counters["gradients"] += 1
         out = self.space.new_handle()
-        call = "influence_gradient" if self.influence_first else "loss_and_gradient"
-        self.influence_first = False
-        value = float(self.group.execute_all(call, out.id)[0])
+        value = float(self.group.execute_all("loss_and_gradient", out.id)[0])
         _check(value, "retain loss")
-        return value, out
+        if self.anchor is not None:
+            return self.anchor.loss(value), self.anchor.gradient(out)
+        if not self.influence_first:
+            return value, out
+        self.influence_first = False
+        g0 = self.space.new_handle()
+        self.group.execute_all("influence_gradient", g0.id)
+        self.anchor = LinearAnchor(self.space, self.space.lincomb([1.0, -1.0], [out, g0]))
+        self.space.release(out)
+        return value, g0
 
     def gradient(self) -> ShardedVector:
         return self.loss_and_gradient()[1]
@@ -155,14 +167,32 @@ class RayOracle:
 
     def apply_update(self, d: ShardedVector, scale: float = 1.0) -> None:
         self.group.execute_all("apply_update", d.id, float(scale))
+        if self.anchor is not None:
+            self.anchor.update(d, scale)
 
     def snapshot(self) -> Any:
         sid = next(self._snap_ids)
         self.group.execute_all("snapshot", sid)
-        return _Snapshot(self.group, sid)
+        return _Snapshot(self.group, sid, None if self.anchor is None else self.anchor.value)
 
     def restore(self, snap: Any) -> None:
         self.group.execute_all("restore", snap.sid)
+        if self.anchor is not None and snap.anchor_value is not None:
+            self.anchor.value = snap.anchor_value
+
+    @property
+    def num_examples(self) -> int:
+        """Number of retain rows (over all ranks)."""
+        return self.num_rows
+
+    def use_rows(self, grad_rows: list[int] | None, hvp_rows: list[int] | None) -> None:
+        """Fix the gradient / loss rows and the HVP rows (global row ids, None: every row) on all ranks
+        until the next :meth:`resample`; each rank reads its share ``rows[rank::W]`` of them."""
+        self.group.execute_all(
+            "resample",
+            None if grad_rows is None else [int(i) for i in grad_rows],
+            None if hvp_rows is None else [int(i) for i in hvp_rows],
+        )
 
     def resample(self, seed: int | None) -> None:
         """Draw fixed gradient / HVP row samples (same on all ranks); None: all rows."""
@@ -182,10 +212,10 @@ class RayOracle:
 class _Snapshot:
     """Weights kept on the workers; freed when the snapshot object is dropped."""
 
-    def __init__(self, group: WorkerGroup, sid: int) -> None:
+    def __init__(self, group: WorkerGroup, sid: int, anchor_value: float | None = None) -> None:
         import weakref
 
-        self.sid = sid
+        self.sid, self.anchor_value = sid, anchor_value
         weakref.finalize(self, group.submit_all, "drop_snapshot", sid)
 
 

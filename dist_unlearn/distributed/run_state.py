@@ -30,6 +30,8 @@ OUTER_STEP_CALLS = (
     "retain_loss",
     "membership_losses",
     "set_forget_bins",
+    "save_vector",
+    "load_vector",
 )
 """Worker calls made once per outer step or trial point (loss, gradient, update, snapshots, checkpoints), not
 per Lanczos iteration: the first-M search and ARC trials add these, the fused iteration does not."""
@@ -43,6 +45,8 @@ class EngineRun:
         method / opts: the method and its options (defaults filled in); workers: the group size.
         use_gpu / cpus_per_worker / model_kwargs: how each worker starts and loads the model.
         hvp_rows: cure_newton's fixed HVP sample (row ids), the same rows as in-process for the seed.
+        anchor_value / anchor_saved: the influence anchor's running value at the last checkpoint, and
+            whether its vector c is on disk (the ranks' ``anchor-rank{r}.pt``) for a restarted group.
         initial: the caller's model's trainable weights before the run (None for a model path).
         ckpt / own_ckpt: the checkpoint folder and whether the run made it (and removes it).
         committed: the loop state of the last checkpointed outer step; restarts: attempts restarted.
@@ -77,6 +81,8 @@ class EngineRun:
     final_loss: float | None = None
     spec: dict[str, Any] = field(default_factory=dict)
     measured: dict[str, Any] = field(default_factory=dict)
+    anchor_value: float | None = None
+    anchor_saved: bool = False
 
     @property
     def stochastic(self) -> bool:
@@ -119,6 +125,8 @@ def engine_stats(run: EngineRun, out_model: Any) -> dict[str, Any]:
         "total_hvps": run.totals["hvps"],
         "total_gradients": run.totals["gradients"],
         "total_losses": run.totals["losses"],
+        "hvps_per_accepted_step": run.totals["hvps"] / state.accepted if state.accepted else None,
+        "curvature_bases": state.curvature_bases,
         "final_M": state.M,
         "stop_reason": state.stop_reason,
         "final_loss": run.final_loss if run.final_loss is not None else state.final_loss,

@@ -131,6 +131,24 @@ class VectorStore:
 
         self.vecs[out] = torch.as_tensor(np.array(arr), dtype=torch.float32, device=self.device).clone()
 
+    def save_vector(self, x: int, path: str) -> None:
+        """Write this rank's shard of vector ``x`` to ``path`` ('{rank}' filled in; temp file + rename): a
+        vector a restarted group needs again (the influence anchor)."""
+        import os
+
+        import torch
+
+        path = path.format(rank=self.rank)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(self.vecs[x].detach().cpu(), tmp)
+        os.replace(tmp, path)
+
+    def load_vector(self, path: str, out: int) -> None:
+        """Read this rank's shard written by :meth:`save_vector` into vector ``out``."""
+        import torch
+
+        self.vecs[out] = torch.load(path.format(rank=self.rank), map_location=self.device)
+
     def layout(self) -> dict[str, Any]:
         """What the driver needs to scatter/gather test vectors: stage, offsets or partition sizes."""
         if self.stage == 3:

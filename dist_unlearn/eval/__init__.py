@@ -2,9 +2,13 @@
 
 Classifiers: :func:`evaluate_classifier` (accuracy, Tug-of-War, JS divergence, MIA, parameter distances).
 Causal LMs: :func:`evaluate_lm` (TOFU-style forget quality, model utility, perplexity, MIA).
-Both accept a precomputed oracle reference (:func:`classifier_reference`, :func:`lm_reference`) so the
-retrained model is run once for all methods. :func:`measure_resources` times a block;
-:func:`write_results` / :func:`write_report` write ``results.json`` and ``report.md`` + PNGs atomically.
+Without a retrained model (the user's audit): :func:`row_statistics` (the membership attacks of the field,
+per row), :func:`extract` (greedy answers), :func:`judge_subjects` (the per-subject verdict over them),
+:func:`quantized_copy` / :func:`relearned_copy` (robustness probes on copies).
+Both experiment evaluations accept a precomputed oracle reference (:func:`classifier_reference`,
+:func:`lm_reference`) so the retrained model is run once for all methods. :func:`measure_resources` times
+a block; :func:`write_results` / :func:`write_report` write ``results.json`` and ``report.md`` + PNGs
+atomically.
 
 Submodules are imported on first use (``dist-unlearn report`` must not pay for torch).
 """
@@ -15,6 +19,15 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "AuditSettings": "dist_unlearn.eval.subject_verdict",
+    "RowStats": "dist_unlearn.eval.attacks",
+    "attack_aucs": "dist_unlearn.eval.attacks",
+    "extract": "dist_unlearn.eval.extraction",
+    "judge_subjects": "dist_unlearn.eval.subject_verdict",
+    "quantized_copy": "dist_unlearn.eval.probes",
+    "relearned_copy": "dist_unlearn.eval.probes",
+    "row_statistics": "dist_unlearn.eval.attacks",
+    "subject_scores": "dist_unlearn.eval.subjects",
     "ClassifierReference": "dist_unlearn.eval.classification",
     "LMReference": "dist_unlearn.eval.lm",
     "Predictions": "dist_unlearn.eval.predictions",

@@ -58,8 +58,15 @@ def loss_mia_auc(
     return auc_score(-_vector(member_losses, "member_losses"), -_vector(nonmember_losses, "nonmember_losses"))
 
 
+def lowest_mean(values: Sequence[float] | np.ndarray, k: float) -> float:
+    """Mean of the ``max(1, floor(k n))`` lowest of ``n`` values (open-unlearning's ``int(len * k)``)."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    return float(np.sort(v)[: max(1, int(v.size * k))].mean())
+
+
 def min_k_scores(token_logprobs: Sequence[Sequence[float] | np.ndarray], k: float = 0.4) -> np.ndarray:
-    """Min-K% Prob scores (Shi et al. 2024): mean of the lowest ``ceil(k * n)`` token log-probs per text.
+    """Min-K% Prob scores (Shi et al. 2024): mean of the lowest ``max(1, floor(k * n))`` token log-probs per
+    text (:func:`lowest_mean`, as open-unlearning's ``mia_min_k``).
 
     Args:
         token_logprobs: per-example arrays of ``log p(t_i | t_<i)``.
@@ -75,8 +82,7 @@ def min_k_scores(token_logprobs: Sequence[Sequence[float] | np.ndarray], k: floa
         lp = np.asarray(lp, dtype=np.float64).reshape(-1)
         if lp.size == 0:
             raise DataError(f"example {i} has no scored tokens for Min-K%.")
-        keep = max(1, int(np.ceil(k * lp.size)))
-        scores[i] = np.sort(lp)[:keep].mean()
+        scores[i] = lowest_mean(lp, k)
     return scores
 
 

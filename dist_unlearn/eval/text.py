@@ -75,7 +75,8 @@ def pad_token_id(tokenizer: Any) -> int:
 _WORD = re.compile(r"[a-z0-9]+")
 
 
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
+    """Lower-cased alphanumeric words of ``text`` (the units of ROUGE-L here)."""
     return _WORD.findall(text.lower())
 
 
@@ -98,10 +99,10 @@ def rouge_l_recall(prediction: str, reference: str) -> float:
     TOFU reports ``rouge_score``'s ROUGE-L recall with the Porter stemmer; without the stemmer the value
     is the same except where two words differ only by suffix.
     """
-    ref = _words(reference)
+    ref = words(reference)
     if not ref:
         return 0.0
-    return lcs_length(_words(prediction), ref) / len(ref)
+    return lcs_length(words(prediction), ref) / len(ref)
 
 
 def generate_answers(
@@ -114,26 +115,52 @@ def generate_answers(
     batch_size: int = 16,
     device: torch.device | str | None = None,
 ) -> list[str]:
-    """Greedy-decode an answer to each question (the prompt is ``qa_format.template``).
-
-    HF models use ``model.generate`` on left-padded batches; other modules a plain greedy loop, one
-    question at a time. Generation stops at EOS or ``max_new_tokens`` (capped so the model's position
-    limit is not exceeded).
-    """
-    device = torch.device(device) if device is not None else model_device(model)
+    """Greedy-decode an answer to each question (the prompt is ``qa_format.template``); see
+    :func:`greedy_continuations`."""
     qa_format = qa_format or QAFormat()
     prompts = [qa_format.prompt_ids(tokenizer, q) for q in questions]
+    generated = greedy_continuations(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device
+    )
+    return [tokenizer.decode(g, skip_special_tokens=True) for g in generated]
+
+
+def greedy_continuations(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int | Sequence[int] = 32,
+    batch_size: int = 16,
+    device: torch.device | str | None = None,
+) -> list[list[int]]:
+    """Greedy continuation of each prompt (token ids), without the EOS that ends it.
+
+    HF models use ``model.generate`` on left-padded batches; other modules a plain greedy loop, one prompt
+    at a time. Generation stops at EOS or ``max_new_tokens`` (one number, or one per prompt: a batch
+    generates its longest and each row is cut to its own), capped so the model's position limit is not
+    exceeded.
+    """
+    device = torch.device(device) if device is not None else model_device(model)
+    budgets = (
+        [int(max_new_tokens)] * len(prompts)
+        if isinstance(max_new_tokens, int)
+        else [int(m) for m in max_new_tokens]
+    )
+    if len(budgets) != len(prompts):
+        raise DataError(f"{len(prompts)} prompts but {len(budgets)} max_new_tokens values.")
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = pad_token_id(tokenizer)
     limit = _max_positions(model)
-    texts: list[str] = []
+    out: list[list[int]] = []
     with _EvalMode(model):
         for lo in range(0, len(prompts), batch_size):
-            chunk = prompts[lo : lo + batch_size]
+            chunk = [list(p) for p in prompts[lo : lo + batch_size]]
+            want = budgets[lo : lo + batch_size]
             width = max(len(p) for p in chunk)
-            new = max_new_tokens if limit is None else max(0, min(max_new_tokens, limit - width))
+            new = max(want) if limit is None else max(0, min(max(want), limit - width))
             if new == 0:
-                texts.extend("" for _ in chunk)
+                out.extend([] for _ in chunk)
                 continue
             if hasattr(model, "generate") and hasattr(model, "config"):
                 ids = torch.full((len(chunk), width), pad, dtype=torch.long)
@@ -153,11 +180,11 @@ def generate_answers(
                 generated = [seq[width:].tolist() for seq in seqs]
             else:
                 generated = [_greedy(model, p, new, eos, device) for p in chunk]
-            for g in generated:
+            for g, budget in zip(generated, want, strict=True):
                 if eos is not None and eos in g:
                     g = g[: g.index(eos)]
-                texts.append(tokenizer.decode(g, skip_special_tokens=True))
-    return texts
+                out.append(g[:budget])
+    return out
 
 
 def _greedy(

@@ -61,8 +61,9 @@ def utility_checks(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
     return out
 
 
-def plot_losses(before: dict[str, Any], after: dict[str, Any], path: Path) -> Path:
-    """Histograms of per-example losses, before | after: forget (red), holdout (blue), retain (grey)."""
+def plot_losses(before: dict[str, Any] | None, after: dict[str, Any], path: Path) -> Path:
+    """Histograms of per-example losses, before | after: forget (red), holdout (blue), retain (grey); one
+    panel (the audited model) when there is no ``before``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,6 +78,7 @@ def plot_losses(before: dict[str, Any], after: dict[str, Any], path: Path) -> Pa
         [
             np.asarray(ev["losses"][s], float)
             for ev in (before, after)
+            if ev is not None
             for s, _, _ in sets
             if s in ev["losses"]
         ]
@@ -84,8 +86,14 @@ def plot_losses(before: dict[str, Any], after: dict[str, Any], path: Path) -> Pa
     allv = allv[np.isfinite(allv)]
     hi = float(np.quantile(allv, 0.995)) if allv.size else 1.0
     bins = np.linspace(0.0, max(hi, 1e-6) * 1.05, 40)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True, sharey=True)
-    for ax, ev, title in ((axes[0], before, "before unlearning"), (axes[1], after, "after unlearning")):
+    panels = (
+        [(before, "before unlearning"), (after, "after unlearning")] if before else [(after, "audited model")]
+    )
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5 * len(panels), 3.8), sharex=True, sharey=True, squeeze=False
+    )
+    axes = axes[0]
+    for ax, (ev, title) in zip(axes, panels, strict=True):
         for name, color, label in sets:
             vals = ev["losses"].get(name)
             if vals is None:
@@ -101,7 +109,7 @@ def plot_losses(before: dict[str, Any], after: dict[str, Any], path: Path) -> Pa
         ax.set_title(f"{title}\n{sub}", fontsize=10)
         ax.set_xlabel("per-example loss (higher = less fitted)")
     axes[0].set_ylabel("density")
-    axes[1].legend(fontsize=8, loc="upper right")
+    axes[-1].legend(fontsize=8, loc="upper right")
     fig.suptitle("Is the forget set still fitted like training data, or like data never seen?", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -109,14 +117,20 @@ def plot_losses(before: dict[str, Any], after: dict[str, Any], path: Path) -> Pa
     return path
 
 
-def write_audit(stage: Path, record: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
+def write_audit(
+    stage: Path, record: dict[str, Any], before: dict[str, Any] | None, after: dict[str, Any]
+) -> None:
     """Write ``audit.json``, ``audit.md`` and the plot into ``stage`` (the job's staging folder)."""
+    from dist_unlearn.eval.subject_plot import plot_subjects
+    from dist_unlearn.job.audit_sections import SUBJECT_PLOT
+
     plot_losses(before, after, stage / PLOT_NAME)
+    plot_subjects(record["verdict"], stage / SUBJECT_PLOT)
     full = dict(record)
     full["evidence"] = {
-        "before": strip_losses(before),
+        "before": strip_losses(before) if before is not None else None,
         "after": strip_losses(after),
-        "per_example_losses": {"before": before["losses"], "after": after["losses"]},
+        "per_example_losses": {"before": before["losses"] if before else None, "after": after["losses"]},
         "plot": PLOT_NAME,
     }
     (stage / "audit.json").write_text(json.dumps(full, indent=2, default=str))
@@ -126,9 +140,11 @@ def write_audit(stage: Path, record: dict[str, Any], before: dict[str, Any], aft
 def audit_markdown(a: dict[str, Any]) -> str:
     """The human-readable audit (the same facts as audit.json, without the per-example losses)."""
     req, mdl, run, ver = a["request"], a["model"], a["run"], a["verdict"]
-    ev_b, ev_a = a["evidence"]["before"], a["evidence"]["after"]
+    agg = ver.get("aggregate") or ver
+    ev_b, ev_a = a["evidence"]["before"] or {}, a["evidence"]["after"]
+    only = " (audit only: the model as given, no unlearning run)" if a.get("audit_only") else ""
     lines = [
-        "# Unlearning audit",
+        "# Unlearning audit" + only,
         "",
         f"**Verdict: {ver['status']}.** {ver['sentence']}",
         "",
@@ -159,8 +175,9 @@ def audit_markdown(a: dict[str, Any]) -> str:
         + ")",
     ]
     lines += [f"  - `{k}` sha256 `{v}`" for k, v in mdl["input"]["weight_sha256"].items()]
-    lines.append(f"- output: `{mdl['output']['path']}`")
-    lines += [f"  - `{k}` sha256 `{v}`" for k, v in mdl["output"]["weight_sha256"].items()]
+    if mdl.get("output"):
+        lines.append(f"- output: `{mdl['output']['path']}`")
+        lines += [f"  - `{k}` sha256 `{v}`" for k, v in mdl["output"]["weight_sha256"].items()]
     opts = a["method"].get("given") or {}
     cost = run.get("cost") or {}
     cost_txt = (
@@ -172,6 +189,7 @@ def audit_markdown(a: dict[str, Any]) -> str:
         "",
         "## Method and run",
         "",
+        *(["- audit only: no unlearning was run; the model above was judged as given", ""] if only else []),
         f"- method: `{a['method']['name']}`; options given: `{json.dumps(opts, default=str)}` (all resolved "
         "options in audit.json)",
         f"- workers: {run['workers'] or 'in-process'}; ZeRO stage: {run['zero_stage']}; "
@@ -196,10 +214,14 @@ def audit_markdown(a: dict[str, Any]) -> str:
         f"Retain loss change {_fmt(chk.get('retain_loss_change'), '+.1%')}, holdout loss change "
         f"{_fmt(chk.get('holdout_loss_change'), '+.1%')} (tolerance {chk['tolerance']:.0%}).",
         "",
-        f"Thresholds: `{json.dumps(ver['thresholds'])}`; target AUC {ver['target_auc']} ({ver['target']}).",
+        f"Aggregate loss evidence (all forget rows at once): {agg['status']}; thresholds "
+        f"`{json.dumps(agg['thresholds'])}`; target AUC {agg['target_auc']} ({agg['target']}).",
         "",
         f"![losses]({a['evidence']['plot']})",
     ]
+    from dist_unlearn.job.audit_sections import attacks_md, cost_md, probes_md, subjects_md
+
+    lines += subjects_md(a) + attacks_md(a) + probes_md(a) + cost_md(a)
     if a.get("not_checked"):
         lines += ["", "## Not checked", ""] + [f"- {x}" for x in a["not_checked"]]
     if a.get("warnings"):

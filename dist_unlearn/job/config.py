@@ -11,6 +11,8 @@ Example (every key; see ``configs/jobs/example.yaml``)::
       prompt_column: question       # or text_column (plain text), or text_column + label_column
       response_column: answer
       max_length: 256
+      subject_column: person        # who each row is about (default: the where: column, else
+                                    # holdout_split.group_column, else each forget row is its own subject)
     holdout: unseen.jsonl           # optional: rows the model never saw (the audit's reference)
     holdout_split:                  # the holdout is split: calibration rows (the stop rule) / audit rows
       calibration_fraction: 0.5     #   share of the holdout for the stop rule (0: no stop rule)
@@ -21,6 +23,9 @@ Example (every key; see ``configs/jobs/example.yaml``)::
     workers: 2                      # optional: Ray workers (curvature methods); null = in-process
     zero_stage: 3
     output_dir: unlearned/
+    audit: {alpha: 0.05}            # optional: the per-subject verdict's settings (job.audit_config)
+    probes: true                    # robustness probes on a copy (false: none; settings: job.audit_config)
+    training: {epochs: 3}           # optional: the fine-tune's cost, for "x% of retraining" in the audit
 
 Unknown keys are rejected with the closest allowed key, like the experiment configs
 (:mod:`dist_unlearn.config`). Relative paths are relative to the working directory (what ``ray job submit
@@ -37,6 +42,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from dist_unlearn.config import MethodConfig, _Section, read_yaml_mapping, validate_mapping
 from dist_unlearn.errors import ConfigError
+from dist_unlearn.job.audit_config import AuditSection, ProbesSection, TrainingSection, probes_switch
 
 #: The method a job runs when ``method:`` is not given: the configuration recommended for removing memorised
 #: records. CureNewton on the NPO objective (the retain loss alone cannot move memorised rows), with a small
@@ -67,6 +73,10 @@ class DataSection(_Section):
     prompt_template: str = "{prompt}"
     response_prefix: str = " "
     add_eos: bool = True
+    subject_column: str | None = None
+    """Who each row is about (a person, an author, a document): the unit the audit judges one by one
+    (default: the column of a ``where:`` selector, else ``holdout_split.group_column``, else each forget row
+    is its own subject). The holdout needs the same column (:mod:`dist_unlearn.job.subjects`)."""
 
     @field_validator("prompt_template")
     @classmethod
@@ -149,6 +159,14 @@ class JobConfig(_Section):
     """Retain rows the audit's retain loss is measured on (a fixed, seeded sample)."""
     eval_batch_size: int = Field(default=16, ge=1)
     seed: int = 0
+    audit: AuditSection = Field(default_factory=AuditSection)
+    probes: ProbesSection = Field(default_factory=ProbesSection)
+    training: TrainingSection | None = None
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _probes(cls, value: Any) -> Any:
+        return probes_switch(value)
 
     @field_validator("method", mode="before")
     @classmethod

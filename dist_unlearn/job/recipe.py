@@ -9,12 +9,15 @@
 2. :func:`load_rows`: the model and tokenizer, the token rows split into retain / forget, the holdout split
    into calibration rows (the forgetting stop rule, :mod:`dist_unlearn.stopping`) and audit rows (the
    verdict's reference, :mod:`dist_unlearn.job.holdout`).
-3. :func:`measure` the evidence before.
+3. :func:`check_encoding`: a cheap forward pass that the training rows are fitted clearly better than the
+   holdout under the configured format (:mod:`dist_unlearn.job.format_check`), then :func:`measure` the
+   evidence before: every membership attack and (causal LMs) the greedy answers.
 4. :func:`unlearn_rows` through the common engine: :func:`dist_unlearn.unlearn` in-process, or
    :func:`dist_unlearn.distributed.engine.run_distributed` on Ray workers (each worker loads the model from
    its path itself; ZeRO stage as configured).
-5. :func:`measure` the evidence after (audit holdout rows only).
-6. :func:`write_outputs`: the verdict (:func:`dist_unlearn.eval.verdict.decide`), then the model,
+5. :func:`measure` the evidence after (audit holdout rows only), then :func:`probe`: the robustness probes
+   on copies of the unlearned model (:mod:`dist_unlearn.job.robustness`).
+6. :func:`write_outputs`: the per-subject verdict (:func:`dist_unlearn.job.judge.job_verdict`), the model,
    ``forget_ids.txt``, the audit and the model card through :class:`dist_unlearn.output.OutputDir` (staged,
    committed at the end: a failed job leaves the output folder as it was).
 """
@@ -78,6 +81,10 @@ class JobState:
         model / tokenizer / pad_id: the loaded model (None while the workers hold it).
         before / after: the evidence records; stats: the method's statistics; options_record: the
             method and its options as the audit shows them.
+        subjects: who each forget / holdout row is about (:mod:`dist_unlearn.job.subjects`).
+        measured: ``before`` / ``after`` -> the per-row attack statistics and answers behind the records.
+        audit_cost: the audit's own work (role ``audit``); probes: the robustness probes' record;
+            format_check: the encoding check's record.
     """
 
     cfg: JobConfig
@@ -106,6 +113,11 @@ class JobState:
     after: dict[str, Any] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     options_record: dict[str, Any] = field(default_factory=dict)
+    subjects: Any = None
+    measured: dict[str, Any] = field(default_factory=dict)
+    audit_cost: Any = None
+    probes: dict[str, Any] | None = None
+    format_check: dict[str, Any] | None = None
 
 
 def _stderr(msg: str) -> None:
@@ -139,6 +151,7 @@ def run_job(
     connected = connect_workers(job)
     try:
         load_rows(job)
+        check_encoding(job)
         job.before = measure(job, "before")
         unlearn_rows(job)
         job.after = measure(job, "after")
@@ -147,6 +160,7 @@ def run_job(
             import ray
 
             ray.shutdown()
+    probe(job)
     record = write_outputs(job)
     return JobResult(output_dir=job.out, audit=record, model=job.model)
 
@@ -180,6 +194,11 @@ def check_inputs(job: JobState) -> None:
 
         check_deepspeed_config(cfg.deepspeed_config, cfg.zero_stage)
     job.split = split_for_job(cfg, job.method.curvature, job.holdout)
+    from dist_unlearn.cost import CostCounter
+    from dist_unlearn.job.subjects import resolve_subjects
+
+    job.subjects = resolve_subjects(cfg, job.train, job.selection, job.holdout)
+    job.audit_cost = CostCounter()
 
 
 def connect_workers(job: JobState) -> bool:
@@ -234,12 +253,23 @@ def seeded_sample(n: int, k: int, seed: int) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
+def check_encoding(job: JobState) -> None:
+    """Step 3a: refuse when the training rows are not fitted clearly better than the holdout
+    (:func:`dist_unlearn.job.format_check.check_format`)."""
+    from dist_unlearn.job.format_check import check_format
+
+    job.format_check = check_format(job)
+
+
 def measure(job: JobState, when: str) -> dict[str, Any]:
-    """Steps 3 and 5: the evidence at the model's current weights (forget, retain sample, audit holdout)."""
-    from dist_unlearn.job.evidence import evidence
+    """Steps 3 and 5: the evidence at the model's current weights (forget, retain sample, audit holdout):
+    every attack's statistics and, for a causal LM with ``audit.extraction``, the greedy answers to the
+    forget, audit-holdout and (``audit.extraction_retain_rows``) retained prompts."""
+    from dist_unlearn.job.evidence import evidence_record, extraction_sets, measure_model
 
     rows = job.rows
     sets = {"forget": rows["forget"], "retain": rows["retain_sample"], "holdout": rows["holdout"]}
+    sets["calibration"] = rows["calibration"]  # never seen: its subjects steady the design effect's estimate
     if when == "before":
         calibration = rows["calibration"]
         job.log(
@@ -247,10 +277,29 @@ def measure(job: JobState, when: str) -> dict[str, Any]:
             f"{0 if rows['holdout'] is None else len(rows['holdout'])} holdout (audit) rows"
             + (f", {len(calibration)} calibration rows for the stop rule" if calibration is not None else "")
         )
-    ev = evidence(job.model, sets, job.src.task, pad_id=job.pad_id, batch_size=job.cfg.eval_batch_size)
+    m = measure_model(
+        job.model,
+        sets,
+        job.src.task,
+        tokenizer=job.tokenizer,
+        pad_id=job.pad_id,
+        batch_size=job.cfg.eval_batch_size,
+        extraction=extraction_sets(rows, job.cfg.audit, job.src.task),
+        cost=job.audit_cost,
+    )
+    job.measured[when] = m
+    ev = evidence_record(m)
     if when == "after" and not all(math.isfinite(x) for x in ev["losses"]["forget"]):
         raise NumericalError("the unlearned model gives non-finite forget losses; nothing was written.")
     return ev
+
+
+def probe(job: JobState) -> None:
+    """Step 5b: the robustness probes on copies of the unlearned model (:func:`dist_unlearn.job.robustness
+    .run_probes`); the delivered model is not touched."""
+    from dist_unlearn.job.robustness import run_probes
+
+    job.probes = run_probes(job)
 
 
 def method_options(job: JobState) -> dict[str, Any]:
@@ -262,6 +311,9 @@ def method_options(job: JobState) -> dict[str, Any]:
     opts.setdefault("seed", job.cfg.seed)
     if job.rows["calibration"] is not None:
         opts["calibration"] = job.rows["calibration"]
+    from dist_unlearn.job.subjects import subject_options
+
+    opts.update(subject_options(job, opts))
     return opts
 
 
@@ -301,10 +353,13 @@ def unlearn_rows(job: JobState) -> None:
         )
     job.model = res.model
     job.stats = dict(res.stats)
-    shown = {k: v for k, v in (job.stats.get("options") or {}).items() if k != "calibration"}
+    hidden = ("calibration", "forget_subjects", "calibration_subjects")
+    shown = {k: v for k, v in (job.stats.get("options") or {}).items() if k not in hidden}
     if job.rows["calibration"] is not None:
         n = len(job.rows["calibration"])
         shown["calibration"] = f"{n} holdout rows (request.holdout.split.calibration_ids)"
+    if opts.get("forget_subjects") is not None:
+        shown["forget_subjects"] = "the subject of each forget row (subjects in audit.json)"
     job.options_record = {"name": name, "given": cfg.method_options(), "options": shown}
     final = dict(job.model.named_parameters())
     job.stats["update_norm"] = math.sqrt(
@@ -318,15 +373,15 @@ def write_outputs(job: JobState) -> dict[str, Any]:
     Returns:
         The audit record (with the evidence, without the per-example losses).
     """
-    from dist_unlearn.eval.verdict import decide
     from dist_unlearn.job.audit import model_card, strip_losses, write_audit
+    from dist_unlearn.job.judge import verdict_of
     from dist_unlearn.job.record import audit_record
     from dist_unlearn.models import save_model
     from dist_unlearn.output import OutputDir
     from dist_unlearn.provenance import weight_file_hashes, write_ids_file
 
-    verdict = decide(job.after, before=job.before)
-    verdict["before_status"] = decide(job.before)["status"]
+    verdict = verdict_of(job)
+    job.log(f"verdict: {verdict['status']}. {verdict['sentence']}")
     with OutputDir(job.out, overwrite=job.overwrite, command="unlearn") as od:
         save_model(job.model, od.stage / "model", tokenizer=job.tokenizer)
         if job.src.adapter and job.cfg.merged:

@@ -106,6 +106,26 @@ def not_checked(job: Any) -> list[str] | None:
     return None
 
 
+def audit_sections(job: Any) -> dict[str, Any]:
+    """The audit's own sections: the subjects, the audit's settings and cost (apart from the unlearning),
+    the encoding check, the robustness probes; and the run's cost against retraining (into ``run``)."""
+    from dist_unlearn.job.retraining import cost_against_retraining
+
+    audit_cost = job.audit_cost.as_dict() if job.audit_cost is not None else None
+    return {
+        "subjects": job.subjects.record() if job.subjects is not None else None,
+        "audit": {
+            "settings": job.cfg.audit.model_dump(),
+            "cost": audit_cost,
+            "format_check": job.format_check,
+        },
+        "probes": job.probes,
+        "cost_against_retraining": cost_against_retraining(
+            job.stats.get("cost"), job.cfg.training, len(job.train), len(job.rows["retain"])
+        ),
+    }
+
+
 def audit_record(
     job: Any, verdict: dict[str, Any], ids: dict[str, Any], outputs: dict[str, Any], *, end_utc: str
 ) -> dict[str, Any]:
@@ -138,9 +158,10 @@ def audit_record(
         "method": job.options_record,
         "run": run_record(job, end_utc),
         "verdict": verdict,
-        "checks": utility_checks(job.before, job.after),
+        "checks": utility_checks(job.before or {}, job.after),
         "warnings": job.warnings,
     }
+    record.update(audit_sections(job))
     missing = not_checked(job)
     if missing is not None:
         record["not_checked"] = missing

@@ -34,6 +34,24 @@ class ModelRun:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+Roles = str | Callable[[Any], list[tuple[str, int]]]
+"""The cost role of a work item's examples: one role for all of them, or item -> [(role, examples), ...]."""
+
+
+def paired_roles(item: Any) -> list[tuple[str, int]]:
+    """Roles of a (forget batch, retain batch) :class:`Pair` (grad_diff, npo)."""
+    fb, rb = item
+    return [("forget", count_examples(fb)), ("retain", count_examples(rb))]
+
+
+def count_step(cost: CostCounter, item: Any, roles: Roles) -> None:
+    """Count one optimiser step on ``item`` as ``train_step`` work, split by role (one call in all)."""
+    parts = [(roles, count_examples(item))] if isinstance(roles, str) else roles(item)
+    parts = [p for p in parts if p[1]] or parts[:1]  # no empty entries (NPO without a retain batch)
+    for i, (role, n) in enumerate(parts):
+        cost.add("train_step", n, calls=int(i == 0), role=role)
+
+
 def trainable(model: nn.Module, what: str) -> list[nn.Parameter]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -92,6 +110,7 @@ def optimise(
     epochs: int,
     cost: CostCounter | None = None,
     stop: Any = None,
+    roles: Roles = "retain",
 ) -> list[StepRecord]:
     """Run ``epochs`` passes of ``epoch_items(epoch)``, one optimiser step per item (at most ``max_steps``).
 
@@ -108,6 +127,8 @@ def optimise(
             cap (each step predicted to cost what the previous one did; the first: its examples).
         stop: a :class:`~dist_unlearn.methods.first_order_stop.FirstOrderStop` (the forgetting stop rule,
             checked before the first step and then every ``stop.every`` steps or after each epoch), or None.
+        roles: the cost role of each item's examples (:data:`Roles`): "retain" (fine-tuning, retraining),
+            "forget" (gradient ascent) or a split of paired items (:func:`paired_roles`).
 
     Returns:
         One StepRecord per optimiser step (loss = objective value, grad_norm before clipping,
@@ -149,7 +170,7 @@ def optimise(
                 opt.zero_grad(set_to_none=True)
                 value = objective(to_device(item, device))
                 if cost is not None:
-                    cost.add("train_step", count_examples(item))
+                    count_step(cost, item, roles)
                 _check(value.detach(), params, good, method, k, "objective")
                 value.backward()
                 gsq = sum(float(p.grad.detach().double().pow(2).sum()) for p in params if p.grad is not None)

@@ -95,6 +95,7 @@ class OuterLoopState:
         stop_checks: the forgetting stop rule's evaluations (:class:`dist_unlearn.stopping.StopCheck` dicts),
             the one before the first step included; empty without the rule.
         forgotten: the stop rule found the forget set indistinguishable after the last accepted step.
+        curvature_bases: Lanczos bases built for curvature reuse (``reuse_curvature``; 0 without it).
     """
 
     step: int = 0
@@ -113,6 +114,7 @@ class OuterLoopState:
     last_step_small: bool = False
     stop_checks: list[dict[str, Any]] = field(default_factory=list)
     forgotten: bool = False
+    curvature_bases: int = 0
 
 
 StepCallback = Callable[[StepRecord, OuterLoopState], None]
@@ -121,17 +123,20 @@ StepCallback = Callable[[StepRecord, OuterLoopState], None]
 def curvature_stats(oracle: CurvatureOracle, state: OuterLoopState) -> dict[str, Any]:
     """The ``UnlearnResult.stats`` entries a curvature run contributes (for local and distributed engines).
 
-    Keys: total_hvps, total_gradients, total_losses (the oracle's counters), final_M, stop_reason, final_loss,
-    final_grad_norm (at the returned weights, on the last sample for the stochastic variant), num_steps,
-    accepted_steps, ``stop_checks`` (only when the forgetting stop rule ran), and
-    ``cost`` (``oracle.cost.as_dict()``: example passes by kind, see
-    :mod:`dist_unlearn.cost`; None for an oracle that does not count).
+    Keys: total_hvps, total_gradients, total_losses (the oracle's counters), hvps_per_accepted_step,
+    curvature_bases (Lanczos bases built for reuse), final_M, stop_reason, final_loss, final_grad_norm (at the
+    returned weights, on the last sample for the stochastic variant), num_steps, accepted_steps,
+    ``stop_checks`` (only when the forgetting stop rule ran), and ``cost`` (``oracle.cost.as_dict()``:
+    example passes by kind and role, see :mod:`dist_unlearn.cost`; None for an oracle that does not count).
     """
     counters = getattr(oracle, "counters", {}) or {}
     counter = getattr(oracle, "cost", None)
+    hvps = int(counters.get("hvps", 0))
     return {
         "cost": counter.as_dict() if counter is not None else None,
-        "total_hvps": int(counters.get("hvps", 0)),
+        "total_hvps": hvps,
+        "hvps_per_accepted_step": hvps / state.accepted if state.accepted else None,
+        "curvature_bases": state.curvature_bases,
         "total_gradients": int(counters.get("gradients", 0)),
         "total_losses": int(counters.get("losses", 0)),
         "final_M": state.M,

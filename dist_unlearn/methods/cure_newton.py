@@ -37,6 +37,13 @@ a conservative first step (H_0 + lambda I has condition number <= 2: a gradient 
 safe for an L-smooth loss with L = rho); ARC then shrinks M towards Newton steps as long as the model
 predicts the loss well.
 
+**Cost set by the forget set.** The retain term is evaluated on a fixed-size sample of the retain rows,
+drawn once per run (``retain_sample``, :mod:`dist_unlearn.curvature.sample`), so a request costs the same
+whatever the size of the training set; the forget set is read whole. With a forgetting objective the Lanczos
+basis of one point is kept for the following steps' solves (``reuse_curvature``,
+:mod:`dist_unlearn.methods.kept_curvature`): a later step costs a gradient and a trial loss, not a Krylov
+solve. ``stats`` report ``hvps_per_accepted_step`` and ``curvature_bases``.
+
 **Stochastic variant** (``cure_newton_stochastic``): the oracle draws a fresh gradient mini-batch and HVP
 mini-batch every outer step (``oracle.resample(seed + k)``; batch sizes ``grad_batch_size`` /
 ``hvp_batch_size``, the paper's 128 / 64), and the subproblem is solved by Lanczos (``cubic_solver="krylov"``)
@@ -50,9 +57,11 @@ import math
 from typing import Any
 
 from dist_unlearn.curvature.oracle import CurvatureOracle
+from dist_unlearn.curvature.sample import RetainSample, draw_retain_sample
 from dist_unlearn.linalg import Vector
 from dist_unlearn.methods.base import OuterLoopState, StepCallback
 from dist_unlearn.methods.budget import PassBudget, max_iter_within, solve_stop, step_reserve
+from dist_unlearn.methods.kept_curvature import KeptCurvatureSolver, reuse_possible
 from dist_unlearn.methods.outer_loop import run_outer_loop
 from dist_unlearn.methods.proposal import Proposal, Resolve, Solve
 from dist_unlearn.methods.registry import register_method
@@ -205,28 +214,68 @@ def _initial_M(options: UnlearnOptions):
     return lambda oracle, g, gnorm: estimate_initial_M(oracle, g, gnorm, options)
 
 
-CURE_DEFAULTS = {"max_steps": 10, "krylov_max_iter": 30}
-"""cure_newton's defaults: at most 10 accepted steps (the loop usually stops earlier, "stalled" or
-"converged" by the relative rules), 30 HVPs per solve."""
+CURE_DEFAULTS = {"krylov_max_iter": 30}
+"""cure_newton's defaults: 30 HVPs per solve (or per kept basis, ``reuse_curvature``); ``max_steps``: see
+:data:`MAX_STEPS`."""
+
+MAX_STEPS = {"fresh": 10, "reuse": 40}
+"""cure_newton's default ``max_steps`` (accepted steps): 10 with a fresh solve at each step (the loop usually
+stops earlier, "stalled" or "converged" by the relative rules), 40 on a kept basis, whose steps cost a
+gradient and a trial loss instead of a Krylov solve (a forgetting run on the demo takes ~25, stopped by the
+forgetting stop rule: benchmarks/notes/h15.md)."""
+
+
+def use_retain_samples(oracle: CurvatureOracle, options: UnlearnOptions) -> RetainSample | None:
+    """Fix the oracle's retain samples for the run (:mod:`dist_unlearn.curvature.sample`): the gradient /
+    loss rows and the HVP rows, drawn from ``options.seed``. None for an oracle without row samples."""
+    use_rows = getattr(oracle, "use_rows", None)
+    n = getattr(oracle, "num_examples", None)
+    if not callable(use_rows) or not isinstance(n, int):
+        return None
+    sample = draw_retain_sample(options.retain_sample, options.hvp_sample, n, options.seed, options.objective)
+    use_rows(sample.grad_rows, sample.hvp_rows)
+    return sample
+
+
+def run_cubic(
+    oracle: CurvatureOracle,
+    options: UnlearnOptions,
+    state: OuterLoopState,
+    on_step: StepCallback | None,
+    *,
+    method: str,
+    stochastic: bool = False,
+) -> None:
+    """The outer loop of a cubic method with Krylov solves: fresh at each step, or on a kept basis."""
+    if not stochastic and options.max_steps is None:
+        options = options.with_defaults(
+            {"max_steps": MAX_STEPS["reuse" if reuse_possible(options) else "fresh"]}
+        )
+    if reuse_possible(options, stochastic):
+        kept = KeptCurvatureSolver(options, state, krylov_solver(options, state)[0])
+        try:
+            run_outer_loop(
+                oracle, options, state, on_step, kept.solve, method=method, cubic=True,
+                stochastic=stochastic, initial_M=kept.initial_M, resolve=kept.resolve,
+            )  # fmt: skip
+        finally:
+            kept.release()
+        return
+    solve, resolve = krylov_solver(options, state)
+    run_outer_loop(
+        oracle, options, state, on_step, solve, method=method, cubic=True, stochastic=stochastic,
+        initial_M=_initial_M(options), resolve=resolve,
+    )  # fmt: skip
 
 
 @register_method("cure_newton", curvature=True, defaults=CURE_DEFAULTS)
 def cure_newton(
     oracle: CurvatureOracle, options: UnlearnOptions, state: OuterLoopState, on_step: StepCallback | None
 ) -> None:
-    """Cubic-regularised Newton on the full retain loss, Krylov (Lanczos) subproblem solves."""
-    solve, resolve = krylov_solver(options, state)
-    run_outer_loop(
-        oracle,
-        options,
-        state,
-        on_step,
-        solve,
-        method="cure_newton",
-        cubic=True,
-        initial_M=_initial_M(options),
-        resolve=resolve,
-    )
+    """Cubic-regularised Newton on the retain objective over fixed-size retain samples, Krylov (Lanczos)
+    subproblem solves on a basis kept across steps."""
+    use_retain_samples(oracle, options)
+    run_cubic(oracle, options, state, on_step, method="cure_newton")
 
 
 @register_method(
@@ -238,18 +287,10 @@ def cure_newton_stochastic(
     oracle: CurvatureOracle, options: UnlearnOptions, state: OuterLoopState, on_step: StepCallback | None
 ) -> None:
     """Cubic-regularised Newton with fresh gradient / HVP mini-batches each step (Krylov or GD solves)."""
-    solve, resolve = (
-        (gd_solver(options), None) if options.cubic_solver == "gd" else krylov_solver(options, state)
-    )
+    if options.cubic_solver != "gd":
+        run_cubic(oracle, options, state, on_step, method="cure_newton_stochastic", stochastic=True)
+        return
     run_outer_loop(
-        oracle,
-        options,
-        state,
-        on_step,
-        solve,
-        method="cure_newton_stochastic",
-        cubic=True,
-        stochastic=True,
-        initial_M=_initial_M(options),
-        resolve=resolve,
-    )
+        oracle, options, state, on_step, gd_solver(options), method="cure_newton_stochastic", cubic=True,
+        stochastic=True, initial_M=_initial_M(options), resolve=None,
+    )  # fmt: skip

@@ -44,6 +44,7 @@ from dist_unlearn.methods._training import (
     frozen_copy,
     loader,
     optimise,
+    paired_roles,
 )
 from dist_unlearn.methods.first_order_stop import first_order_stop
 from dist_unlearn.methods.registry import register_method
@@ -116,6 +117,7 @@ def grad_ascent(
         epochs=options.epochs,
         cost=cost,
         stop=stop,
+        roles="forget",
     )
     return ModelRun(model, steps, _stats(cost, stop))
 
@@ -158,6 +160,7 @@ def grad_diff(
         epochs=options.epochs,
         cost=cost,
         stop=stop,
+        roles=paired_roles,
     )
     return ModelRun(model, steps, _stats(cost, stop))
 
@@ -184,7 +187,15 @@ def npo(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: Un
 
     items = _paired(forget, retain if use_retain else None, options)
     steps = optimise(
-        model, objective, items, options, method="npo", epochs=options.epochs, cost=cost, stop=stop
+        model,
+        objective,
+        items,
+        options,
+        method="npo",
+        epochs=options.epochs,
+        cost=cost,
+        stop=stop,
+        roles=paired_roles,
     )
     reference = "given" if options.reference_model is not None else "original"
     return ModelRun(model, steps, {"npo_reference": reference, **_stats(cost, stop)})
@@ -232,17 +243,21 @@ def scrub(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: 
     cost = CostCounter()
     stop = first_order_stop(model, loss_fn, forget, options, cost, retain=retain)
 
-    def kl(batch):
+    def kl(batch, role: str):
         with torch.no_grad():
             t = output_fn(teacher, batch)
-        cost.add("loss", count_examples(batch))  # the teacher's forward
+        cost.add("loss", count_examples(batch), role=role)  # the teacher's forward
         return distill_kl(output_fn(model, batch), t, T)
 
     def objective(item):
         kind, batch = item
         if kind == "max":
-            return -kl(batch)
-        return alpha * kl(batch) + gamma * loss_fn(model, batch)
+            return -kl(batch, "forget")
+        return alpha * kl(batch, "retain") + gamma * loss_fn(model, batch)
+
+    def roles(item) -> list[tuple[str, int]]:
+        kind, batch = item
+        return [("forget" if kind == "max" else "retain", count_examples(batch))]
 
     def items(epoch: int):
         if epoch < forget_epochs:
@@ -251,5 +266,7 @@ def scrub(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: 
         for b in loader(retain, options, epoch):
             yield "min", b
 
-    steps = optimise(model, objective, items, options, method="scrub", epochs=epochs, cost=cost, stop=stop)
+    steps = optimise(
+        model, objective, items, options, method="scrub", epochs=epochs, cost=cost, stop=stop, roles=roles
+    )
     return ModelRun(model, steps, {"forget_epochs": forget_epochs, **_stats(cost, stop)})
