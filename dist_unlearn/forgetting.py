@@ -37,17 +37,19 @@ FITTED_QUANTILE = 0.95
 """The retained rows' loss quantile (before the run) up to which a forget row counts as still fitted."""
 
 
+def sample_rows(n: int, k: int, seed: int) -> list[int]:
+    """At most ``k`` of ``n`` row numbers, sorted, drawn with ``seed`` (all rows when n <= k)."""
+    if n <= k:
+        return list(range(n))
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, k, replace=False))
+
+
 def retain_sample(retain: Any, k: int, seed: int) -> Any:
     """A fixed, seeded sample of at most ``k`` rows of ``retain`` (Dataset, DataLoader, datasets.Dataset)."""
     from torch.utils.data import DataLoader, Subset
 
     inner = retain.dataset if isinstance(retain, DataLoader) else retain
-    n = len(inner)
-    rows = (
-        list(range(n))
-        if n <= k
-        else sorted(int(i) for i in np.random.default_rng(seed).choice(n, k, replace=False))
-    )
+    rows = sample_rows(len(inner), k, seed)
     return inner.select(rows) if hasattr(inner, "select") else Subset(inner, rows)
 
 

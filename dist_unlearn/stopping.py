@@ -314,19 +314,25 @@ class RetainGuard:
 
         r(w) > r_0 + tolerance (c_0 - r_0):
 
-    the retained rows may give up at most ``tolerance`` of their lead over data the model never saw. A
-    refused step is shortened (a larger M; a first-order run returns to its last good point with half the
-    learning rate), so the guard also finds a learning rate that suits the model.
+    the retained rows may give up at most ``tolerance`` of their lead over data the model never saw; and,
+    with ``unseen_tolerance``, when the calibration rows' mean loss c(w) moved by more than that share,
+    |c(w) / c_0 - 1| > unseen_tolerance (the model's behaviour on data it never saw must stay). A refused
+    step is shortened (a larger M; a first-order run returns to its last good point with half the learning
+    rate), so the guard also finds a learning rate that suits the model.
 
     Args:
         losses: () -> per-example losses of the retained sample at the current weights.
         tolerance: the share of the lead that may be lost, > 0.
+        unseen_tolerance: the relative change of the calibration loss allowed (None: not watched).
     """
 
-    def __init__(self, losses: Callable[[], np.ndarray], tolerance: float) -> None:
+    def __init__(
+        self, losses: Callable[[], np.ndarray], tolerance: float, unseen_tolerance: float | None = None
+    ) -> None:
         if not float(tolerance) > 0:
             raise ConfigError(f"retain_tolerance={tolerance!r} must be > 0 (or None: no guard).")
         self.losses, self.tolerance = losses, float(tolerance)
+        self.unseen_tolerance = unseen_tolerance
         self.r0: float | None = None
         self.c0: float | None = None
 
@@ -336,9 +342,13 @@ class RetainGuard:
             self.r0, self.c0 = r, float(np.mean(calib))
             return None
         limit = self.r0 + self.tolerance * max(self.c0 - self.r0, 0.0)
-        if r <= limit:
+        c = float(np.mean(calib))
+        moved = abs(c / self.c0 - 1.0) if self.c0 else 0.0
+        if r <= limit and (self.unseen_tolerance is None or moved <= self.unseen_tolerance):
             return None
         return {
+            "calibration_loss": c,
+            "calibration_change": moved,
             "retain_sample_loss": r,
             "limit": limit,
             "retain_loss_given": self.r0,
@@ -423,8 +433,10 @@ def local_stop_rule(
     if options.retain_tolerance is not None and retain is not None:
         from dist_unlearn.forgetting import retain_sample
 
-        sample = retain_sample(retain, GUARD_SAMPLE, options.seed)
-        rule.guard = RetainGuard(lambda: losses.losses_of(sample, "retain"), options.retain_tolerance)
+        sample = retain_sample(retain, GUARD_SAMPLE, options.seed)  # the engine draws the same rows
+        rule.guard = RetainGuard(
+            lambda: losses.losses_of(sample, "retain"), options.retain_tolerance, options.unseen_tolerance
+        )
     return rule
 
 
