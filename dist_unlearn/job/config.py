@@ -51,9 +51,10 @@ from dist_unlearn.job.audit_config import AuditSection, ProbesSection, TrainingS
 #: retained rows held where they were (KL), the forget term sharpness-aware; the per-subject stop rule ends
 #: the run once every subject sits past the inner half of its band (``stop_within``) and refuses steps that
 #: cost a sample of retained rows more than 10% of their lead over unseen data (``retain_tolerance``: the
-#: learning rate then halves, so it suits the model). It needs calibration rows: give a holdout (or name another method).
-#: CureNewton on the same objective and stop rule (``method: {name: cure_newton}``, the engine's route) cost
-#: far more on these cases for no better verdict (the equal-cost comparison is in the notes).
+#: learning rate then halves, so it suits the model). It needs calibration rows: give a holdout (or name
+#: another method). CureNewton on the same objective and stop rule (``method: {name: cure_newton}``, the
+#: engine's route) cost far more on these cases for no better verdict (the equal-cost comparison is in the
+#: notes).
 DEFAULT_METHOD: dict[str, Any] = {
     "name": "match_unseen",
     "stop_within": 0.5,
