@@ -67,7 +67,7 @@ class MovementEvidence:
 
     def __init__(self, model: Any, loss_fn: Any, forget: Any, retain: Any, *, batch_size: int,
                  collate_fn: Any, seed: int, cost: Any) -> None:  # fmt: skip
-        from dist_unlearn.stopping import LocalMembershipLosses
+        from dist_unlearn.stop_setup import LocalMembershipLosses
 
         sample = retain_sample(retain, RETAIN_SAMPLE, seed)
         self.evaluate = LocalMembershipLosses(
@@ -137,3 +137,34 @@ def from_stop_checks(checks: list[dict[str, Any]]) -> dict[str, Any]:
             f"(aggregate AUC {last['auc']:.3f})."
         )
     return record
+
+
+def movement_evidence(model: Any, loss_fn: Any, forget: Any, retain: Any, options: Any, method: str) -> Any:
+    """The evidence of a run without calibration data, measured before it (None with calibration data:
+    the stop rule judges then; and for retraining, which starts from scratch)."""
+    if options.calibration is not None or method == "retrain":
+        return None
+    from dist_unlearn.cost import CostCounter
+
+    return MovementEvidence(
+        model, loss_fn, forget, retain, batch_size=int(options.batch_size or 64),
+        collate_fn=options.collate_fn, seed=options.seed, cost=CostCounter(),
+    )  # fmt: skip
+
+
+def forgetting_record(
+    checks: list[dict[str, Any]] | None, movement: Any, method: str = "", objective: str | None = None
+) -> dict[str, Any]:
+    """``stats["forgetting"]``: what the run can say about forgetting (module docstring) -- the stop rule's
+    last check, else the forget rows' movement against retained rows (a warning when nothing moved), else
+    nothing."""
+    if checks:
+        return from_stop_checks(checks)
+    if movement is not None:
+        record = movement.finish(method, objective)
+        record["cost_example_passes"] = movement.evaluate.cost.example_passes
+        return record
+    return {
+        "status": "not_measured",
+        "message": "no forget set and retain set to compare, or no calibration data: nothing was measured.",
+    }

@@ -236,7 +236,7 @@ def test_subject_lists_must_match_the_sets():
 def test_retain_guard_refuses_a_step_that_costs_the_retained_rows_their_lead():
     """r0 = 1, c0 = 5 at the weights as given, tolerance 0.1: a step may raise the retained rows' mean loss
     to 1.4 at most; beyond that the check is an overshoot with the guard's record."""
-    from dist_unlearn.stopping import RetainGuard
+    from dist_unlearn.stop_setup import RetainGuard
 
     retained = {"loss": 1.0}
     guard = RetainGuard(lambda: np.full(4, retained["loss"]), tolerance=0.1)

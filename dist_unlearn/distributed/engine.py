@@ -32,7 +32,7 @@ from dist_unlearn.distributed.group import WorkerDiedError, WorkerGroup
 from dist_unlearn.distributed.run_state import OUTER_STEP_CALLS, EngineRun, engine_stats
 from dist_unlearn.distributed.startup import build_group, dataset_of, ensure_ray
 from dist_unlearn.errors import ConfigError, DistributedError
-from dist_unlearn.stopping import rule_for
+from dist_unlearn.stop_setup import rule_for
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def retain_guard(run: EngineRun, oracle: Any, retain: Any) -> Any:
     """The stop rule's retain guard over the workers' losses of a fixed sample of retained rows; one guard
     for the whole run (its baseline, the weights as given, outlives a restart), bound to this attempt."""
     from dist_unlearn.forgetting import sample_rows
-    from dist_unlearn.stopping import GUARD_SAMPLE, RetainGuard
+    from dist_unlearn.stop_setup import GUARD_SAMPLE, RetainGuard
 
     rows = sample_rows(len(dataset_of(retain)), GUARD_SAMPLE, run.opts.seed)
     if run.guard is None:

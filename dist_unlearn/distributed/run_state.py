@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dist_unlearn.stopping import rule_for
+from dist_unlearn.stop_setup import rule_for
 
 OUTER_STEP_CALLS = (
     "loss",

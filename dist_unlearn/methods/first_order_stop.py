@@ -127,7 +127,7 @@ def first_order_stop(
     are counted in ``cost``; ``targets`` (the ``match_unseen`` bins) are set and kept up to date by it."""
     if options.calibration is None:
         return None
-    from dist_unlearn.stopping import local_stop_rule
+    from dist_unlearn.stop_setup import local_stop_rule
 
     rule = local_stop_rule(
         model, loss_fn, forget, options, batch_size=int(options.batch_size or 32), cost=cost, targets=targets,
