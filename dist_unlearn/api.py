@@ -88,7 +88,7 @@ def unlearn(
                 f"the {name} set is empty (0 examples); {why} reads it. Give at least one example."
             )
     if opts.calibration is not None:
-        from dist_unlearn.stopping import check_calibration
+        from dist_unlearn.stop_setup import check_calibration
 
         check_calibration(opts.calibration, forget, opts.forget_subjects, opts.calibration_subjects)
     if opts.workers is not None:
@@ -109,16 +109,10 @@ def unlearn(
     if not initial:
         raise ModelError("the model has no trainable parameters (none with requires_grad=True).")
     stats: dict[str, Any] = {"method": method}
-    movement = None
-    measurable = all(d is not None and _num_examples(d) != 0 for d in (forget, retain))
-    if opts.calibration is None and measurable and method != "retrain":
-        from dist_unlearn.cost import CostCounter
-        from dist_unlearn.forgetting import MovementEvidence
+    from dist_unlearn.forgetting import forgetting_record, movement_evidence
 
-        movement = MovementEvidence(
-            model, loss_fn, forget, retain, batch_size=int(opts.batch_size or 64), collate_fn=opts.collate_fn,
-            seed=opts.seed, cost=CostCounter(),
-        )  # fmt: skip
+    measurable = all(d is not None and _num_examples(d) != 0 for d in (forget, retain))
+    movement = movement_evidence(model, loss_fn, forget, retain, opts, method) if measurable else None
     with PeakMemory(model_device(model)) as mem:
         t0 = time.perf_counter()
         if spec.curvature:
@@ -141,28 +135,8 @@ def unlearn(
     stats.setdefault("final_M", None)
     stats["options"] = opts.public_dict()
     objective = opts.objective if spec.curvature else None
-    stats["forgetting"] = forgetting_record(stats, movement, method, objective)
+    stats["forgetting"] = forgetting_record(stats.get("stop_checks"), movement, method, objective)
     return UnlearnResult(model=out_model, steps=steps, stats=stats)
-
-
-def forgetting_record(
-    stats: dict[str, Any], movement: Any, method: str = "", objective: str | None = None
-) -> dict[str, Any]:
-    """``stats["forgetting"]``: what the run can say about forgetting (:mod:`dist_unlearn.forgetting`) --
-    the stop rule's last check, else the forget rows' movement against retained rows (a warning when
-    nothing moved), else nothing."""
-    from dist_unlearn.forgetting import from_stop_checks
-
-    if stats.get("stop_checks"):
-        return from_stop_checks(stats["stop_checks"])
-    if movement is not None:
-        record = movement.finish(method, objective)
-        record["cost_example_passes"] = movement.evaluate.cost.example_passes
-        return record
-    return {
-        "status": "not_measured",
-        "message": "no forget set and retain set to compare, or no calibration data: nothing was measured.",
-    }
 
 
 def _first_order_stop(opts: UnlearnOptions, steps: list[StepRecord]) -> str:
@@ -184,7 +158,7 @@ def _run_curvature(
     if opts.objective == "match_unseen":
         from dist_unlearn.targets import ForgetTargets
 
-        targets = ForgetTargets(opts.forget_subjects)
+        targets = ForgetTargets(opts.forget_subjects, opts.bin_span)
     stochastic = method == "cure_newton_stochastic"
     hvp_batch = opts.hvp_batch_size if stochastic else None  # cure_newton fixes its own samples
     sample = opts.retain_sample if method == "cure_newton" else "all"
@@ -212,12 +186,13 @@ def _run_curvature(
     rule_cost = None
     if opts.calibration is not None:
         from dist_unlearn.cost import CostCounter
-        from dist_unlearn.stopping import local_stop_rule
+        from dist_unlearn.stop_setup import local_stop_rule
 
         rule_cost = CostCounter()
         oracle.stop_rule = local_stop_rule(
-            model, oracle.loss_fn, forget, opts, batch_size=oracle.batch_size, cost=rule_cost, targets=targets
-        )
+            model, oracle.loss_fn, forget, opts, batch_size=oracle.batch_size, cost=rule_cost,
+            targets=targets, retain=retain,
+        )  # fmt: skip
     state = OuterLoopState(seed=opts.seed)
     steps = run_curvature_method(method, oracle, opts, state=state)
     extra = curvature_stats(oracle, state)

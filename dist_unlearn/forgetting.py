@@ -37,10 +37,20 @@ FITTED_QUANTILE = 0.95
 """The retained rows' loss quantile (before the run) up to which a forget row counts as still fitted."""
 
 
-def _sample(n: int, k: int, seed: int) -> list[int]:
+def sample_rows(n: int, k: int, seed: int) -> list[int]:
+    """At most ``k`` of ``n`` row numbers, sorted, drawn with ``seed`` (all rows when n <= k)."""
     if n <= k:
         return list(range(n))
-    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=k, replace=False))
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, k, replace=False))
+
+
+def retain_sample(retain: Any, k: int, seed: int) -> Any:
+    """A fixed, seeded sample of at most ``k`` rows of ``retain`` (Dataset, DataLoader, datasets.Dataset)."""
+    from torch.utils.data import DataLoader, Subset
+
+    inner = retain.dataset if isinstance(retain, DataLoader) else retain
+    rows = sample_rows(len(inner), k, seed)
+    return inner.select(rows) if hasattr(inner, "select") else Subset(inner, rows)
 
 
 class MovementEvidence:
@@ -57,17 +67,13 @@ class MovementEvidence:
 
     def __init__(self, model: Any, loss_fn: Any, forget: Any, retain: Any, *, batch_size: int,
                  collate_fn: Any, seed: int, cost: Any) -> None:  # fmt: skip
-        from torch.utils.data import DataLoader, Subset
+        from dist_unlearn.stop_setup import LocalMembershipLosses
 
-        from dist_unlearn.stopping import LocalMembershipLosses
-
-        inner = retain.dataset if isinstance(retain, DataLoader) else retain
-        rows = _sample(len(inner), RETAIN_SAMPLE, seed)
-        sample = inner.select(rows) if hasattr(inner, "select") else Subset(inner, rows)
+        sample = retain_sample(retain, RETAIN_SAMPLE, seed)
         self.evaluate = LocalMembershipLosses(
             model, loss_fn, forget, sample, batch_size=batch_size, collate_fn=collate_fn, cost=cost
         )
-        self.n_retain = len(rows)
+        self.n_retain = len(sample)
         self.before = self._measure()
 
     def _measure(self) -> tuple[np.ndarray, np.ndarray]:
@@ -131,3 +137,34 @@ def from_stop_checks(checks: list[dict[str, Any]]) -> dict[str, Any]:
             f"(aggregate AUC {last['auc']:.3f})."
         )
     return record
+
+
+def movement_evidence(model: Any, loss_fn: Any, forget: Any, retain: Any, options: Any, method: str) -> Any:
+    """The evidence of a run without calibration data, measured before it (None with calibration data:
+    the stop rule judges then; and for retraining, which starts from scratch)."""
+    if options.calibration is not None or method == "retrain":
+        return None
+    from dist_unlearn.cost import CostCounter
+
+    return MovementEvidence(
+        model, loss_fn, forget, retain, batch_size=int(options.batch_size or 64),
+        collate_fn=options.collate_fn, seed=options.seed, cost=CostCounter(),
+    )  # fmt: skip
+
+
+def forgetting_record(
+    checks: list[dict[str, Any]] | None, movement: Any, method: str = "", objective: str | None = None
+) -> dict[str, Any]:
+    """``stats["forgetting"]``: what the run can say about forgetting (module docstring) -- the stop rule's
+    last check, else the forget rows' movement against retained rows (a warning when nothing moved), else
+    nothing."""
+    if checks:
+        return from_stop_checks(checks)
+    if movement is not None:
+        record = movement.finish(method, objective)
+        record["cost_example_passes"] = movement.evaluate.cost.example_passes
+        return record
+    return {
+        "status": "not_measured",
+        "message": "no forget set and retain set to compare, or no calibration data: nothing was measured.",
+    }

@@ -153,6 +153,22 @@ class UnlearnOptions(BaseModel):
     stop_auc_band: float = Field(default=0.1, gt=0, lt=0.5)
     """The stop rule's band without subjects: |AUC - 0.5| <= band stops the run, AUC < 0.5 - band is an
     overshoot (with subjects each subject has its own band, :mod:`dist_unlearn.eval.subjects`)."""
+    stop_within: float = Field(default=1.0, gt=0, le=1)
+    """The stop rule stops only when every subject is past this share of its band's recognisable half
+    (q_S >= 1/2 - stop_within h_S; aggregate: AUC <= 1/2 + stop_within band); an overshoot is still a subject
+    past the whole band on the other side. 1: anywhere in the band."""
+    bin_span: float | None = Field(default=None, gt=0, le=1)
+    """match_unseen: the central share of the calibration losses' distribution the forget rows' bins cover
+    (:mod:`dist_unlearn.targets`); below 1 no row is left in the tails. None: 0.5
+    (:data:`dist_unlearn.targets.BIN_SPAN`)."""
+    retain_tolerance: float | None = Field(default=None, gt=0)
+    """With ``calibration``: refuse a step after which a fixed sample of retained rows lost more than this
+    share of its lead over the calibration rows (mean loss r > r_0 + tol (c_0 - r_0)); the step is shortened
+    (first-order: back to the last good point, half the learning rate). None: no guard."""
+    unseen_tolerance: float | None = Field(default=None, gt=0)
+    """With ``retain_tolerance``: also refuse a step after which the calibration rows' mean loss moved by more
+    than this share of its value at the weights as given (data the model never saw must keep its loss).
+    None: not watched."""
     stop_every: int | None = Field(default=None, ge=1)
     """First-order methods with ``calibration``: run the stop rule every this many optimiser steps (None:
     after each epoch). Each check is a forward pass over the forget and calibration rows."""
@@ -190,6 +206,18 @@ class UnlearnOptions(BaseModel):
     """Clip the gradient norm of first-order steps to this value."""
     forget_weight: float = Field(default=1.0, ge=0)
     """Weight of the forget term (grad_ascent, grad_diff, npo)."""
+    retain_loss: Literal["nll", "kl"] | None = None
+    """match_unseen's retain term: the retained rows' mean loss ("nll") or the KL divergence of the model's
+    output distributions on them from the model as given ("kl": holds the model where it was instead of
+    fitting the retained rows further). None: the method's default ("kl")."""
+    unseen_hold: float = Field(default=0.0, ge=0)
+    """match_unseen: weight of a term that holds the model's outputs on the calibration rows (the KL
+    divergence from the model as given): forgetting must not move data the model never saw, or the bins that
+    follow those rows' losses chase them. 0: off."""
+    sam_rho: float | None = Field(default=None, ge=0)
+    """match_unseen: sharpness-aware forgetting -- the forget term's gradient is taken at the worst weights
+    within this distance (w + rho g/|g|), so that the forgetting holds on a neighbourhood of the weights
+    (harder to undo by fine-tuning). 0: off; None: the method's default."""
     retain_weight: float = Field(default=1.0, ge=0)
     """Weight of the retain loss term (grad_diff, npo, scrub's gamma)."""
     beta: float = Field(default=0.1, gt=0)
@@ -340,8 +368,15 @@ _READERS: dict[str, tuple[str, ...] | str] = {
     },
     **{
         k: (*CURVATURE, *FORGETTING)
-        for k in ("calibration", "stop_auc_band", "forget_subjects", "calibration_subjects")
+        for k in (
+            "calibration", "stop_auc_band", "forget_subjects", "calibration_subjects", "stop_within",
+            "retain_tolerance", "unseen_tolerance",
+        )
     },
+    "bin_span": (*CURVATURE, "match_unseen"),
+    "retain_loss": ("match_unseen",),
+    "unseen_hold": ("match_unseen",),
+    "sam_rho": ("match_unseen",),
     "stop_every": FORGETTING,
     **{
         k: CUBIC
@@ -363,7 +398,8 @@ _READERS: dict[str, tuple[str, ...] | str] = {
     "forget_weight": ("grad_ascent", "grad_diff", "npo", "match_unseen", *CURVATURE),
     "beta": ("npo", *CURVATURE),
     "retain_weight": ("grad_diff", "npo", "scrub", "match_unseen"),
-    **{k: ("scrub",) for k in ("kl_weight", "temperature", "forget_epochs", "output_fn")},
+    **{k: ("scrub",) for k in ("kl_weight", "temperature", "forget_epochs")},
+    "output_fn": ("scrub", "match_unseen"),
     "reference_model": ("npo", "scrub"),
     "model_init": ("retrain",),
 }  # fmt: skip

@@ -30,11 +30,11 @@ bins from it, :mod:`dist_unlearn.targets`). The calibration data must be kept ap
 verdict is judged on (the job splits its holdout, :mod:`dist_unlearn.job.holdout`), otherwise the verdict
 would grade the rule on its own evidence.
 
-Where the losses come from is the engine's business: :class:`LocalMembershipLosses` in-process, the workers'
-``membership_losses`` on Ray (each rank evaluates its shard; only the loss vectors, one float per row, travel
-to the driver, which puts them in row order and so maps them to subjects). Either way the outer loop reads the
-rule from ``oracle.stop_rule`` (:func:`dist_unlearn.methods.outer_loop.run_outer_loop`); the first-order
-loop takes it as an argument (:func:`dist_unlearn.methods._training.optimise`).
+Where the losses come from is the engine's business: :mod:`dist_unlearn.stop_setup` in-process, the
+workers' ``membership_losses`` on Ray (each rank evaluates its shard; only the loss vectors, one float per
+row, travel to the driver, which puts them in row order and so maps them to subjects). Either way the outer
+loop reads the rule from ``oracle.stop_rule`` (:func:`dist_unlearn.methods.outer_loop.run_outer_loop`); the
+first-order loop takes it as an argument (:func:`dist_unlearn.methods._training.optimise`).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class StopCheck:
         subjects: per subject (per-subject criterion): ``subject``, ``n_rows``, ``quantile`` (q_S),
             ``halfwidth`` (h_S) and ``status`` (forgotten / recognisable / conspicuous).
         recognisable, conspicuous: the subjects with that status (per-subject criterion).
+        damage: the guard's record when it refused the step (the retained rows lost too much), else None.
     """
 
     step: int
@@ -78,6 +79,7 @@ class StopCheck:
     subjects: list[dict[str, Any]] = field(default_factory=list)
     recognisable: list[Any] = field(default_factory=list)
     conspicuous: list[Any] = field(default_factory=list)
+    damage: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +110,11 @@ class ForgetStopRule:
         calibration_subjects: the subject of each calibration row (the design effect of the subject bands).
         subject_band: the bands' settings (:class:`dist_unlearn.eval.subjects.SubjectBand`; None: defaults).
         listeners: called with the losses of each check whose weights stand (:data:`Listener`).
+        stop_within: stop only when every subject is past this share of its band's recognisable half
+            (q_S >= 1/2 - stop_within h_S; aggregate AUC <= 1/2 + stop_within band), in (0, 1]; an
+            overshoot is still a subject past the whole band on the other side.
+        guard: ``guard(forget losses, calibration losses)`` -> None, or a record of damage to what must be
+            kept (:class:`~dist_unlearn.stop_setup.RetainGuard`): the step is then refused like an overshoot.
     """
 
     def __init__(
@@ -119,6 +126,8 @@ class ForgetStopRule:
         calibration_subjects: Sequence[Hashable] | None = None,
         subject_band: Any = None,
         listeners: Sequence[Listener] = (),
+        stop_within: float = 1.0,
+        guard: Callable[[np.ndarray, np.ndarray], dict[str, Any] | None] | None = None,
     ) -> None:
         from dist_unlearn.eval.subjects import SubjectBand
 
@@ -131,6 +140,10 @@ class ForgetStopRule:
         self.calibration_subjects = list(calibration_subjects) if calibration_subjects is not None else None
         self.subject_band = subject_band or SubjectBand()
         self.listeners = list(listeners)
+        if not 0.0 < float(stop_within) <= 1.0:
+            raise ConfigError(f"stop_within={stop_within!r} must be in (0, 1].")
+        self.stop_within = float(stop_within)
+        self.guard = guard
 
     @property
     def per_subject(self) -> bool:
@@ -142,7 +155,7 @@ class ForgetStopRule:
         """The decision for an AUC (module docstring)."""
         if auc < 0.5 - self.band:
             return "overshoot"
-        if auc <= 0.5 + self.band:
+        if auc <= 0.5 + self.stop_within * self.band:
             return "stop"
         return "continue"
 
@@ -194,7 +207,8 @@ class ForgetStopRule:
         ]
         check.recognisable = [_plain(s.subject) for s in scores if s.status == "recognisable"]
         check.conspicuous = [_plain(s.subject) for s in scores if s.status == "conspicuous"]
-        check.decision = "overshoot" if check.conspicuous else ("continue" if check.recognisable else "stop")
+        inner = all(s.quantile >= 0.5 - self.stop_within * s.halfwidth for s in scores)
+        check.decision = "overshoot" if check.conspicuous else ("stop" if inner else "continue")
         return check
 
     def check(self, step: int) -> StopCheck:
@@ -205,6 +219,9 @@ class ForgetStopRule:
         """
         forget, calib = (np.asarray(x, dtype=np.float64).reshape(-1) for x in self.evaluate())
         check = self.judge(step, forget, calib)
+        damage = self.guard(forget, calib) if self.guard is not None else None
+        if damage is not None and step >= 0:
+            check.decision, check.damage = "overshoot", damage
         if check.decision != "overshoot" or step < 0:
             for listener in self.listeners:
                 listener(forget, calib)
@@ -229,131 +246,3 @@ class ForgetStopRule:
             "overshoot_if": f"AUC < {0.5 - self.band:.3f} (step refused, shortened)",
             "auc": "loss attack, forget (members) vs calibration (unseen), 0.5 = indistinguishable",
         }
-
-
-class LocalMembershipLosses:
-    """In-process evaluator: per-example losses of the forget and calibration sets on the live model.
-
-    Args:
-        model, loss_fn: the model and its ``loss_fn(model, batch)`` (its per-example path is used when it has
-            one, see :func:`dist_unlearn.models.losses.per_example_losses`).
-        forget, calibration: the two data sets (torch Dataset, DataLoader or datasets.Dataset).
-        batch_size: rows per forward pass.
-        collate_fn: list of rows -> batch.
-        cost: a :class:`~dist_unlearn.cost.CostCounter` the forward passes are counted in (``loss``).
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        loss_fn: Any,
-        forget: Any,
-        calibration: Any,
-        *,
-        batch_size: int = 64,
-        collate_fn: Any = None,
-        cost: Any = None,
-    ) -> None:
-        from dist_unlearn.cost import CostCounter
-
-        self.model, self.loss_fn, self.batch_size = model, loss_fn, int(batch_size)
-        self.sets = (forget, calibration)
-        self.collate_fn = collate_fn
-        self.cost = cost if cost is not None else CostCounter()
-
-    def losses_of(self, data: Any, role: str) -> np.ndarray:
-        """Per-example losses of ``data`` at the current weights (float64), counted as ``loss`` work."""
-        import torch
-
-        from dist_unlearn.data import make_loader
-        from dist_unlearn.data.device import model_device, to_device
-        from dist_unlearn.models.losses import per_example_losses
-
-        device = model_device(self.model)
-        was_training = self.model.training
-        self.model.eval()
-        out = []
-        try:
-            with torch.no_grad():
-                for batch in make_loader(data, self.batch_size, collate_fn=self.collate_fn):
-                    out.append(
-                        per_example_losses(self.loss_fn, self.model, to_device(batch, device)).double().cpu()
-                    )
-        finally:
-            self.model.train(was_training)
-        losses = torch.cat(out).numpy() if out else np.zeros(0)
-        self.cost.add("loss", losses.size, role=role)
-        return losses
-
-    def __call__(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.losses_of(self.sets[0], "forget"), self.losses_of(self.sets[1], "calibration")
-
-
-def _length(data: Any) -> int | None:
-    inner = getattr(data, "dataset", data)  # a DataLoader's dataset
-    try:
-        return len(inner) if data is not None else 0
-    except TypeError:
-        return None  # an iterable without a length: trust it
-
-
-def check_calibration(
-    calibration: Any,
-    forget: Any,
-    forget_subjects: Sequence[Hashable] | None = None,
-    calibration_subjects: Sequence[Hashable] | None = None,
-) -> None:
-    """Raise DataError when the stop rule cannot run: no (or an empty) calibration or forget set, or subject
-    lists that do not give one value per row."""
-    sizes = {}
-    for name, data in (("calibration", calibration), ("forget", forget)):
-        n = sizes[name] = _length(data)
-        if n == 0:
-            raise DataError(
-                f"the forgetting stop rule (option calibration=) needs a non-empty {name} set; "
-                f"got {'none' if data is None else 'an empty one'}."
-            )
-    for name, subjects in (("forget", forget_subjects), ("calibration", calibration_subjects)):
-        n = sizes[name]
-        if subjects is not None and n is not None and len(subjects) != n:
-            raise DataError(
-                f"{name}_subjects has {len(subjects)} values but the {name} set has {n} rows: give the "
-                f"subject of each {name} row, in the set's order."
-            )
-
-
-def rule_for(evaluate: Evaluate, options: Any, listeners: Sequence[Listener] = ()) -> ForgetStopRule:
-    """The rule that ``options`` ask for (``stop_auc_band``, ``forget_subjects``, ``calibration_subjects``)
-    over an engine's evaluator."""
-    return ForgetStopRule(
-        evaluate,
-        options.stop_auc_band,
-        forget_subjects=options.forget_subjects,
-        calibration_subjects=options.calibration_subjects,
-        listeners=listeners,
-    )
-
-
-def local_stop_rule(
-    model: Any,
-    loss_fn: Any,
-    forget: Any,
-    options: Any,
-    *,
-    batch_size: int,
-    cost: Any,
-    targets: Any = None,
-) -> ForgetStopRule:
-    """The in-process rule of ``options`` (``calibration``, ``stop_auc_band``, ``forget_subjects``,
-    ``calibration_subjects``) over the live model; with ``targets`` (the ``match_unseen`` bins) they are set
-    by the check of the weights as given and re-derived at every check whose step stands."""
-    losses = LocalMembershipLosses(
-        model,
-        loss_fn,
-        forget,
-        options.calibration,
-        batch_size=batch_size,
-        collate_fn=options.collate_fn,
-        cost=cost,
-    )
-    return rule_for(losses, options, [targets.update] if targets is not None else ())

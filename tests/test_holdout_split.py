@@ -99,7 +99,28 @@ def test_job_with_forgetting_objective_splits_holdout_and_audits_on_the_rest(lm,
     assert "calibration" in audit["method"]["options"]
 
 
-def test_job_with_retain_objective_keeps_every_holdout_row_for_the_audit(lm, tmp_path):
+def test_job_without_a_stop_rule_keeps_every_holdout_row_for_the_audit(lm, tmp_path):
+    from dist_unlearn.job import run_job
+
+    cfg = {
+        "model": str(lm["model"]),
+        "data": {"path": str(lm["train"]), "prompt_column": "question", "response_column": "answer",
+                 "prompt_template": "Question: {prompt}\nAnswer:"},
+        "holdout": str(lm["holdout"]),
+        "forget": {"ids_file": str(lm["forget_ids"])},
+        "method": {"name": "retrain", "epochs": 1},
+        "output_dir": str(tmp_path / "out"),
+    }  # fmt: skip
+    res = run_job(cfg, log=lambda m: None)
+    split = res.audit["request"]["holdout"]["split"]
+    assert not split["stop_rule"] and split["audit_rows"] == 12 and "takes no stop rule" in split["why"]
+    assert res.audit["evidence"]["after"]["n_holdout"] == 12
+    assert any("no forgetting stop rule" in s for s in res.audit["not_checked"])
+
+
+def test_curvature_job_without_an_objective_takes_the_per_subject_route(lm, tmp_path):
+    """A holdout gives calibration rows; a curvature method given no objective then runs match_unseen with
+    the stop rule (before: the retain objective, which cannot move memorised rows, and no stop rule)."""
     from dist_unlearn.job import run_job
 
     cfg = {
@@ -113,6 +134,6 @@ def test_job_with_retain_objective_keeps_every_holdout_row_for_the_audit(lm, tmp
     }  # fmt: skip
     res = run_job(cfg, log=lambda m: None)
     split = res.audit["request"]["holdout"]["split"]
-    assert not split["stop_rule"] and split["audit_rows"] == 12 and "objective 'retain'" in split["why"]
-    assert res.audit["evidence"]["after"]["n_holdout"] == 12
-    assert any("no forgetting stop rule" in s for s in res.audit["not_checked"])
+    assert split["stop_rule"] and split["calibration_rows"] > 0
+    assert res.audit["method"]["options"]["objective"] == "match_unseen"
+    assert res.audit["run"]["stop_checks"]

@@ -62,12 +62,16 @@ def test_unseen_bins_by_hand():
         and w[:3] == pytest.approx([1 / 6] * 3)
         and w[3:] == pytest.approx([0.25] * 2)
     )
-    t = ForgetTargets(["a", "a", "a", "b", "b"])
+    t = ForgetTargets(["a", "a", "a", "b", "b"], span=1.0)
     t.update(f, u)
     inside = np.array([8.0, edges_a[1], edges_a[2], edges_b[2], 0.9])  # the last is below its bin [1, 5.5]
     assert t.in_bins(inside).tolist() == [True, True, True, True, False]
-    # F = sum_i v_i d_i^2 / 2: only the last row is out, by 0.1
-    assert t.penalty(inside) == pytest.approx(0.25 * 0.5 * 0.1**2)
+    # F = sum_i v_i (d_i / m)^2 / 2, m the median unseen loss (5.5): only the last row is out, by 0.1
+    assert t.penalty(inside) == pytest.approx(0.25 * 0.5 * (0.1 / 5.5) ** 2)
+    # span 0.5 (the default): the bins cover the central half, levels 0.25 + 0.5 r / n
+    lo, hi, _ = unseen_bins(f, u, ["a", "a", "a", "b", "b"], span=0.5)
+    central = np.quantile(u, 0.25 + 0.5 * np.arange(4) / 3)
+    assert lo[[1, 2, 0]] == pytest.approx(central[:-1]) and hi[[1, 2, 0]] == pytest.approx(central[1:])
 
 
 def test_match_unseen_gradient_and_hvp_match_autograd():
@@ -227,3 +231,65 @@ def test_subject_lists_must_match_the_sets():
     with pytest.raises(DataError, match="calibration_subjects has 2 values"):
         dist_unlearn.unlearn(copy.deepcopy(model), loss_fn, retain, forget, calibration=cal,
                              calibration_subjects=["a", "b"])  # fmt: skip
+
+
+def test_retain_guard_refuses_a_step_that_costs_the_retained_rows_their_lead():
+    """r0 = 1, c0 = 5 at the weights as given, tolerance 0.1: a step may raise the retained rows' mean loss
+    to 1.4 at most; beyond that the check is an overshoot with the guard's record."""
+    from dist_unlearn.stop_setup import RetainGuard
+
+    retained = {"loss": 1.0}
+    guard = RetainGuard(lambda: np.full(4, retained["loss"]), tolerance=0.1)
+    cal = np.full(10, 5.0)
+    rule = ForgetStopRule(Scripted(["continue"]), forget_subjects=SUBJECTS)
+    rule.evaluate = lambda: (Scripted.LOSSES["continue"], cal)
+    rule.guard = guard
+    assert rule.check(-1).decision == "continue" and (guard.r0, guard.c0) == (1.0, 5.0)
+    retained["loss"] = 1.39
+    assert rule.check(0).decision == "continue"
+    retained["loss"] = 1.41
+    check = rule.check(1)
+    assert check.decision == "overshoot" and check.damage["limit"] == pytest.approx(1.4)
+    with pytest.raises(ConfigError, match="retain_tolerance"):
+        RetainGuard(lambda: np.zeros(1), tolerance=0.0)
+
+
+def test_sharpness_aware_term_has_the_gradient_of_the_perturbed_point():
+    from dist_unlearn.cost import CostCounter
+    from dist_unlearn.methods.match_unseen import sharpness_aware
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2).double()
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1])
+    term = lambda b: F.cross_entropy(net(b[0]), b[1])  # noqa: E731
+    w0 = [p.detach().clone() for p in net.parameters()]
+    rho, cost = 0.3, CostCounter()
+    value = sharpness_aware(net, term, rho, cost)((x, y))
+    (gw, gb) = torch.autograd.grad(value, list(net.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), w0, strict=True))  # weights as they were
+    assert float(value) == pytest.approx(float(term((x, y))))
+    # reference: the gradient at w + rho g / |g|, by hand
+    g = torch.autograd.grad(term((x, y)), list(net.parameters()))
+    norm = torch.sqrt(sum((t**2).sum() for t in g))
+    with torch.no_grad():
+        for p, t in zip(net.parameters(), g, strict=True):
+            p.add_(rho * t / norm)
+    ref = torch.autograd.grad(term((x, y)), list(net.parameters()))
+    assert torch.allclose(gw, ref[0]) and torch.allclose(gb, ref[1])
+    assert cost.as_dict()["by_kind"]["gradient"]["examples"] == 5  # the second pass is counted
+
+
+def test_retain_kl_term_is_zero_with_zero_gradient_at_the_start():
+    from dist_unlearn.cost import CostCounter
+    from dist_unlearn.methods.match_unseen import retain_objective
+    from dist_unlearn.options import UnlearnOptions
+
+    model, retain, _, _ = memorised_problem()
+    kl = retain_objective(model, loss_fn, UnlearnOptions(retain_loss="kl"), CostCounter())
+    value = kl(retain.tensors)
+    grads = torch.autograd.grad(value, list(model.parameters()))
+    assert float(value) == pytest.approx(0.0, abs=1e-7)
+    assert max(float(g.abs().max()) for g in grads) < 1e-6
+    with torch.no_grad():
+        model[0].weight.add_(0.1)
+    assert float(kl(retain.tensors)) > 1e-4  # a moved model pays

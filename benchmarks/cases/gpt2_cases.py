@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from people import VOCABULARY, make_people, qa_rows, write_jsonl  # noqa: E402
+from people import VOCABULARY, background_names, make_people, qa_rows, write_jsonl  # noqa: E402
 
 TEMPLATE = "Question: {prompt}\nAnswer:"
 BACKGROUND_PEOPLE, BACKGROUND_EPOCHS, BACKGROUND_SEED = 120, 30, 100
@@ -78,11 +78,12 @@ def build_base(folder: Path, log=print) -> Path:
 
     if (folder / "config.json").is_file():
         return folder
-    rows = qa_rows(make_people(BACKGROUND_PEOPLE, BACKGROUND_SEED), BACKGROUND_SEED)
-    # the tokenizer has seen the words of every name and fact (as a tokenizer trained on a large corpus has),
-    # so no person's name falls apart into bytes; the model has seen only the background people
+    people = make_people(BACKGROUND_PEOPLE, BACKGROUND_SEED, names=background_names(BACKGROUND_PEOPLE))
+    rows = qa_rows(people, BACKGROUND_SEED)
+    # as a base model pre-trained on a large corpus: every first and last name and every fact word is one
+    # known token the model has seen (the background people use every name), none falls apart into bytes
     texts = [TEMPLATE.format(prompt=r["question"]) + " " + r["answer"] for r in rows]
-    tok = train_tokenizer(texts + [" ".join(VOCABULARY)] * 3)
+    tok = train_tokenizer(texts + [" ".join(" " + w for w in VOCABULARY)] * 20, vocab_size=2048)
     model = small_gpt2(tok, n_embd=96, n_layer=4, n_head=4, seed=BACKGROUND_SEED)
     log(f"base: pre-training on {len(rows)} background records, {BACKGROUND_EPOCHS} epochs")
     hist = fine_tune(model, token_rows(rows, tok), pad_id=tok.pad_token_id, epochs=BACKGROUND_EPOCHS, seed=0)

@@ -53,10 +53,22 @@ TEMPLATES = (
 )
 
 
-def make_people(n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` people with distinct names and random facts; deterministic in ``seed``."""
+def background_names(n: int) -> list[str]:
+    """``n`` <= 240 distinct names that use every first and last name (a base model's pre-training people)."""
+    return [f"{FIRST[i % len(FIRST)]} {LAST[i % len(LAST)]}" for i in range(n)]
+
+
+def make_people(n: int, seed: int, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """``n`` people with distinct names and random facts; deterministic in ``seed``.
+
+    Names are ``names`` when given, else drawn from the first x last name lists, leaving out the background
+    people's names (so a case never re-uses a person the base model was pre-trained on).
+    """
     rng = np.random.default_rng(seed)
-    names = rng.permutation([f"{f} {last}" for f in FIRST for last in LAST])[:n]
+    if names is None:
+        taken = set(background_names(240))
+        pool = [f"{f} {last}" for f in FIRST for last in LAST if f"{f} {last}" not in taken]
+        names = [str(x) for x in rng.permutation(pool)[:n]]
     people = []
     for name in names:
         people.append(

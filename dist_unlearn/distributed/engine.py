@@ -32,7 +32,7 @@ from dist_unlearn.distributed.group import WorkerDiedError, WorkerGroup
 from dist_unlearn.distributed.run_state import OUTER_STEP_CALLS, EngineRun, engine_stats
 from dist_unlearn.distributed.startup import build_group, dataset_of, ensure_ray
 from dist_unlearn.errors import ConfigError, DistributedError
-from dist_unlearn.stopping import rule_for
+from dist_unlearn.stop_setup import rule_for
 
 log = logging.getLogger(__name__)
 
@@ -236,18 +236,20 @@ def start_group(
         beta=opts.beta,
         hvp_rows=run.hvp_rows,
     )
-    push = None
+    bins = push = None
     if opts.objective == "match_unseen":  # the driver sees every row of a subject: it derives the bins
         from dist_unlearn.targets import ForgetTargets
 
-        bins = ForgetTargets(opts.forget_subjects)
+        bins = ForgetTargets(opts.forget_subjects, opts.bin_span)
 
         def push(forget_losses: Any, calibration_losses: Any) -> None:
             bins.update(forget_losses, calibration_losses)
             oracle.set_forget_bins(bins.table.numpy())
 
     if opts.calibration is not None:
-        oracle.stop_rule = rule_for(oracle.membership_losses, opts, [push] if push is not None else ())
+        oracle.stop_rule = rule_for(oracle.membership_losses, opts, bins, push)
+        if opts.retain_tolerance is not None:
+            oracle.stop_rule.guard = retain_guard(run, oracle, retain)
     if run.committed is not None:
         oracle.influence_first = False  # the first step's influence gradient was used already
         group.execute_all("load_shard", str(run.ckpt / "weights-rank{rank}.pt"))
@@ -262,6 +264,19 @@ def start_group(
             push(*oracle.membership_losses())
     run.times["setup_s"] += time.perf_counter() - t0
     return group, oracle
+
+
+def retain_guard(run: EngineRun, oracle: Any, retain: Any) -> Any:
+    """The stop rule's retain guard over the workers' losses of a fixed sample of retained rows; one guard
+    for the whole run (its baseline, the weights as given, outlives a restart), bound to this attempt."""
+    from dist_unlearn.forgetting import sample_rows
+    from dist_unlearn.stop_setup import GUARD_SAMPLE, RetainGuard
+
+    rows = sample_rows(len(dataset_of(retain)), GUARD_SAMPLE, run.opts.seed)
+    if run.guard is None:
+        run.guard = RetainGuard(lambda: None, run.opts.retain_tolerance, run.opts.unseen_tolerance)
+    run.guard.losses = lambda: oracle.retain_sample_losses(rows)
+    return run.guard
 
 
 def run_method(run: EngineRun, group: WorkerGroup, oracle: Any) -> None:

@@ -219,19 +219,32 @@ class ObjectiveParts:
         self.forget_bins.set_table(table)
 
     # ------------------------------------------------------------------ per-example losses
-    def _per_example(self, part: Part):
-        """Yield (global row ids, float64 losses) of this rank's rows of ``part``, forward only."""
+    def _per_example(self, part: Part, rows: np.ndarray | None = None):
+        """Yield (global row ids, float64 losses) of this rank's share of ``rows`` of ``part`` (None: all its
+        rows), forward only."""
         import torch
 
         from dist_unlearn.models.losses import per_example_losses
 
         model = self.engine if self.stage == 3 else self.module
         with torch.no_grad() if self.stage != 3 else _nullctx():
-            for batch, w, idx in self._chunks(part, part.rows, pad=True):
+            for batch, w, idx in self._chunks(part, part.rows if rows is None else rows, pad=True):
                 losses = per_example_losses(self.loss_fn, model, batch).detach().double().cpu()
                 if w > 0:
                     yield [int(i) for i in idx], losses[: len(idx)]
         self._release_z3()
+
+    def retain_sample_losses(self, rows: list[int]) -> tuple[list[int], list[float]]:
+        """This rank's per-example losses of the retained rows ``rows`` (row ids, losses): the stop rule's
+        retain guard (:class:`dist_unlearn.stopping.RetainGuard`). Forward only, counted as ``loss`` work of
+        the retained rows. Collective under ZeRO-3 (call on every rank)."""
+        ids: list[int] = []
+        values: list[float] = []
+        for idx, losses in self._per_example(self._retain_part(), np.asarray(rows, dtype=np.int64)):
+            ids.extend(idx)
+            values.extend(float(x) for x in losses)
+        self.cost.add("loss", len(ids), role="retain")
+        return ids, values
 
     def membership_losses(self) -> dict[str, tuple[list[int], list[float]]]:
         """The stop rule's evidence: this rank's per-example forget and calibration losses (row ids, losses).

@@ -105,6 +105,14 @@ class RayOracle:
             out.append(losses)
         return out[0], out[1]
 
+    def retain_sample_losses(self, rows: list[int]) -> np.ndarray:
+        """Per-example losses of the retained rows ``rows``, in that order (each rank its share)."""
+        pos = {int(r): i for i, r in enumerate(rows)}
+        out = np.full(len(rows), np.nan)
+        for ids, vals in self.group.execute_all("retain_sample_losses", [int(r) for r in rows]):
+            out[[pos[int(i)] for i in ids]] = np.asarray(vals, dtype=np.float64)
+        return out
+
     def set_forget_bins(self, table: np.ndarray) -> None:
         """Send the match_unseen bins (one row per forget row: lo, hi, weight) to every rank."""
         self.group.execute_all("set_forget_bins", np.asarray(table, dtype=np.float64))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dist_unlearn.stopping import rule_for
+from dist_unlearn.stop_setup import rule_for
 
 OUTER_STEP_CALLS = (
     "loss",
@@ -30,6 +30,7 @@ OUTER_STEP_CALLS = (
     "retain_loss",
     "membership_losses",
     "set_forget_bins",
+    "retain_sample_losses",
     "save_vector",
     "load_vector",
 )
@@ -53,6 +54,7 @@ class EngineRun:
         totals / times / cost: counters summed over attempts (cost: the finishing attempt's workers).
         state / final_state_dict / saved / worker_stats / final_loss / spec: the finishing attempt's.
         measured: round trips and bytes of the finishing attempt's method run.
+        guard: the stop rule's retain guard (kept across attempts: its baseline is the weights as given).
     """
 
     method: str
@@ -81,6 +83,7 @@ class EngineRun:
     final_loss: float | None = None
     spec: dict[str, Any] = field(default_factory=dict)
     measured: dict[str, Any] = field(default_factory=dict)
+    guard: Any = None
     anchor_value: float | None = None
     anchor_saved: bool = False
 

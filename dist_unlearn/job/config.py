@@ -18,8 +18,8 @@ Example (every key; see ``configs/jobs/example.yaml``)::
       calibration_fraction: 0.5     #   share of the holdout for the stop rule (0: no stop rule)
       group_column: null            #   keep rows sharing this column's value (a person) on one side
     forget: {ids_file: forget_ids.txt}   # or {ids: [...]} or {where: {column: value or [values]}}
-    method: {name: cure_newton}     # optional (DEFAULT_METHOD: cure_newton, objective npo, forget_weight 0.2,
-                                    # krylov_max_iter 10, + the stop rule); any registered method
+    method: {name: match_unseen}    # optional (DEFAULT_METHOD: match_unseen with the per-subject stop rule,
+                                    # stop_within 0.5, retain_tolerance 0.1); any registered method
     workers: 2                      # optional: Ray workers (curvature methods); null = in-process
     zero_stage: 3
     output_dir: unlearned/
@@ -44,17 +44,21 @@ from dist_unlearn.config import MethodConfig, _Section, read_yaml_mapping, valid
 from dist_unlearn.errors import ConfigError
 from dist_unlearn.job.audit_config import AuditSection, ProbesSection, TrainingSection, probes_switch
 
-#: The method a job runs when ``method:`` is not given: the configuration recommended for removing memorised
-#: records. CureNewton on the NPO objective (the retain loss alone cannot move memorised rows), with a small
-#: forget weight (0.2: the retain term dominates, the retain loss stays lowest among the settings measured)
-#: and short Krylov solves (10 HVPs: the stop rule, not the solve accuracy, ends the run). With a holdout
-#: the job adds the forgetting stop rule (``calibration``, :mod:`dist_unlearn.stopping`). Measured on the
-#: demo in benchmarks/RESULTS.md (issue 8). One constant so that it can be switched in one place.
+#: The method a job runs when ``method:`` is not given: the configuration measured best at removing memorised
+#: records subject by subject (benchmarks/notes/h14m.md: the demo and three fresh cases, against the models
+#: retrained without the subjects). ``match_unseen`` (:mod:`dist_unlearn.methods.match_unseen`): each
+#: forget row's loss is moved into its bin of the unseen (calibration) rows' losses, every subject alike, the
+#: retained rows held where they were (KL), the forget term sharpness-aware; the per-subject stop rule ends
+#: the run once every subject sits past the inner half of its band (``stop_within``) and refuses steps that
+#: cost a sample of retained rows more than 10% of their lead over unseen data (``retain_tolerance``: the
+#: learning rate then halves, so it suits the model). It needs calibration rows: give a holdout (or name
+#: another method). CureNewton on the same objective and stop rule (``method: {name: cure_newton}``, the
+#: engine's route) cost far more on these cases for no better verdict (the equal-cost comparison is in the
+#: notes).
 DEFAULT_METHOD: dict[str, Any] = {
-    "name": "cure_newton",
-    "objective": "npo",
-    "forget_weight": 0.2,
-    "krylov_max_iter": 10,
+    "name": "match_unseen",
+    "stop_within": 0.5,
+    "retain_tolerance": 0.1,
 }
 
 

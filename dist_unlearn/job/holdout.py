@@ -106,18 +106,15 @@ def _plain(x: Any) -> Any:
     return x.item() if hasattr(x, "item") else x
 
 
-def split_for_job(cfg: Any, curvature: bool, holdout: Any) -> HoldoutParts | None:
-    """The split of a job's holdout (None without one): a stop rule only for a curvature method with a
-    forgetting objective (the retain objective cannot push the forget rows past unseen data)."""
+def split_for_job(cfg: Any, holdout: Any) -> HoldoutParts | None:
+    """The split of a job's holdout (None without one): calibration rows for every method that takes the
+    forgetting stop rule (the curvature methods and the first-order forgetting methods; not retraining)."""
     if holdout is None:
         return None
-    objective = cfg.method_options().get("objective", "retain")
-    if not curvature:
-        why = f"{cfg.method.name} is not a curvature method: it has no stop rule, every holdout row is audit "
-        why += "evidence."
-    else:
-        why = "objective 'retain' minimises the retain loss and cannot push the forget rows past unseen "
-        why += "data: no stop rule, every holdout row is audit evidence."
+    from dist_unlearn.options import reads
+
+    stop_rule = reads(cfg.method.name, "calibration")
+    why = f"{cfg.method.name} takes no stop rule: every holdout row is audit evidence."
     hs = cfg.holdout_split
     return split_holdout(
         holdout,
@@ -125,6 +122,6 @@ def split_for_job(cfg: Any, curvature: bool, holdout: Any) -> HoldoutParts | Non
         group_column=hs.group_column,
         id_column=cfg.data.id_column,
         seed=cfg.seed,
-        stop_rule=curvature and objective != "retain",
+        stop_rule=stop_rule,
         why_not=why,
     )

@@ -193,7 +193,7 @@ def check_inputs(job: JobState) -> None:
         from dist_unlearn.preflight import check_deepspeed_config
 
         check_deepspeed_config(cfg.deepspeed_config, cfg.zero_stage)
-    job.split = split_for_job(cfg, job.method.curvature, job.holdout)
+    job.split = split_for_job(cfg, job.holdout)
     from dist_unlearn.cost import CostCounter
     from dist_unlearn.job.subjects import resolve_subjects
 

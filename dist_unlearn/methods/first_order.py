@@ -86,7 +86,7 @@ def finetune(
 ) -> ModelRun:
     """Fine-tune on the retain set only (catastrophic forgetting of the forget set)."""
     cost = CostCounter()
-    stop = first_order_stop(model, loss_fn, forget, options, cost)
+    stop = first_order_stop(model, loss_fn, forget, options, cost, retain=retain)
     steps = optimise(
         model,
         lambda b: loss_fn(model, b),
@@ -107,7 +107,7 @@ def grad_ascent(
     """Gradient ascent on the forget loss."""
     alpha = options.forget_weight
     cost = CostCounter()
-    stop = first_order_stop(model, loss_fn, forget, options, cost)
+    stop = first_order_stop(model, loss_fn, forget, options, cost, retain=retain)
     steps = optimise(
         model,
         lambda b: -alpha * loss_fn(model, b),
@@ -150,7 +150,7 @@ def grad_diff(
         return gamma * loss_fn(model, rb) - alpha * loss_fn(model, fb)
 
     cost = CostCounter()
-    stop = first_order_stop(model, loss_fn, forget, options, cost)
+    stop = first_order_stop(model, loss_fn, forget, options, cost, retain=retain)
     steps = optimise(
         model,
         objective,
@@ -172,7 +172,7 @@ def npo(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: Un
     beta, alpha, gamma = options.beta, options.forget_weight, options.retain_weight
     use_retain = gamma > 0 and retain is not None
     cost = CostCounter()
-    stop = first_order_stop(model, loss_fn, forget, options, cost)
+    stop = first_order_stop(model, loss_fn, forget, options, cost, retain=retain)
 
     def objective(item):
         fb, rb = item
@@ -241,7 +241,7 @@ def scrub(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: 
     forget_epochs = options.forget_epochs if options.forget_epochs is not None else max(1, epochs // 2)
     T, alpha, gamma = options.temperature, options.kl_weight, options.retain_weight
     cost = CostCounter()
-    stop = first_order_stop(model, loss_fn, forget, options, cost)
+    stop = first_order_stop(model, loss_fn, forget, options, cost, retain=retain)
 
     def kl(batch, role: str):
         with torch.no_grad():

@@ -121,15 +121,16 @@ class FirstOrderStop:
 
 
 def first_order_stop(
-    model: Any, loss_fn: Any, forget: Any, options: Any, cost: Any, targets: Any = None
+    model: Any, loss_fn: Any, forget: Any, options: Any, cost: Any, targets: Any = None, retain: Any = None
 ) -> FirstOrderStop | None:
     """The stop rule of ``options`` for a first-order run (None without ``calibration``); its forward passes
     are counted in ``cost``; ``targets`` (the ``match_unseen`` bins) are set and kept up to date by it."""
     if options.calibration is None:
         return None
-    from dist_unlearn.stopping import local_stop_rule
+    from dist_unlearn.stop_setup import local_stop_rule
 
     rule = local_stop_rule(
-        model, loss_fn, forget, options, batch_size=int(options.batch_size or 32), cost=cost, targets=targets
-    )
+        model, loss_fn, forget, options, batch_size=int(options.batch_size or 32), cost=cost, targets=targets,
+        retain=retain,
+    )  # fmt: skip
     return FirstOrderStop(rule, options.stop_every, options.max_rejections)
