@@ -59,7 +59,8 @@ class LocalOracle:
         params: parameters to differentiate (default: those with ``requires_grad``, e.g. only LoRA adapters).
         device: move the model and batches there (default: the device of the first parameter).
         progress: show a tqdm bar over chunks.
-        fd_eps: fixed finite-difference step (default: chosen from precision and norms, see :mod:`.hvp_fd`).
+        fd_eps: fixed finite-difference perturbation size h (the step is h / |v|); default: the rule of
+            :mod:`.hvp_fd` (the one the engine's workers use).
     """
 
     def __init__(
@@ -239,7 +240,10 @@ class LocalOracle:
                 self.counters["fd_gradients"] += 1
                 return self._loss_grad(self.hvp_indices, "fd-hvp gradient")[1]
 
-            hv, self.last_fd_eps = fd_hvp(grad, self.params, v, master=self._master, eps=self.fd_eps)
+            eps = None
+            if self.fd_eps is not None:
+                eps = self.fd_eps / max(float(self.space.norm(v)), 1e-300)
+            hv, self.last_fd_eps = fd_hvp(grad, self.params, v, master=self._master, eps=eps)
         else:
             batch_hvp = exact_hvp_batch if self.hvp_mode == "exact" else ggn_vp_batch
             acc = self._acc()

@@ -199,62 +199,70 @@ class GradHVP:
         return self._my_chunk(full)
 
     def fd_step(self, v_local) -> float:
-        """The central-difference step: eps = eps_mach^(1/3) * max(1, rms(w)) / |v| (fp32 eps_mach).
-
-        Central differences have truncation error O(eps^2 |v|^2) and rounding error O(eps_mach / eps), so the
-        perturbation eps |v| is taken ~ eps_mach^(1/3) times the typical weight size. ``fd_eps`` overrides
-        the perturbation size eps |v|. (The in-process oracle scales by (1 + |w|) instead, a much larger step
-        for big models and concentrated v: FD error 0.42 vs 0.05 on the 2-layer GPT-2 of the GPU dry run; so
-        FD-vs-FD agreement with it needs the same step, see tests/test_distributed_fused.py.)
-        """
+        """The central-difference step eps of :func:`dist_unlearn.curvature.hvp_fd.fd_epsilon` (the rule the
+        in-process oracle uses), from |w| and |v| over all ranks (one all-reduce of both); ``fd_eps`` fixes
+        the perturbation size h = eps |v| instead. 0.0 for v = 0."""
         import torch
 
-        if self.fd_eps is not None:
-            return float(self.fd_eps) / max(self.scalar_norm(v_local), 1e-30)
+        from dist_unlearn.curvature.hvp_fd import compute_dtype, fd_epsilon
+
+        weights = self._local_weights()
         if self.stage == 3:
             # only the real entries: the partition padding is not a weight (see _layout); per parameter, so
             # no shard-sized float64 copy of the weights is made
             wsq, offs = 0.0, 0
-            for w, size in zip(self._local_weights(), self.sizes, strict=True):
+            for w, size in zip(weights, self.sizes, strict=True):
                 valid = int(self.mask[offs : offs + size].sum())
                 wsq += float((w.detach().reshape(-1)[:valid].double() ** 2).sum())
                 offs += size
         else:
             # replicated weights: each rank holds the full norm
-            wsq = sum(float((w.double() ** 2).sum()) for w in self._local_weights()) / self.world_size
-        # |w|^2 and |v|^2 in one all-reduce
+            wsq = sum(float((w.double() ** 2).sum()) for w in weights) / self.world_size
         vsq = float((v_local.double() ** 2).sum())
         sums = torch.tensor([wsq, vsq], dtype=torch.float64, device=self.device)
         wsq_all, vsq_all = (float(x) for x in self._allreduce(sums))
         wnorm, vnorm = math.sqrt(max(wsq_all, 0.0)), math.sqrt(max(vsq_all, 0.0))
         if vnorm == 0.0:
             return 0.0
-        rel = float(torch.finfo(torch.float32).eps) ** (1.0 / 3.0)
-        return rel * max(1.0, wnorm / math.sqrt(self.n)) / vnorm
+        if self.fd_eps is not None:
+            return float(self.fd_eps) / vnorm
+        return fd_epsilon(compute_dtype(weights), wnorm, vnorm, self.n)
 
     def scalar_norm(self, v_local) -> float:
         return math.sqrt(max(self.scalar(float((v_local.double() ** 2).sum())), 0.0))
 
+    def _param_views(self, flat):
+        """``flat`` cut like :meth:`_local_weights`: per ds_tensor partition (ZeRO-3), per parameter shape
+        (ZeRO 0-2, ``flat`` then being the full gathered vector)."""
+        views, offs = [], 0
+        for w in self._local_weights():
+            views.append(flat[offs : offs + w.numel()].view_as(w))
+            offs += w.numel()
+        return views
+
     def _hvp_fd(self, v_local):
-        """H v ~ (grad L(w + eps v) - grad L(w - eps v)) / (2 eps) on fp32 weights, shard by shard."""
+        """H v ~ (grad L(w + eps v) - grad L(w - eps v)) / (2 eps) by
+        :func:`dist_unlearn.curvature.hvp_fd.fd_hvp` on this rank's weights (ZeRO-3: its partitions and
+        its shard of v; ZeRO 0-2: the replicated weights and the gathered v), each gradient pass returning
+        this rank's shard of the gradient."""
         import torch
+
+        from dist_unlearn.curvature.hvp_fd import fd_hvp
 
         eps = self.fd_step(v_local)
         if eps == 0.0:
             return torch.zeros_like(v_local)
-        saved = [w.detach().clone() for w in self._local_weights()]
-        full = None if self.stage == 3 else self._allgather_flat(v_local)  # one gather for both passes
+        full = v_local if self.stage == 3 else self._allgather_flat(v_local)  # one gather, both passes
+
+        def gradient():
+            self._release_z3()  # ZeRO-3: the next forward re-gathers the perturbed partitions
+            return (self._loss_and_local_grad(self.hvp_rows, need_loss=False)[1],)
+
         try:
-            self._add_to_weights(v_local, eps, full)
-            _, gp = self._loss_and_local_grad(self.hvp_rows, need_loss=False)
-            for w, s in zip(self._local_weights(), saved, strict=True):
-                w.copy_(s)
-            self._add_to_weights(v_local, -eps, full)
-            _, gm = self._loss_and_local_grad(self.hvp_rows, need_loss=False)
+            (hv,), _ = fd_hvp(gradient, self._local_weights(), self._param_views(full), eps=eps)
         finally:
-            for w, s in zip(self._local_weights(), saved, strict=True):
-                w.copy_(s)
-        return gp.sub_(gm).div_(2.0 * eps)  # in place: no extra shard-sized temporaries
+            self._release_z3()
+        return hv
 
 
 class _nullctx:
