@@ -30,7 +30,7 @@ demo: $(STAMP)
 
 # The experiment benchmark on digits (CNN, retrained oracle, CureNewton vs baselines).
 demo-digits: $(STAMP)
-	$(PY) -m dist_unlearn run --config configs/demo.yaml
+	$(PY) -m dist_unlearn run --config configs/experiments/digits_demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

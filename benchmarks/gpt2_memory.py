@@ -1,4 +1,4 @@
-"""Per-worker peak memory of one cure_newton outer step on a GPT-2-shaped model under ZeRO-3 (issue 9).
+"""Per-worker peak memory of one cure_newton outer step on a GPT-2-shaped model under ZeRO-3.
 
 For each worker count N (default 1 and 2) it builds the engine's own group (``build_group``: Ray actors as
 DeepSpeed ZeRO-3 ranks, FD HVP), each rank holding ``rows_per_worker`` rows of ``seq_len`` random tokens,

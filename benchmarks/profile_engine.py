@@ -1,4 +1,4 @@
-"""Where a Lanczos iteration's time goes on the Ray engine (issue 9): the driver's round trip, and the ZeRO-3
+"""Where a Lanczos iteration's time goes on the Ray engine: the driver's round trip, and the ZeRO-3
 FD HVP inside a worker.
 
 Two measurements on the bench MLP (``dist_unlearn.bench.models``, 85k parameters, ``--rows`` retain rows):

@@ -1,4 +1,4 @@
-"""Solver benchmark (issue 2): Krylov cubic solver vs gradient descent, and the Krylov solver's overhead.
+"""Solver benchmark: Krylov cubic solver vs gradient descent, and the Krylov solver's overhead.
 
 Problems
   * spiked-spectrum matrix-free H of dimension 1e3..1e5: H = D + V diag(s) V^T with V (n x 10) orthonormal,

@@ -63,13 +63,13 @@ def unlearn(
     spec = get_method(method)
     given = UnlearnOptions(**options)
     given.check_method(method)
-    opts = given.with_defaults(spec.defaults)
+    opts = given.with_defaults(spec.defaults).with_objective(spec.curvature)
     if not isinstance(model, nn.Module):
         raise ModelError(f"model is a {type(model).__name__}; unlearn needs a torch nn.Module.")
     check_loss_fn(loss_fn)
     needs = set(spec.needs)
-    if spec.curvature and (
-        opts.objective != "retain" or opts.gradient == "influence" or opts.calibration is not None
+    if opts.calibration is not None or (
+        spec.curvature and (opts.objective != "retain" or opts.gradient == "influence")
     ):
         needs.add("forget")
     for name, data in (("retain", retain), ("forget", forget)):
@@ -91,7 +91,7 @@ def unlearn(
     if opts.calibration is not None:
         from dist_unlearn.stopping import check_calibration
 
-        check_calibration(opts.calibration, forget)
+        check_calibration(opts.calibration, forget, opts.forget_subjects, opts.calibration_subjects)
     if opts.workers is not None:
         if not spec.curvature:
             opts.workers = None  # first-order baselines and retraining always run in-process
@@ -110,6 +110,16 @@ def unlearn(
     if not initial:
         raise ModelError("the model has no trainable parameters (none with requires_grad=True).")
     stats: dict[str, Any] = {"method": method}
+    movement = None
+    measurable = all(d is not None and _num_examples(d) != 0 for d in (forget, retain))
+    if opts.calibration is None and measurable and method != "retrain":
+        from dist_unlearn.cost import CostCounter
+        from dist_unlearn.forgetting import MovementEvidence
+
+        movement = MovementEvidence(
+            model, loss_fn, forget, retain, batch_size=int(opts.batch_size or 64), collate_fn=opts.collate_fn,
+            seed=opts.seed, cost=CostCounter(),
+        )  # fmt: skip
     with PeakMemory(model_device(model)) as mem:
         t0 = time.perf_counter()
         if spec.curvature:
@@ -131,7 +141,29 @@ def unlearn(
     stats["accepted_steps"] = sum(1 for s in steps if s.accepted)
     stats.setdefault("final_M", None)
     stats["options"] = opts.public_dict()
+    objective = opts.objective if spec.curvature else None
+    stats["forgetting"] = forgetting_record(stats, movement, method, objective)
     return UnlearnResult(model=out_model, steps=steps, stats=stats)
+
+
+def forgetting_record(
+    stats: dict[str, Any], movement: Any, method: str = "", objective: str | None = None
+) -> dict[str, Any]:
+    """``stats["forgetting"]``: what the run can say about forgetting (:mod:`dist_unlearn.forgetting`) --
+    the stop rule's last check, else the forget rows' movement against retained rows (a warning when
+    nothing moved), else nothing."""
+    from dist_unlearn.forgetting import from_stop_checks
+
+    if stats.get("stop_checks"):
+        return from_stop_checks(stats["stop_checks"])
+    if movement is not None:
+        record = movement.finish(method, objective)
+        record["cost_example_passes"] = movement.evaluate.cost.example_passes
+        return record
+    return {
+        "status": "not_measured",
+        "message": "no forget set and retain set to compare, or no calibration data: nothing was measured.",
+    }
 
 
 def _first_order_stop(opts: UnlearnOptions, steps: list[StepRecord]) -> str:
@@ -148,6 +180,11 @@ def _run_curvature(
 ) -> tuple[nn.Module, list[StepRecord], dict[str, Any]]:
     from dist_unlearn.curvature.objective import build_oracle
 
+    targets = None
+    if opts.objective == "match_unseen":
+        from dist_unlearn.targets import ForgetTargets
+
+        targets = ForgetTargets(opts.forget_subjects)
     stochastic = method == "cure_newton_stochastic"
     hvp_batch = opts.hvp_batch_size if stochastic else None
     if method == "cure_newton":
@@ -161,6 +198,7 @@ def _run_curvature(
         gradient=opts.gradient,
         forget_weight=opts.forget_weight,
         beta=opts.beta,
+        targets=targets,
         hvp=opts.hvp,
         batch_size=opts.batch_size,
         grad_batch_size=opts.grad_batch_size if stochastic else None,
@@ -173,19 +211,12 @@ def _run_curvature(
     rule_cost = None
     if opts.calibration is not None:
         from dist_unlearn.cost import CostCounter
-        from dist_unlearn.stopping import ForgetStopRule, LocalMembershipLosses
+        from dist_unlearn.stopping import local_stop_rule
 
         rule_cost = CostCounter()
-        losses = LocalMembershipLosses(
-            model,
-            oracle.loss_fn,
-            forget,
-            opts.calibration,
-            batch_size=oracle.batch_size,
-            collate_fn=opts.collate_fn,
-            cost=rule_cost,
+        oracle.stop_rule = local_stop_rule(
+            model, oracle.loss_fn, forget, opts, batch_size=oracle.batch_size, cost=rule_cost, targets=targets
         )
-        oracle.stop_rule = ForgetStopRule(losses, opts.stop_auc_band)
     state = OuterLoopState(seed=opts.seed)
     steps = run_curvature_method(method, oracle, opts, state=state)
     extra = curvature_stats(oracle, state)

@@ -118,20 +118,27 @@ class UnlearnOptions(BaseModel):
     store_basis: bool = True
     """Keep the Lanczos basis (False: rebuild the step with a second Lanczos pass, O(1) vectors)."""
 
-    objective: Literal["retain", "grad_diff", "npo"] = "retain"
+    objective: Literal["retain", "grad_diff", "npo", "match_unseen"] = "retain"
     """Curvature methods: the loss the steps minimise -- "retain" (the paper: the retain loss), "grad_diff"
-    (retain loss - forget_weight x forget loss) or "npo" (retain loss + forget_weight x the NPO forget
-    term); see :mod:`dist_unlearn.curvature.objective` for when each applies."""
+    (retain loss - forget_weight x forget loss), "npo" (retain loss + forget_weight x the NPO forget term) or
+    "match_unseen" (retain loss + forget_weight x each forget row's squared distance to its bin of the
+    calibration losses, :mod:`dist_unlearn.targets`; needs ``calibration``, and is the objective used when
+    ``calibration`` is given and no objective is); see :mod:`dist_unlearn.curvature.objective`."""
     gradient: Literal["full", "influence"] = "full"
     """Curvature methods, objective "retain": "influence" takes the first gradient from the forget set,
     g_0 = -(n_f/n_r) grad L_f(w_0) (valid at a stationary point of the training loss)."""
     calibration: Any = None
-    """Curvature methods: data the model never saw (a Dataset / DataLoader / datasets.Dataset). Turns on the
-    forgetting stop rule (:mod:`dist_unlearn.stopping`): stop once the forget set's losses are
-    indistinguishable from these (membership AUC within ``stop_auc_band`` of 0.5), refuse steps that
-    overshoot. Keep it apart from the data a verdict is judged on. None: no stop rule."""
+    """Data the model never saw (a Dataset / DataLoader / datasets.Dataset). Turns on the forgetting stop rule
+    (:mod:`dist_unlearn.stopping`): stop once every subject of the forget set (``forget_subjects``; else the
+    forget set as a whole) looks like these rows, refuse steps that push a subject past them. Curvature
+    methods then default to the ``match_unseen`` objective. Keep it apart from the data a verdict is judged
+    on. None: no stop rule."""
     stop_auc_band: float = Field(default=0.1, gt=0, lt=0.5)
-    """The stop rule's band: |AUC - 0.5| <= band stops the run, AUC < 0.5 - band is an overshoot."""
+    """The stop rule's band without subjects: |AUC - 0.5| <= band stops the run, AUC < 0.5 - band is an
+    overshoot (with subjects each subject has its own band, :mod:`dist_unlearn.eval.subjects`)."""
+    stop_every: int | None = Field(default=None, ge=1)
+    """First-order methods with ``calibration``: run the stop rule every this many optimiser steps (None:
+    after each epoch). Each check is a forward pass over the forget and calibration rows."""
     forget_subjects: list[Any] | None = None
     """The subject (person, author, document) of each forget row, in the forget set's order: the unit a
     deletion request names, judged one by one (:mod:`dist_unlearn.eval.subjects`). None: each row its own."""
@@ -259,6 +266,25 @@ class UnlearnOptions(BaseModel):
         data.update(update)
         return type(self)(**data)
 
+    def with_objective(self, curvature: bool) -> UnlearnOptions:
+        """The curvature objective in force: with ``calibration`` and no ``objective`` given, the per-subject
+        route (``match_unseen`` and the stop rule); first-order methods are returned unchanged.
+
+        Raises:
+            ConfigError: objective "match_unseen" without ``calibration``.
+        """
+        if not curvature:
+            return self
+        opts = self
+        if self.calibration is not None and "objective" not in self.model_fields_set:
+            opts = self.model_copy(update={"objective": "match_unseen"})
+        if opts.objective == "match_unseen" and opts.calibration is None:
+            raise ConfigError(
+                "objective='match_unseen' moves each forget row into the loss distribution of data the model "
+                "never saw: pass calibration=<Dataset of such rows> (kept apart from the data you judge on)."
+            )
+        return opts
+
     def public_dict(self) -> dict[str, Any]:
         """The options as JSON-friendly values (callables and models shown by type name)."""
         out: dict[str, Any] = {}
@@ -275,7 +301,9 @@ class UnlearnOptions(BaseModel):
 
 CUBIC = ("cure_newton", "cure_newton_stochastic")
 CURVATURE = (*CUBIC, "damped_newton", "pinv_newton")
-FIRST_ORDER = ("finetune", "grad_ascent", "grad_diff", "npo", "scrub", "retrain")
+FIRST_ORDER = ("finetune", "grad_ascent", "grad_diff", "npo", "scrub", "match_unseen", "retrain")
+FORGETTING = ("finetune", "grad_ascent", "grad_diff", "npo", "scrub", "match_unseen")
+"""The first-order methods that take the forgetting stop rule (all but retraining)."""
 EVERY = "every method"
 _READERS: dict[str, tuple[str, ...] | str] = {
     **{
@@ -290,10 +318,14 @@ _READERS: dict[str, tuple[str, ...] | str] = {
         k: CURVATURE
         for k in (
             "tol", "hvp", "krylov_tol", "krylov_max_iter", "reorthogonalize", "store_basis", "objective",
-            "gradient", "grad_rtol", "step_rtol", "calibration", "stop_auc_band", "forget_subjects",
-            "calibration_subjects",
+            "gradient", "grad_rtol", "step_rtol",
         )
     },
+    **{
+        k: (*CURVATURE, *FORGETTING)
+        for k in ("calibration", "stop_auc_band", "forget_subjects", "calibration_subjects")
+    },
+    "stop_every": FORGETTING,
     **{
         k: CUBIC
         for k in (
@@ -310,9 +342,9 @@ _READERS: dict[str, tuple[str, ...] | str] = {
     "rank": ("pinv_newton",),
     "threshold": ("pinv_newton",),
     **{k: FIRST_ORDER for k in ("lr", "epochs", "optimizer", "momentum", "weight_decay", "grad_clip")},
-    "forget_weight": ("grad_ascent", "grad_diff", "npo", *CURVATURE),
+    "forget_weight": ("grad_ascent", "grad_diff", "npo", "match_unseen", *CURVATURE),
     "beta": ("npo", *CURVATURE),
-    "retain_weight": ("grad_diff", "npo", "scrub"),
+    "retain_weight": ("grad_diff", "npo", "scrub", "match_unseen"),
     **{k: ("scrub",) for k in ("kl_weight", "temperature", "forget_epochs", "output_fn")},
     "reference_model": ("npo", "scrub"),
     "model_init": ("retrain",),

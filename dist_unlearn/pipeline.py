@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from dist_unlearn.config import ExperimentConfig, ForgetConfig
 from dist_unlearn.errors import ConfigError, DataError, DistUnlearnError, OutputError
 from dist_unlearn.eval import measure_resources
+from dist_unlearn.eval.results import to_jsonable
 from dist_unlearn.output import OutputDir, check_output_dir
 from dist_unlearn.tasks import Task, get_task
 from dist_unlearn.tasks.base import TrainRecipe, atomic_torch_save
@@ -143,24 +144,6 @@ class ModelCache:
         if self.enabled:
             atomic_torch_save({"state": model.state_dict(), "times": times}, path)
         return model.eval(), times
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "as_dict"):
-        return _jsonable(x.as_dict())
-    if hasattr(x, "__dataclass_fields__"):
-        return _jsonable({k: getattr(x, k) for k in x.__dataclass_fields__})
-    if isinstance(x, torch.Tensor | np.ndarray | np.generic):
-        return _jsonable(x.tolist())
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    if x is None or isinstance(x, bool | int | float | str):
-        return x
-    return repr(x)
 
 
 def train_cost(recipe: TrainRecipe, n_examples: int) -> dict[str, Any]:
@@ -387,7 +370,7 @@ def _write_outputs(
     results["provenance"] = provenance(
         {"command": command, "workers": cfg.workers, "zero_stage": cfg.zero_stage if cfg.workers else None}
     )
-    results = _jsonable(results)
+    results = to_jsonable(results, strict=False)
     write_results(results, stage)
     (stage / "config.yaml").write_text(_yaml_dump(cfg.model_dump(mode="json")))
     if cfg.eval.report:

@@ -33,7 +33,7 @@ def small():
 
 def test_registry_lists_every_contract_method():
     expected = {"cure_newton", "cure_newton_stochastic", "damped_newton", "pinv_newton", "finetune",
-                "grad_ascent", "grad_diff", "npo", "scrub", "retrain"}  # fmt: skip
+                "grad_ascent", "grad_diff", "npo", "scrub", "match_unseen", "retrain"}  # fmt: skip
     assert set(available_methods()) == expected
     curvature = {"cure_newton", "cure_newton_stochastic", "damped_newton", "pinv_newton"}
     assert set(available_methods(curvature=True)) == curvature

@@ -1,4 +1,4 @@
-"""Issue 7 (the api part of issue 10): options no method reads, strict types, max_steps, the loss_fn contract
+"""The api's checks: options no method reads, strict types, max_steps, the loss_fn contract
 and empty data sets."""
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ def test_a_forget_objective_without_a_forget_set_is_a_data_error(small):
 
 @pytest.mark.parametrize("opts", [{"objective": "npo"}, {"gradient": "influence"}, {"calibration": "unseen"}])
 def test_options_that_read_the_forget_set_need_it_with_workers_too(small, opts):
-    """The Ray engine runs the forgetting objectives, the influence gradient and the stop rule (issue 8,
-    tests/test_distributed_objectives.py); without a forget set they fail before any worker starts."""
+    """The Ray engine runs the forgetting objectives, the influence gradient and the stop rule
+    (tests/test_distributed_objectives.py); without a forget set they fail before any worker starts."""
     model, retain, forget = small
     if "calibration" in opts:
         opts = {"objective": "npo", "calibration": forget}

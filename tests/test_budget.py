@@ -1,4 +1,4 @@
-"""The ``max_example_passes`` cost cap (issue 7): respected by every method, stop_reason "budget", bad values
+"""The ``max_example_passes`` cost cap: respected by every method, stop_reason "budget", bad values
 rejected, and the solver's stop hook ends a solve exactly where max_iter would."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 7, item 2: the cheap solve -- re-solve on the stored Krylov space, the first-M search, the forcing
+"""The cheap solve -- re-solve on the stored Krylov space, the first-M search, the forcing
 sequence, the sub-sampled Hessian and the stop rules."""
 
 from __future__ import annotations

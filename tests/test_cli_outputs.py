@@ -46,7 +46,7 @@ def _run(*args: str):
 
 
 def _plant(folder: Path) -> dict[str, bytes]:
-    """A user's own files, including one inside models/ (the data-loss case of issue 10)."""
+    """A user's own files, including one inside models/ (the data-loss case)."""
     files = {"notes.txt": b"my notes", "models/mine/pytorch_model.bin": b"my model weights"}
     for rel, data in files.items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)

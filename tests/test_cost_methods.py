@@ -1,4 +1,4 @@
-"""Example-pass cost counting (issue 7, item 1): the oracle, the first-order methods, retraining, tasks."""
+"""Example-pass cost counting: the oracle, the first-order methods, retraining, tasks."""
 
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ def test_five_cure_newton_steps_automatic_M_match_in_process(ray_local, stage):
     tb = res.stats["time_breakdown"]
     # every Lanczos iteration of every solve is one fused call (HVP + dots + axpys); the hard-case probe's few
     # matvecs are the only plain HVP calls. (The whole-solve ratio, with each solve's start/finish calls, is
-    # reported, not bounded here: with issue 7's short forcing-sequence solves it is ~1.6, above 1.5.)
+    # reported, not bounded here: with the short forcing-sequence solves it is ~1.6, above 1.5.)
     fused = tb["round_trips_by_call"]["lanczos_step"]
     assert fused + tb["round_trips_by_call"].get("hvp", 0) == res.stats["total_hvps"]
     assert fused >= 0.9 * res.stats["total_hvps"]

@@ -1,4 +1,4 @@
-"""Forgetting objectives on the Ray engine (issue 8): grad_diff, npo, influence, hvp_sample, stop rule.
+"""Forgetting objectives on the Ray engine: grad_diff, npo, influence, hvp_sample, stop rule.
 
 Reference: the in-process run (``run_curvature_method`` on
 :func:`dist_unlearn.curvature.objective.build_oracle`) with the same options, seed and HVP kind (exact vs
@@ -178,3 +178,44 @@ def test_stop_rule_on_workers_matches_in_process(ray_local):
     assert auc == pytest.approx(dc[-1]["auc"], abs=1e-6) and abs(auc - 0.5) <= 0.1
     # each check: a forward over forget + calibration rows on the workers, counted as loss work
     assert dist.stats["cost"]["by_kind"]["loss"]["examples"] >= len(dc) * (len(forget) + len(cal))
+
+
+@pytest.mark.parametrize("stage", [0, pytest.param(3, marks=pytest.mark.slow)])
+def test_match_unseen_on_workers_matches_in_process(ray_local, stage):
+    """The match_unseen objective with the per-subject stop rule on 2 workers: the driver derives the bins
+    from the workers' per-example losses and sends them to the ranks; the updates, the stop rule's
+    per-subject decisions and the bins agree with the in-process run (ZeRO-0: exact vs exact; ZeRO-3: FD
+    HVPs against exact in-process, padded chunks: 9 forget rows on 2 ranks)."""
+    import dist_unlearn
+    from tests.test_stopping import memorised_problem
+
+    model, retain, forget, cal = memorised_problem(n_forget=9)
+    subjects = ["ann"] * 5 + ["bob"] * 4
+    opts = {"calibration": cal, "forget_subjects": subjects, "batch_size": 16, "max_steps": 3}
+    if stage == 3:
+        opts.update(hvp="fd", max_steps=12)
+    dist = dist_unlearn.unlearn(
+        copy.deepcopy(model), loss_fn, retain, forget, workers=2, zero_stage=stage, **opts
+    )
+    local = dist_unlearn.unlearn(copy.deepcopy(model), loss_fn, retain, forget, **opts)
+    assert dist.stats["objective"] == local.stats["objective"] == "match_unseen"
+    dc, lc = dist.stats["stop_checks"], local.stats["stop_checks"]
+    # the weights as given: the same losses (the bins come from them)
+    assert (dc[0]["forget_loss"], dc[0]["calibration_loss"]) == pytest.approx(
+        (lc[0]["forget_loss"], lc[0]["calibration_loss"])
+    )
+    assert dc[0]["subjects"] == lc[0]["subjects"]
+    if stage == 0:  # exact HVPs on both sides: the same path
+        assert [c["decision"] for c in dc] == [c["decision"] for c in lc]
+        for a, b in zip(dc, lc, strict=True):
+            qa, qb = ([s["quantile"] for s in c["subjects"]] for c in (a, b))
+            assert qa == pytest.approx(qb, abs=0.02)
+        assert [s.accepted for s in dist.steps] == [s.accepted for s in local.steps]
+        diff = rel_update(dist.model, local.model, model)
+        print(f"match_unseen ZeRO-0: relative difference of the updates {diff:.2e}")
+        assert diff <= 1e-3
+    else:  # FD curvature on the workers, exact in-process: ARC may take other steps, the same end
+        assert dist.stats["stop_reason"] == local.stats["stop_reason"] == "forgotten"
+        assert {s["status"] for s in dc[-1]["subjects"]} == {"forgotten"}
+    assert dist.stats["forgetting"]["criterion"] == "per_subject"
+    assert dist.stats["time_breakdown"]["round_trips_by_call"]["set_forget_bins"] >= 1

@@ -59,7 +59,7 @@ def test_submit_dry_run_builds_the_ray_job_submit_command():
         "--address",
         "http://10.9.8.7:8265",
         "--config",
-        "configs/demo.yaml",
+        "configs/experiments/digits_demo.yaml",
         "--workers",
         "2",
         "--out",
@@ -73,7 +73,7 @@ def test_submit_dry_run_builds_the_ray_job_submit_command():
     assert "--address http://10.9.8.7:8265" in out
     assert "--working-dir ." in out
     assert out.rstrip().endswith(
-        "-- python -m dist_unlearn run --config configs/demo.yaml --workers 2 --out runs/x"
+        "-- python -m dist_unlearn run --config configs/experiments/digits_demo.yaml --workers 2 --out runs/x"
     )
     assert "HF_HOME" in out and ".venv" in out  # env var and the upload excludes travel in the runtime env
 
@@ -91,9 +91,9 @@ def test_submit_passes_any_subcommand_after_double_dash():
         ((), "give --config FILE"),
         (("--config", "configs/missing.yaml"), "is not a file"),
         (("--bogus",), "unknown option '--bogus'"),
-        (("--workers", "0", "--config", "configs/demo.yaml"), "positive integer"),
-        (("--config", "configs/demo.yaml", "--", "bench"), "give them after --"),
-        (("--env", "NOEQUALS", "--config", "configs/demo.yaml"), "KEY=VALUE"),
+        (("--workers", "0", "--config", "configs/experiments/digits_demo.yaml"), "positive integer"),
+        (("--config", "configs/experiments/digits_demo.yaml", "--", "bench"), "give them after --"),
+        (("--env", "NOEQUALS", "--config", "configs/experiments/digits_demo.yaml"), "KEY=VALUE"),
     ],
 )
 def test_submit_usage_errors_exit_2_with_a_message(args, message):

@@ -231,7 +231,7 @@ def test_newton_baselines_blow_up_on_a_trained_relu_net_where_cure_newton_does_n
     out = {}
     runs = (
         ("cure_newton", {"max_steps": 5, "first_M_tries": 1}),  # the conservative first M (2 rho^2/|g|)
-        ("cure_default", {"max_steps": 5}),  # the first-M search on the first Krylov space (issue 7)
+        ("cure_default", {"max_steps": 5}),  # the first-M search on the first Krylov space
         ("damped_newton", {}),
         ("pinv_newton", {}),
     )

@@ -162,7 +162,7 @@ def test_retrain_with_model_init_returns_a_new_trained_model(setup):
 
 def test_retrain_default_reinitialises_with_the_seed(setup):
     model, retain, forget = fresh(setup)
-    # max_steps=0 is refused (issue 7): the starting point of retrain is the method's own re-initialisation
+    # max_steps=0 is refused: the starting point of retrain is the method's own re-initialisation
     from dist_unlearn.methods.retrain import _fresh_model
 
     start = _fresh_model(model, UnlearnOptions(seed=11))
@@ -187,10 +187,10 @@ def test_nan_objective_restores_the_last_good_weights_and_raises(setup):
     w1 = flat(model)
     calls = {"n": 0}
 
-    def poisoned(m, batch):
-        calls["n"] += 1
+    def poisoned(m, batch):  # the 3rd training evaluation (forward-only evidence passes do not count)
+        calls["n"] += torch.is_grad_enabled()
         value = ce(m, batch)
-        return value * math.nan if calls["n"] == 3 else value
+        return value * math.nan if calls["n"] == 3 and torch.is_grad_enabled() else value
 
     model, retain, forget = fresh(setup)
     with pytest.raises(NumericalError, match="restored"):

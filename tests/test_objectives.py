@@ -1,4 +1,4 @@
-"""Issue 7, item 3: the objectives of the curvature methods against autograd on a tiny model."""
+"""The objectives of the curvature methods against autograd on a tiny model."""
 
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ def test_overwrite_replaces_ours_and_keeps_user_files_beside_them(tmp_path):
 
 
 def test_overwrite_refuses_when_a_user_put_a_model_inside_our_models_folder(tmp_path):
-    """The data-loss case of issue 10: a user's model inside models/ must survive --overwrite."""
+    """The data-loss case: a user's model inside models/ must survive --overwrite."""
     out = tmp_path / "o"
     _write_run(out)
     mine = out / "models" / "my_model"

@@ -1,4 +1,4 @@
-"""Issue 7: the cheapest CureNewton configuration that still meets the quality targets (small MLP cases).
+"""The cheapest CureNewton configuration that still meets the quality targets (small MLP cases).
 
     python benchmarks/experiments/cost_sweep.py random10 class flipped40 --threads 1
     python benchmarks/experiments/cost_sweep.py memorised --grid memorised --threads 1

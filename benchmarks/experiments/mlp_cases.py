@@ -1,4 +1,4 @@
-"""Issue 7 experiments on small MLPs built the way users train models (no download, a few minutes on 1 core).
+"""Experiments on small MLPs built the way users train models (no download, a few minutes on 1 core).
 
     python benchmarks/experiments/mlp_cases.py --threads 1                 # every case
     python benchmarks/experiments/mlp_cases.py random10 --levers           # + the cheap-solve levers
@@ -219,7 +219,7 @@ def run_case(name: str, levers: bool, budgets: bool = False) -> dict:
 
 
 def lever_variants() -> list[tuple[str, str, dict]]:
-    """The cheap-solve levers added one at a time, from the pre-issue-7 behaviour to today's defaults."""
+    """The cheap-solve levers added one at a time, from full-batch solves without them to today's defaults."""
     old = {"first_M_tries": 1, "krylov_tol": 1e-6, "krylov_max_iter": 100, "hvp_sample": "all", "tol": 1e-6,
            "max_steps": 20}  # fmt: skip
     steps = [

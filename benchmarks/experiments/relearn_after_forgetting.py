@@ -1,4 +1,4 @@
-"""Does the demo's forgetting survive a retain-only fine-tune? (issue 8 follow-up: the retain-loss bound)
+"""Does the demo's forgetting survive a retain-only fine-tune? (the retain-loss bound and relearning)
 
 Runs the unlearn job with its default method on the demo's inputs, then fine-tunes the unlearned model on the
 retain rows only (the job with ``method: finetune``; the forget rows are never read) for a few settings, and

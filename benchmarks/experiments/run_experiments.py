@@ -1,4 +1,4 @@
-"""Run the paper experiments (issue 3) and write their tables.
+"""Run the paper experiments and write their tables.
 
     python benchmarks/experiments/run_experiments.py                      # all of them
     python benchmarks/experiments/run_experiments.py digits_sample digits_class --threads 1

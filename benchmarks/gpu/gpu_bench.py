@@ -13,7 +13,7 @@ Phases (each skipped, and said so, once ``--budget-s`` is spent, so the JSON is 
   1. ZeRO-3, SDPA attention: gradient and FD HVP (the configuration the engine uses for large models).
   2. ZeRO-0, eager attention: gradient, exact HVP (double backward) and FD HVP on the same vector;
      relative error |FD - exact| / |exact|.
-Target from the engine issue: FD HVP <= 2.2 x gradient.
+Target: FD HVP <= 2.2 x gradient.
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ class InProcessGroup:
 def cure_newton_step(r, args, use_gpu: bool) -> dict:
     """One CureNewton outer step (ARC, automatic M, Krylov subproblem) through RayOracle on rank ``r``."""
     from dist_unlearn.cost import cost_between
-    from dist_unlearn.distributed.engine import OUTER_STEP_CALLS
     from dist_unlearn.distributed.oracle import RayOracle
+    from dist_unlearn.distributed.run_state import OUTER_STEP_CALLS
     from dist_unlearn.methods import OuterLoopState, run_curvature_method
     from dist_unlearn.options import UnlearnOptions
 
@@ -310,9 +310,7 @@ def run(args) -> dict:
         }
         r.close()
     ph = res["phases"]
-    if (
-        "zero3_fd" in ph and "zero0_exact" in ph
-    ):  # the engine issue's comparison: exact (eager) vs flash gradient
+    if "zero3_fd" in ph and "zero0_exact" in ph:  # the comparison asked for: exact (eager) vs flash gradient
         res["exact_over_flash_grad"] = ph["zero0_exact"]["exact_hvp_s"] / ph["zero3_fd"]["grad_s"]
     res["total_s"] = time.perf_counter() - start
     import torch.distributed as dist

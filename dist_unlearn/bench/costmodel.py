@@ -66,7 +66,7 @@ class Hardware:
 
 @dataclass(frozen=True)
 class Measured:
-    """What the scale-out benchmark measured (defaults: H100 figures of the engine issue, 2 CPU workers here).
+    """What the scale-out benchmark measured (defaults: published H100 figures, 2 CPU workers here).
 
     Attributes:
         hvp_over_grad: time of one HVP over one gradient, per HVP mode.
@@ -307,7 +307,7 @@ def measured_from_bench(
       worker).
     From the GPU benchmark (``benchmarks/gpu/gpu_bench.py`` JSON, if given): the HVP / gradient time ratios
     (FD under ZeRO-3, exact under ZeRO-0). Without it the ratios of ``base`` stay (H100 figures of the
-    engine issue): the CPU benchmark's own ratios describe a tiny CPU model, not transformer GPU kernels.
+    published figures): the CPU benchmark's own ratios describe a tiny CPU model, not transformer GPU kernels.
     """
     import statistics
 
@@ -343,5 +343,5 @@ def measured_from_bench(
         fields["hvp_over_grad"] = ratios
         sources.append(f"gpu_bench ({gpu.get('device', '?')})")
     else:
-        sources.append("HVP/gradient ratios: engine issue's H100 figures")
+        sources.append("HVP/gradient ratios: published H100 figures")
     return replace(base, **fields, source="; ".join(sources))

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from dist_unlearn.cli import cli
+from dist_unlearn.cli import cli, verbose_option
 from dist_unlearn.errors import DataError
 
 #: what a bench run writes into --out
@@ -72,6 +72,7 @@ def _int_list(text: str, what: str, allowed: range | None = None) -> list[int]:
 
 
 @cli.command("bench")
+@verbose_option
 @click.option("--workers", default="1,2", show_default=True, help="Worker counts, comma-separated.")
 @click.option("--zero", "zero_text", default="0,2,3", show_default=True, help="ZeRO stages, comma-separated.")
 @click.option(

@@ -9,12 +9,13 @@ from typing import Any
 
 import click
 
-from dist_unlearn.cli import cli
+from dist_unlearn.cli import cli, verbose_option
 
 Log = Callable[[str], None]
 
 
 @cli.command("eval")
+@verbose_option
 @click.option(
     "--config",
     "-c",
@@ -100,8 +101,9 @@ def evaluate_saved(
     from tqdm.auto import tqdm
 
     from dist_unlearn.errors import DataError
+    from dist_unlearn.eval.results import to_jsonable
     from dist_unlearn.output import OutputDir, check_output_dir
-    from dist_unlearn.pipeline import ModelCache, _jsonable, plan_rounds
+    from dist_unlearn.pipeline import ModelCache, plan_rounds
     from dist_unlearn.tasks import get_task
 
     log = log or (lambda msg: tqdm.write(msg))
@@ -165,7 +167,7 @@ def evaluate_saved(
                 "metrics": task.evaluate(task.load(path), **kw),
                 "stats": {"path": str(path)},
             }
-        out = _jsonable(out)
+        out = to_jsonable(out, strict=False)
         (od.stage / "eval.json").write_text(json.dumps(out, indent=2))
         od.commit()
     return out

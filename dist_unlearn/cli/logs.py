@@ -138,6 +138,11 @@ def output_mode(*, quiet: bool = False, plain: bool | None = None) -> Iterator[N
     finally:
         for mod, attr, old in reversed(undo):
             setattr(mod, attr, old)
+        if undo:  # modules first imported inside the block took the plain class from tqdm.auto
+            original, plain_cls = undo[0][2], _plain_class()
+            for name, mod in list(sys.modules.items()):
+                if name.startswith("dist_unlearn") and getattr(mod, "tqdm", None) is plain_cls:
+                    mod.tqdm = original
         if quiet:
             for name in QUIET_LOGGERS:
                 logging.getLogger(name).removeFilter(filt)

@@ -7,17 +7,18 @@ from typing import Any
 
 import click
 
-from dist_unlearn.cli import cli
+from dist_unlearn.cli import cli, verbose_option
 
 
 @cli.command("run")
+@verbose_option
 @click.option(
     "--config",
     "-c",
     "config_path",
     required=True,
     type=click.Path(dir_okay=False),
-    help="YAML experiment config, e.g. configs/demo.yaml.",
+    help="YAML experiment config, e.g. configs/experiments/digits_demo.yaml.",
 )
 @click.option(
     "--workers",

@@ -6,10 +6,11 @@ from typing import Any
 
 import click
 
-from dist_unlearn.cli import cli
+from dist_unlearn.cli import cli, verbose_option
 
 
 @cli.command("unlearn")
+@verbose_option
 @click.option(
     "--config",
     "-c",

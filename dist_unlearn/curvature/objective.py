@@ -13,8 +13,12 @@ beta = ``beta`` and l_i^ref the loss of the model as given (before unlearning):
   ``max_steps``; use it with a small alpha or few steps.
 - ``"npo"``:  L(w) = L_r(w) + alpha (2/beta) mean_i softplus(beta (l_i^ref - l_i(w))),  the Negative
   Preference Optimisation term (Zhang et al. 2024) with log pi = -loss. Bounded below: the forget term
-  saturates once every forget loss is well above its reference, so ARC converges. The choice for memorised
-  models (fine-tuned networks, LMs).
+  saturates once every forget loss is well above its reference, so ARC converges -- but only once the
+  rows are far past data never seen (an overshoot the stop rule has to catch).
+- ``"match_unseen"``:  L(w) = L_r(w) + alpha sum_i v_i (1/2) d_i(w)^2,  d_i the distance of l_i to its
+  bin of the calibration rows' loss distribution (:mod:`dist_unlearn.targets`: a per-subject quantile
+  match, every subject weighted alike). Its minimum puts each subject among data the model never saw, not
+  past it; it needs ``calibration=`` (the bins come from those rows) and is updated by the stop rule.
 
 ``gradient="influence"`` replaces the first retain gradient by the stationary-point identity
 g_0 = -(n_f/n_r) grad L_f(w_0) (one pass over the forget set instead of the retain set); later steps use the
@@ -38,7 +42,7 @@ from dist_unlearn.cost import CostCounter
 from dist_unlearn.curvature.local import LocalOracle
 from dist_unlearn.models.losses import per_example_losses
 
-OBJECTIVES = ("retain", "grad_diff", "npo")
+OBJECTIVES = ("retain", "grad_diff", "npo", "match_unseen")
 GRADIENTS = ("full", "influence")
 
 
@@ -194,6 +198,34 @@ class NPOForgetLoss:
         return (2.0 / self.beta) * terms.sum() / valid.sum().clamp_min(1)
 
 
+class BinForgetLoss:
+    """mean_i c_i (1/2) d_i^2 on an :class:`IndexedRows` batch (batch, idx): the ``match_unseen`` term.
+
+    ``targets.table[i] = (lo_i, hi_i, c_i)`` (:class:`dist_unlearn.targets.ForgetTargets`, read at each call,
+    so the bins a stop rule updates take effect at the next evaluation); the mean over all forget rows is
+    F = sum_i v_i (1/2) d_i^2. Rows with index -1 are padding (the engine's ZeRO-3 chunks): left out.
+    """
+
+    def __init__(self, loss_fn: Any, targets: Any):
+        self.loss_fn, self.targets = loss_fn, targets
+
+    def __call__(self, model: torch.nn.Module, batch: tuple[Any, torch.Tensor]) -> torch.Tensor:
+        from dist_unlearn.targets import bin_penalty
+
+        inner, idx = batch
+        losses = per_example_losses(self.loss_fn, model, inner)
+        valid = (idx >= 0).to(losses.device)
+        table = self.targets.table
+        if table.shape[0] == 0:
+            raise RuntimeError("match_unseen: the forget rows' bins were never set (ForgetTargets.update).")
+        rows = table[idx.clamp_min(0).to(table.device)].to(device=losses.device, dtype=losses.dtype)
+        terms = rows[:, 2] * bin_penalty(losses, rows[:, 0], rows[:, 1])
+        if bool(valid.all()):
+            return terms.mean()
+        terms = torch.where(valid, terms, torch.zeros_like(terms))
+        return terms.sum() / valid.sum().clamp_min(1)
+
+
 @torch.no_grad()
 def reference_losses(loss_fn: Any, model: torch.nn.Module, rows: IndexedRows, batch_size: int, device: Any):
     """l_i^ref: the per-example losses of the model as it is now, indexed by example (float64)."""
@@ -217,6 +249,7 @@ def build_oracle(
     gradient: str = "full",
     forget_weight: float = 1.0,
     beta: float = 0.1,
+    targets: Any = None,
     **oracle_kwargs: Any,
 ) -> Any:
     """The curvature oracle of an objective (module docstring) over ``retain`` (and ``forget``).
@@ -224,9 +257,11 @@ def build_oracle(
     Args:
         model, loss_fn, retain: as for :class:`LocalOracle` (``oracle_kwargs`` go to the retain oracle).
         forget: the forget set (needed unless objective="retain" and gradient="full").
-        objective: "retain", "grad_diff" or "npo".
+        objective: "retain", "grad_diff", "npo" or "match_unseen".
         gradient: "full" or "influence" (objective "retain" only).
         forget_weight: alpha; beta: the NPO inverse temperature.
+        targets: the forget rows' bins (:class:`dist_unlearn.targets.ForgetTargets`), objective
+            "match_unseen" only; whoever owns them (the stop rule) keeps them up to date.
     """
     retain_oracle = LocalOracle(model, loss_fn, retain, **oracle_kwargs)
     if objective == "retain" and gradient == "full":
@@ -248,6 +283,20 @@ def build_oracle(
         )  # fmt: skip
         return CombinedOracle([(1.0, retain_oracle), (-float(forget_weight), forget_oracle)])
     rows = IndexedRows(forget, oracle_kwargs.get("collate_fn"))
+    if objective == "match_unseen":
+        if targets is None:
+            from dist_unlearn.errors import ConfigError
+
+            raise ConfigError(
+                "objective='match_unseen' needs the forget rows' bins from calibration data: pass "
+                "calibration=<rows the model never saw> to unlearn()."
+            )
+        forget_oracle = LocalOracle(
+            model, BinForgetLoss(loss_fn, targets), rows, collate_fn=rows.collate,
+            params=retain_oracle.params, **{k: v for k, v in common.items() if k not in ("params", "hvp")},
+            hvp="fd" if common.get("hvp") == "fd" else "exact",
+        )  # fmt: skip
+        return CombinedOracle([(1.0, retain_oracle), (float(forget_weight), forget_oracle)])
     ref = reference_losses(loss_fn, model, rows, retain_oracle.batch_size, retain_oracle.device)
     retain_oracle.cost.add("loss", len(rows), role="forget")  # the reference forward over the forget set
     forget_oracle = LocalOracle(

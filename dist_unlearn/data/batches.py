@@ -18,6 +18,10 @@ class Pair(tuple):
     """Several batches in one work item (grad_diff's (forget, retain)): counted batch by batch."""
 
 
+class Rows(tuple):
+    """(batch, row indices) of one data set: counted as the batch's examples (indices are not examples)."""
+
+
 def count_examples(item: Any) -> int:
     """Examples in a work item: a batch (tensor, dict of columns, tuple/list of tensors) or a tuple of batches
     (grad_diff's (forget, retain) pair; scrub's ("max" | "min", batch)); None and strings count 0."""
@@ -32,6 +36,8 @@ def count_examples(item: Any) -> int:
             if isinstance(v, list):
                 return len(v)
         return 1
+    if isinstance(item, Rows):
+        return count_examples(item[0])
     if isinstance(item, Pair):
         return sum(count_examples(x) for x in item)
     if isinstance(item, tuple | list) and item:

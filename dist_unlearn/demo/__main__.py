@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--zero-stage", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the fine-tuning")
+    ap.add_argument("-v", "--verbose", action="store_true", help="also the libraries' logs and progress bars")
     args = ap.parse_args(argv)
+    from dist_unlearn.quiet import quiet_libraries
+
+    quiet_libraries(verbose=args.verbose)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     job_path = out / "job.yaml"
     job_path.write_text(yaml.safe_dump(job, sort_keys=False))
     print(f"[demo] method: the job default {DEFAULT_METHOD} (dist_unlearn.job.DEFAULT_METHOD)", flush=True)
-    cmd = [sys.executable, "-m", "dist_unlearn", "unlearn", "--config", str(job_path), "--overwrite"]
+    cmd = [sys.executable, "-m", "dist_unlearn", *(["-v"] if args.verbose else []), "unlearn"]
+    cmd += ["--config", str(job_path), "--overwrite"]
     print(f"[demo] forgetting {FORGET_PEOPLE} people: {' '.join(['dist-unlearn', *cmd[3:]])}", flush=True)
     rc = subprocess.call(cmd)
     print(f"[demo] total {time.perf_counter() - t0:.0f} s")

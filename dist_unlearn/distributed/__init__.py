@@ -12,7 +12,7 @@ from dist_unlearn.distributed.space import ShardedSpace, ShardedVector
 
 
 def __getattr__(name: str):
-    # engine imports the methods package (H3); keep `import dist_unlearn.distributed` light.
+    # engine imports the methods package; keep `import dist_unlearn.distributed` light.
     homes = {"run_distributed": "engine", "build_group": "startup", "make_ds_config": "dsconfig"}
     if name in homes:
         import importlib

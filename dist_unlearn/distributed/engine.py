@@ -1,12 +1,18 @@
 """``unlearn(..., workers=N)``: a curvature method run over a Ray worker group, with checkpoints and restarts.
 
-The driver process is the coordinator. It builds a :class:`WorkerGroup` (one DeepSpeed ZeRO rank per actor),
-wraps it in a :class:`RayOracle` and runs the method through the same seam as the local engine,
-:func:`dist_unlearn.methods.run_curvature_method`. After each outer step every rank writes its weight shard to
-the checkpoint folder and the driver keeps the small loop state; when a worker dies the whole group is torn
-down, a new one is started from the last checkpoint, and the method continues (at most ``max_restarts``
-times). At the end the consolidated weights are gathered once (rank 0) into the caller's model and, when an
-output folder is given, saved from rank 0 atomically.
+The driver process is the coordinator. :func:`run_distributed` is the whole run, in steps:
+
+1. :func:`prepare` the run: options with the method's defaults, the HVP sample's rows, the initial weights
+   (for the update norm), the checkpoint folder, Ray.
+2. :func:`run_attempts`: each attempt :func:`start_group` (a :class:`WorkerGroup`, one DeepSpeed ZeRO rank
+   per actor, wrapped in a :class:`RayOracle`; from the last checkpoint after a failure), then
+   :func:`run_method` through the same seam as the local engine,
+   :func:`dist_unlearn.methods.run_curvature_method`, writing every rank's weight shard to the checkpoint
+   folder after each outer step, then :func:`gather` the final weights once (rank 0), saved from rank 0
+   atomically when an output folder is given. When a worker dies the whole group is torn down and a new one
+   continues from the last checkpoint (at most ``max_restarts`` times).
+3. :func:`load_final_weights` into the caller's model (or the model loaded once from its path), and
+   :func:`engine_stats`: cost, time breakdown, round trips.
 """
 
 from __future__ import annotations
@@ -23,35 +29,16 @@ from typing import Any
 
 from dist_unlearn.curvature.sample import fixed_hvp_rows
 from dist_unlearn.distributed.group import WorkerDiedError, WorkerGroup
+from dist_unlearn.distributed.run_state import OUTER_STEP_CALLS, EngineRun, engine_stats
 from dist_unlearn.distributed.startup import build_group, dataset_of, ensure_ray
 from dist_unlearn.errors import ConfigError, DistributedError
-from dist_unlearn.stopping import ForgetStopRule
+from dist_unlearn.stopping import rule_for
 
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "DIST_UNLEARN_TEST_KILL"
 """Fault injection for tests: ``hvps=K`` kills rank 1 just before the K-th HVP of the first attempt;
 ``hvps=K,always`` does it on every attempt (restarts are then exhausted)."""
-
-
-OUTER_STEP_CALLS = (
-    "loss",
-    "loss_and_gradient",
-    "apply_update",
-    "snapshot",
-    "restore",
-    "drop_snapshot",
-    "save_shard",
-    "load_shard",
-    "resample",
-    "state_dict_numpy",
-    "stats",
-    "influence_gradient",
-    "retain_loss",
-    "membership_losses",
-)
-"""Worker calls made once per outer step or trial point (loss, gradient, update, snapshots, checkpoints), not
-per Lanczos iteration: the first-M search and ARC trials add these, the fused iteration does not."""
 
 
 def _fault_hook(group: WorkerGroup, attempt: int):
@@ -110,219 +97,233 @@ def run_distributed(
     Raises:
         DistributedError: a worker died more than ``max_restarts`` times (no output is written).
     """
+    from dist_unlearn.result import UnlearnResult
+
+    run = prepare(model, retain, method, options, use_gpu, cpus_per_worker, model_kwargs)
+    try:
+        run_attempts(run, model, loss_fn, retain, forget, output_dir)
+    finally:
+        if run.own_ckpt:
+            shutil.rmtree(run.ckpt, ignore_errors=True)
+        if run.started_ray:
+            import ray
+
+            ray.shutdown()
+    out_model = load_final_weights(run, model)
+    return UnlearnResult(model=out_model, steps=list(run.state.history), stats=engine_stats(run, out_model))
+
+
+def prepare(
+    model: Any,
+    retain: Any,
+    method: str,
+    options: Any,
+    use_gpu: bool | None,
+    cpus_per_worker: float,
+    model_kwargs: dict | None,
+) -> EngineRun:
+    """Step 1: options with defaults, the HVP sample, the initial weights, the checkpoint folder, Ray."""
     import torch
     from torch import nn
 
-    from dist_unlearn.methods import OuterLoopState, get_method, run_curvature_method
+    from dist_unlearn.cost import CostCounter
+    from dist_unlearn.methods import get_method
     from dist_unlearn.options import UnlearnOptions
-    from dist_unlearn.result import UnlearnResult
 
     opts = options if isinstance(options, UnlearnOptions) else UnlearnOptions(**dict(options or {}))
     spec = get_method(method)
     if not spec.curvature:
         raise ConfigError(f"method {method!r} is not a curvature method; it cannot run with workers=N.")
-    opts = opts.with_defaults(spec.defaults)
+    opts = opts.with_defaults(spec.defaults).with_objective(spec.curvature)
     n = int(opts.workers or 1)
     if use_gpu is None:
         use_gpu = torch.cuda.is_available()
-    stochastic = method == "cure_newton_stochastic"
     hvp_rows = None
     if method == "cure_newton":
         try:
             hvp_rows = fixed_hvp_rows(opts.hvp_sample, len(dataset_of(retain)), opts.seed)
         except TypeError:
             hvp_rows = None  # no length: build_group reports it
-
     initial = (
         {k: p.detach().to("cpu", copy=True) for k, p in model.named_parameters() if p.requires_grad}
         if isinstance(model, nn.Module)
         else None
     )
-    started_ray = ensure_ray(int(max(1, n * cpus_per_worker)), n if use_gpu else 0)
-    own_ckpt = opts.checkpoint_dir is None
-    ckpt = Path(opts.checkpoint_dir or tempfile.mkdtemp(prefix="dist_unlearn_ckpt_"))
-    ckpt.mkdir(parents=True, exist_ok=True)
-    committed: OuterLoopState | None = None
-    restarts = 0
-    totals = {"hvps": 0, "gradients": 0, "losses": 0}
-    times = {"compute_s": 0.0, "allreduce_s": 0.0, "coordinator_s": 0.0, "setup_s": 0.0, "gather_s": 0.0}
-    t_start = time.perf_counter()
-    from dist_unlearn.cost import CostCounter
+    run = EngineRun(
+        method=method,
+        opts=opts,
+        workers=n,
+        use_gpu=use_gpu,
+        cpus_per_worker=cpus_per_worker,
+        model_kwargs=model_kwargs,
+        hvp_rows=hvp_rows,
+        initial=initial,
+        ckpt=Path(opts.checkpoint_dir or tempfile.mkdtemp(prefix="dist_unlearn_ckpt_")),
+        own_ckpt=opts.checkpoint_dir is None,
+        cost=CostCounter(),  # the completed attempt's work (a failed attempt's counters die with its workers)
+    )
+    run.ckpt.mkdir(parents=True, exist_ok=True)
+    run.started_ray = ensure_ray(int(max(1, n * cpus_per_worker)), n if use_gpu else 0)
+    return run
 
-    cost = CostCounter()  # the completed attempt's work (a failed attempt's counters die with its workers)
-    try:
-        while True:
-            group = oracle = None
-            try:
-                t0 = time.perf_counter()
-                group, oracle = build_group(
-                    n,
-                    model,
-                    loss_fn,
-                    retain,
-                    zero_stage=opts.zero_stage,
-                    hvp=opts.hvp,
-                    deepspeed_config=opts.deepspeed_config,
-                    batch_size=opts.batch_size,
-                    grad_batch_size=opts.grad_batch_size if stochastic else None,
-                    hvp_batch_size=opts.hvp_batch_size if stochastic else None,
-                    seed=opts.seed,
-                    collate_fn=opts.collate_fn,
-                    use_gpu=use_gpu,
-                    cpus_per_worker=cpus_per_worker,
-                    model_kwargs=model_kwargs,
-                    forget=forget,
-                    calibration=opts.calibration,
-                    objective=opts.objective,
-                    gradient=opts.gradient,
-                    forget_weight=opts.forget_weight,
-                    beta=opts.beta,
-                    hvp_rows=hvp_rows,
-                )
-                if opts.calibration is not None:
-                    oracle.stop_rule = ForgetStopRule(oracle.membership_losses, opts.stop_auc_band)
-                if committed is not None:
-                    oracle.influence_first = False  # the first step's influence gradient was used already
-                    group.execute_all("load_shard", str(ckpt / "weights-rank{rank}.pt"))
-                times["setup_s"] += time.perf_counter() - t0
-                bytes0, wait0, t_run = group.bytes_received, group.wait_s, time.perf_counter()
-                calls0, by_method0 = group.calls, dict(group.calls_by_method)
-                oracle.hvp_hook = _fault_hook(group, restarts)
-                state = copy.deepcopy(committed) if committed is not None else OuterLoopState(seed=opts.seed)
 
-                def on_step(record: Any, st: OuterLoopState, group: WorkerGroup = group) -> None:
-                    nonlocal committed
-                    group.execute_all("save_shard", str(ckpt / "weights-rank{rank}.pt.next"))
-                    for r in range(group.num_workers):  # commit: all shards of this step are on disk
-                        os.replace(ckpt / f"weights-rank{r}.pt.next", ckpt / f"weights-rank{r}.pt")
-                    committed = copy.deepcopy(st)
-                    tmp = ckpt / "state.pkl.tmp"
-                    tmp.write_bytes(pickle.dumps(committed))
-                    os.replace(tmp, ckpt / "state.pkl")
+def run_attempts(run: EngineRun, model: Any, loss_fn: Any, retain: Any, forget: Any, output_dir: Any) -> None:
+    """Step 2: attempts until one finishes; a dead worker restarts the group from the last checkpoint."""
+    while True:
+        group = oracle = None
+        try:
+            group, oracle = start_group(run, model, loss_fn, retain, forget)
+            run_method(run, group, oracle)
+            gather(run, group, oracle, output_dir)
+            return
+        except WorkerDiedError as e:
+            opts = run.opts
+            if run.restarts >= opts.max_restarts:
+                raise DistributedError(
+                    f"a worker failed and max_restarts={opts.max_restarts} restarts are used up; no "
+                    f"output was written. Last error: {e}"
+                ) from e
+            run.restarts += 1
+            log.warning(
+                "worker failure (%s); restart %d/%d from the last checkpoint",
+                e,
+                run.restarts,
+                opts.max_restarts,
+            )
+        finally:
+            if group is not None:
+                group.shutdown()
+            if oracle is not None:
+                for k in ("hvps", "gradients", "losses"):
+                    run.totals[k] += oracle.counters.get(k, 0)
 
-                run_curvature_method(method, oracle, opts, state=state, on_step=on_step)
-                run_s = time.perf_counter() - t_run
-                run_bytes, run_wait = group.bytes_received - bytes0, group.wait_s - wait0
-                run_calls = group.calls - calls0
-                outer_calls = sum(
-                    group.calls_by_method.get(m, 0) - by_method0.get(m, 0) for m in OUTER_STEP_CALLS
-                )
-                run_hvps = max(1, oracle.counters["hvps"])
-                t0 = time.perf_counter()
-                final_loss = None
-                if stochastic:
-                    oracle.resample(None)
-                    final_loss = oracle.loss()
-                elif opts.objective != "retain":  # the loop's final loss is the objective's
-                    final_loss = oracle.retain_loss()
-                saved = None
-                if output_dir is not None:  # one gather of the consolidated weights: saved and returned
-                    model_ref = [group.model_ref] if group.model_ref is not None else None
-                    saved, sd = group.execute_all("save_output", str(output_dir), model_ref, True)[0]
-                else:
-                    sd = group.execute_all("state_dict_numpy")[0]
-                worker_stats = group.execute_all("stats")
-                for w in worker_stats:  # each rank counted its own shard's examples
-                    cost.merge(w["cost"])
-                times["gather_s"] += time.perf_counter() - t0
-                break
-            except WorkerDiedError as e:
-                if restarts >= opts.max_restarts:
-                    raise DistributedError(
-                        f"a worker failed and max_restarts={opts.max_restarts} restarts are used up; no "
-                        f"output was written. Last error: {e}"
-                    ) from e
-                restarts += 1
-                log.warning(
-                    "worker failure (%s); restart %d/%d from the last checkpoint",
-                    e,
-                    restarts,
-                    opts.max_restarts,
-                )
-            finally:
-                if group is not None:
-                    group.shutdown()
-                if oracle is not None:
-                    for k in ("hvps", "gradients", "losses"):
-                        totals[k] += oracle.counters.get(k, 0)
-    finally:
-        if own_ckpt:
-            shutil.rmtree(ckpt, ignore_errors=True)
-        if started_ray:
-            import ray
 
-            ray.shutdown()
+def start_group(
+    run: EngineRun, model: Any, loss_fn: Any, retain: Any, forget: Any
+) -> tuple[WorkerGroup, Any]:
+    """One attempt's worker group and oracle, from the last checkpoint when there is one."""
+    opts = run.opts
+    t0 = time.perf_counter()
+    group, oracle = build_group(
+        run.workers,
+        model,
+        loss_fn,
+        retain,
+        zero_stage=opts.zero_stage,
+        hvp=opts.hvp,
+        deepspeed_config=opts.deepspeed_config,
+        batch_size=opts.batch_size,
+        grad_batch_size=opts.grad_batch_size if run.stochastic else None,
+        hvp_batch_size=opts.hvp_batch_size if run.stochastic else None,
+        seed=opts.seed,
+        collate_fn=opts.collate_fn,
+        use_gpu=run.use_gpu,
+        cpus_per_worker=run.cpus_per_worker,
+        model_kwargs=run.model_kwargs,
+        forget=forget,
+        calibration=opts.calibration,
+        objective=opts.objective,
+        gradient=opts.gradient,
+        forget_weight=opts.forget_weight,
+        beta=opts.beta,
+        hvp_rows=run.hvp_rows,
+    )
+    push = None
+    if opts.objective == "match_unseen":  # the driver sees every row of a subject: it derives the bins
+        from dist_unlearn.targets import ForgetTargets
 
-    # The final weights go into the caller's model (a path: loaded once here).
+        bins = ForgetTargets(opts.forget_subjects)
+
+        def push(forget_losses: Any, calibration_losses: Any) -> None:
+            bins.update(forget_losses, calibration_losses)
+            oracle.set_forget_bins(bins.table.numpy())
+
+    if opts.calibration is not None:
+        oracle.stop_rule = rule_for(oracle.membership_losses, opts, [push] if push is not None else ())
+    if run.committed is not None:
+        oracle.influence_first = False  # the first step's influence gradient was used already
+        group.execute_all("load_shard", str(run.ckpt / "weights-rank{rank}.pt"))
+        if push is not None:  # the new ranks' bins: from the restored weights (the last kept point)
+            push(*oracle.membership_losses())
+    run.times["setup_s"] += time.perf_counter() - t0
+    return group, oracle
+
+
+def run_method(run: EngineRun, group: WorkerGroup, oracle: Any) -> None:
+    """The method through the common seam, a checkpoint after every outer step; counts round trips."""
+    from dist_unlearn.methods import OuterLoopState, run_curvature_method
+
+    bytes0, wait0, t_run = group.bytes_received, group.wait_s, time.perf_counter()
+    calls0, by_method0 = group.calls, dict(group.calls_by_method)
+    oracle.hvp_hook = _fault_hook(group, run.restarts)
+    state = copy.deepcopy(run.committed) if run.committed is not None else OuterLoopState(seed=run.opts.seed)
+
+    def on_step(record: Any, st: OuterLoopState) -> None:
+        checkpoint(run, group, st)
+
+    run_curvature_method(run.method, oracle, run.opts, state=state, on_step=on_step)
+    run.state = state
+    run.times["run_s"] = time.perf_counter() - t_run
+    run.times["wait_s"] = group.wait_s - wait0
+    outer_calls = sum(group.calls_by_method.get(m, 0) - by_method0.get(m, 0) for m in OUTER_STEP_CALLS)
+    run.measured = {
+        "bytes": group.bytes_received - bytes0,
+        "calls": group.calls - calls0,
+        "outer_calls": outer_calls,
+        "hvps": max(1, oracle.counters["hvps"]),
+        "by_call": {
+            m: c - by_method0.get(m, 0) for m, c in group.calls_by_method.items() if c > by_method0.get(m, 0)
+        },
+    }
+
+
+def checkpoint(run: EngineRun, group: WorkerGroup, state: Any) -> None:
+    """Every rank writes its weight shard, then the shards and the loop state are committed together."""
+    group.execute_all("save_shard", str(run.ckpt / "weights-rank{rank}.pt.next"))
+    for r in range(group.num_workers):  # commit: all shards of this step are on disk
+        os.replace(run.ckpt / f"weights-rank{r}.pt.next", run.ckpt / f"weights-rank{r}.pt")
+    run.committed = copy.deepcopy(state)
+    tmp = run.ckpt / "state.pkl.tmp"
+    tmp.write_bytes(pickle.dumps(run.committed))
+    os.replace(tmp, run.ckpt / "state.pkl")
+
+
+def gather(run: EngineRun, group: WorkerGroup, oracle: Any, output_dir: Any) -> None:
+    """The final retain loss, one gather of the final weights (saved when asked), the workers' stats."""
+    t0 = time.perf_counter()
+    if run.stochastic:
+        oracle.resample(None)
+        run.final_loss = oracle.loss()
+    elif run.opts.objective != "retain":  # the loop's final loss is the objective's
+        run.final_loss = oracle.retain_loss()
+    if output_dir is not None:  # one gather of the consolidated weights: saved and returned
+        model_ref = [group.model_ref] if group.model_ref is not None else None
+        run.saved, run.final_state_dict = group.execute_all("save_output", str(output_dir), model_ref, True)[
+            0
+        ]
+    else:
+        run.final_state_dict = group.execute_all("state_dict_numpy")[0]
+    run.worker_stats = group.execute_all("stats")
+    for w in run.worker_stats:  # each rank counted its own shard's examples
+        run.cost.merge(w["cost"])
+    run.spec = dict(group.spec)
+    run.times["gather_s"] += time.perf_counter() - t0
+
+
+def load_final_weights(run: EngineRun, model: Any) -> Any:
+    """Step 3: the final weights into the caller's model (a path: loaded once here)."""
+    import torch
+    from torch import nn
+
     if isinstance(model, nn.Module):
         out_model = model
     else:
         from dist_unlearn.models import load_model
 
-        out_model = load_model(str(model), **(model_kwargs or {}))
+        out_model = load_model(str(model), **(run.model_kwargs or {}))
     with torch.no_grad():
         own = out_model.state_dict()
-        for k, v in sd.items():
+        for k, v in run.final_state_dict.items():
             if k in own:
                 own[k].copy_(torch.from_numpy(v.copy()).to(own[k].dtype))
-
-    steps = list(state.history)
-    update_norm = None
-    if initial is not None:
-        final = dict(out_model.named_parameters())
-        sq = sum(float((final[k].detach().double() - v.double()).pow(2).sum()) for k, v in initial.items())
-        update_norm = sq**0.5
-    stats: dict[str, Any] = {
-        "method": method,
-        "wall_time": time.perf_counter() - t_start,
-        "workers": n,
-        "zero_stage": group.spec["zero_stage"],
-        "hvp_mode": group.spec["hvp"],
-        "restarts": restarts,
-        "total_hvps": totals["hvps"],
-        "total_gradients": totals["gradients"],
-        "total_losses": totals["losses"],
-        "final_M": state.M,
-        "stop_reason": state.stop_reason,
-        "final_loss": final_loss if final_loss is not None else state.final_loss,
-        "objective": opts.objective,
-        **({"final_objective": state.final_loss} if opts.objective != "retain" else {}),
-        **({"stop_checks": list(state.stop_checks)} if state.stop_checks else {}),
-        **(
-            {"stop_rule": ForgetStopRule(lambda: None, opts.stop_auc_band).describe()}
-            if opts.calibration is not None
-            else {}
-        ),
-        "final_grad_norm": state.final_grad_norm,
-        "update_norm": update_norm,
-        "peak_memory_mb": max(w["peak_rss_mb"] for w in worker_stats),
-        "peak_memory_source": "peak RSS of the worker processes (max over ranks)",
-        "num_steps": len(steps),
-        "accepted_steps": sum(1 for s in steps if s.accepted),
-        "coordinator_bytes_total": run_bytes,
-        "coordinator_bytes_per_lanczos_iteration": run_bytes / run_hvps,
-        "cost": cost.as_dict(),
-        "time_breakdown": {
-            "compute_s": max(w["compute_s"] for w in worker_stats),
-            "allreduce_s": max(w["allreduce_s"] for w in worker_stats),
-            "coordinator_s": max(run_s - run_wait, 0.0),
-            "coordinator_share": max(run_s - run_wait, 0.0) / max(run_s, 1e-12),
-            "driver_round_trips": run_calls,
-            # the solve's driver calls (all but the outer step's OUTER_STEP_CALLS) per Lanczos iteration
-            # (one HVP = one iteration), and every driver call of the run per HVP
-            "driver_round_trips_per_lanczos_iteration": (run_calls - outer_calls) / run_hvps,
-            "driver_round_trips_per_hvp_whole_run": run_calls / run_hvps,
-            "outer_step_round_trips": outer_calls,
-            "round_trips_by_call": {
-                m: c - by_method0.get(m, 0)
-                for m, c in group.calls_by_method.items()
-                if c > by_method0.get(m, 0)
-            },
-            "worker_wait_s": run_wait,
-            "setup_s": times["setup_s"],
-            "gather_s": times["gather_s"],
-        },
-        "output_dir": saved,
-        "options": opts.public_dict() if hasattr(opts, "public_dict") else {},
-    }
-    return UnlearnResult(model=out_model, steps=steps, stats=stats)
+    return out_model

@@ -8,13 +8,14 @@ import time
 from typing import Any
 
 from dist_unlearn.errors import DistributedError
+from dist_unlearn.quiet import worker_env
 
 WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 """glibc settings of the rank processes (the caller's environment wins). By default glibc raises its mmap
 threshold to 32 MB after the first large free, so the MB-sized per-parameter temporaries of every gradient
 pass then come from the heap and stay resident after they are freed. GPT-2-124M, ZeRO-3, one cure_newton
-step (benchmarks/RESULTS.md, issue 9): per-rank step peak 11.6 / 8.1 GB at 1 / 2 workers by default,
-10.8 / 6.0 GB with these (ratio 0.69 -> 0.55), step time not slower."""
+step (benchmarks/RESULTS.md, "What does a worker hold in memory?"): per-rank step peak 11.6 / 8.1 GB at
+1 / 2 workers by default, 10.8 / 6.0 GB with these (ratio 0.69 -> 0.55), step time not slower."""
 
 
 class WorkerDiedError(DistributedError):
@@ -74,6 +75,7 @@ class WorkerGroup:
         actor_cls = ray.remote(DistWorker)
         env = {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu", "RAY_USAGE_STATS_ENABLED": "0"}
         env.update({k: os.environ.get(k, v) for k, v in WORKER_MALLOC_ENV.items()})
+        env.update(worker_env())  # the driver's library switches (dist_unlearn.quiet)
         self.actors = [
             actor_cls.options(
                 num_cpus=cpus_per_worker,

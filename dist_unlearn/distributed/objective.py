@@ -12,6 +12,10 @@ The objective is the one of :mod:`dist_unlearn.curvature.objective`, L = L_r + c
 - ``grad_diff``: F = (1/N_f) sum_i l_i(w), c = -alpha;
 - ``npo``: F = (2/beta) (1/N_f) sum_i softplus(beta (l_i^ref - l_i(w))), c = alpha, with l_i^ref the loss of
   forget row i at the weights as given, computed on the rank that holds row i before any update;
+- ``match_unseen``: F = (1/N_f) sum_i c_i (1/2) d_i(w)^2, c = alpha, d_i the distance of l_i to its bin of
+  the calibration losses (:mod:`dist_unlearn.targets`); the driver derives the bins from the stop rule's
+  losses (it alone sees every row of a subject) and sends the (N_f, 3) table to every rank
+  (:meth:`ObjectiveParts.set_forget_bins`) before the first gradient and after every check that stands;
 
 so every term is a mean over its rows and the ranks' partial sums all-reduce to exactly L and its
 derivatives (gradient, exact double-backward HVP, and the central finite difference of the combined
@@ -107,10 +111,19 @@ class ObjectiveParts:
 
     def _prepare_objective(self) -> None:
         """The forget term of the objective (:attr:`forget_term`); for NPO, this rank's reference losses at
-        the given weights. :attr:`forget_part` stays the plain forget rows (the stop rule's evidence)."""
+        the given weights; for match_unseen, empty bins the driver fills. :attr:`forget_part` stays the plain
+        forget rows (the stop rule's evidence)."""
         part = self.forget_part
         self.forget_term = None
-        if self.objective == "grad_diff":
+        if self.objective == "match_unseen":
+            from dist_unlearn.curvature.objective import BinForgetLoss, IndexedRows
+            from dist_unlearn.targets import ForgetTargets
+
+            rows = IndexedRows(part.data, part.collate)
+            self.forget_bins = ForgetTargets()
+            loss = BinForgetLoss(self.loss_fn, self.forget_bins)
+            self.forget_term = Part(rows, rows.collate, part.num_rows, loss, self.forget_weight)
+        elif self.objective == "grad_diff":
             self.forget_term = Part(part.data, part.collate, part.num_rows, self.loss_fn, -self.forget_weight)
         elif self.objective == "npo":
             import torch
@@ -175,8 +188,8 @@ class ObjectiveParts:
             forget = self.objective != "retain"
         if forget:
             part = self.forget_term
-            # the NPO term masks padding rows (index -1), so its chunks can be padded (see _chunks)
-            pad = self.objective == "npo"
+            # the NPO and bin terms mask padding rows (index -1), so their chunks can be padded (see _chunks)
+            pad = self.objective in ("npo", "match_unseen")
             for batch, w in self._cached_chunks(part, part.rows, pad=pad):
                 yield part.loss_fn, batch, scale * part.coef * w
 
@@ -199,6 +212,11 @@ class ObjectiveParts:
         if self.objective != "retain":
             n += self._mine(self.forget_part.rows)
         self.cost.add(kind, n)
+
+    def set_forget_bins(self, table: Any) -> None:
+        """The match_unseen bins of every forget row, (N_f, 3): lo, hi, weight (the driver's
+        :class:`~dist_unlearn.targets.ForgetTargets` table)."""
+        self.forget_bins.set_table(table)
 
     # ------------------------------------------------------------------ per-example losses
     def _per_example(self, part: Part):

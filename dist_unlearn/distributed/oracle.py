@@ -93,6 +93,10 @@ class RayOracle:
             out.append(losses)
         return out[0], out[1]
 
+    def set_forget_bins(self, table: np.ndarray) -> None:
+        """Send the match_unseen bins (one row per forget row: lo, hi, weight) to every rank."""
+        self.group.execute_all("set_forget_bins", np.asarray(table, dtype=np.float64))
+
     def hvp(self, v: ShardedVector) -> ShardedVector:
         if self.hvp_hook is not None:
             self.hvp_hook(self.counters["hvps"])

@@ -51,10 +51,12 @@ RESULTS_NAME = "results.json"
 METHOD_KEYS = ("metrics", "steps", "resources", "stats")
 
 
-def to_jsonable(obj: Any, *, where: str = "results") -> Any:
+def to_jsonable(obj: Any, *, where: str = "results", strict: bool = True) -> Any:
     """Convert to plain JSON types: numpy/torch scalars and arrays, dataclasses, Paths, tuples.
 
-    Non-finite floats become None. Anything else raises OutputError naming where it was found.
+    Non-finite floats become None. Anything else raises OutputError naming where it was found, or, with
+    ``strict=False`` (records of a run's options, which may hold functions), becomes its ``repr``; mapping
+    keys are then written as strings.
     """
     if obj is None or isinstance(obj, bool | str):
         return obj
@@ -67,22 +69,26 @@ def to_jsonable(obj: Any, *, where: str = "results") -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where=where)
+        return to_jsonable(
+            {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, where=where, strict=strict
+        )
     if hasattr(obj, "as_dict") and callable(obj.as_dict):
-        return to_jsonable(obj.as_dict(), where=where)
+        return to_jsonable(obj.as_dict(), where=where, strict=strict)
     if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist(), where=where)
+        return to_jsonable(obj.tolist(), where=where, strict=strict)
     if type(obj).__module__.startswith("torch") and hasattr(obj, "tolist"):
-        return to_jsonable(obj.detach().cpu().tolist(), where=where)
+        return to_jsonable(obj.detach().cpu().tolist(), where=where, strict=strict)
     if isinstance(obj, Mapping):
         out = {}
         for k, v in obj.items():
-            if not isinstance(k, str | int):
+            if strict and not isinstance(k, str | int):
                 raise OutputError(f"{where}: key {k!r} of type {type(k).__name__} is not a JSON object key.")
-            out[str(k)] = to_jsonable(v, where=f"{where}[{k!r}]")
+            out[str(k)] = to_jsonable(v, where=f"{where}[{k!r}]", strict=strict)
         return out
     if isinstance(obj, Sequence | set | frozenset):
-        return [to_jsonable(v, where=f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [to_jsonable(v, where=f"{where}[{i}]", strict=strict) for i, v in enumerate(obj)]
+    if not strict:
+        return repr(obj)
     raise OutputError(f"{where}: value of type {type(obj).__name__} cannot be written to JSON ({obj!r:.80}).")
 
 

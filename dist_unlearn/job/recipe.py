@@ -1,42 +1,42 @@
-"""The unlearning job, end to end in one readable function: :func:`run_job`.
+"""The unlearning job as a recipe: one named step per stage, each reading and filling one :class:`JobState`.
 
-1. Check everything that can be checked cheaply, so that a bad input fails in seconds with nothing written:
-   the config, the output folder, the model folder (config, weights, tokenizer), the data files and their
-   columns, the forget selector against the data, the holdout (overlap with training warned), the number of
-   workers against the cluster.
-2. Load the model and tokenizer, tokenise the rows, split retain / forget, split the holdout into
-   calibration rows (the forgetting stop rule, :mod:`dist_unlearn.stopping`) and audit rows (the verdict's
-   reference, :mod:`dist_unlearn.job.holdout`), measure the evidence before.
-3. Unlearn through the common engine: :func:`dist_unlearn.unlearn` in-process, or
+:func:`run_job` is the whole job, in order:
+
+1. :func:`check_inputs`: everything that can be checked cheaply, so that a bad input fails in seconds with
+   nothing loaded and nothing written: the config, the output folder, the model folder (config, weights,
+   tokenizer), the data files and their columns, the forget selector against the data, the holdout (overlap
+   with training warned), the holdout split, the number of workers against the cluster.
+2. :func:`load_rows`: the model and tokenizer, the token rows split into retain / forget, the holdout split
+   into calibration rows (the forgetting stop rule, :mod:`dist_unlearn.stopping`) and audit rows (the
+   verdict's reference, :mod:`dist_unlearn.job.holdout`).
+3. :func:`measure` the evidence before.
+4. :func:`unlearn_rows` through the common engine: :func:`dist_unlearn.unlearn` in-process, or
    :func:`dist_unlearn.distributed.engine.run_distributed` on Ray workers (each worker loads the model from
    its path itself; ZeRO stage as configured).
-4. Measure the evidence after, decide the verdict (:func:`dist_unlearn.eval.verdict.decide`), and write the
-   model, ``forget_ids.txt``, the audit and the model card through :class:`dist_unlearn.output.OutputDir`
-   (staged, committed at the end: a failed job leaves the output folder as it was).
+5. :func:`measure` the evidence after (audit holdout rows only).
+6. :func:`write_outputs`: the verdict (:func:`dist_unlearn.eval.verdict.decide`), then the model,
+   ``forget_ids.txt``, the audit and the model card through :class:`dist_unlearn.output.OutputDir` (staged,
+   committed at the end: a failed job leaves the output folder as it was).
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
-import hashlib
 import math
-import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from dist_unlearn.data.files import count_overlap, load_table, require_columns, select_forget
-from dist_unlearn.errors import ConfigError, NumericalError
+from dist_unlearn.errors import NumericalError
 from dist_unlearn.job.config import JobConfig, as_job
-from dist_unlearn.job.model import ModelSource, inspect_model
+from dist_unlearn.job.model import ModelSource
 
 Log = Callable[[str], None]
 
@@ -62,78 +62,65 @@ class JobResult:
         return self.audit["verdict"]
 
 
+@dataclass
+class JobState:
+    """What one job carries from step to step (filled in as the steps run).
+
+    Attributes:
+        cfg: the validated job.yaml; log: where progress lines go; overwrite: ``--overwrite``.
+        out: the output folder; src: the model folder's description; fmt: how rows become tokens.
+        train / holdout: the data tables; overlap: holdout rows identical to training rows.
+        selection: the forget rows (:class:`~dist_unlearn.data.files.ForgetSelection`).
+        split: the holdout's calibration / audit parts; method: the method's registry entry.
+        distributed: curvature method on Ray workers; engine_note: why workers were not used.
+        rows: token rows by role: ``forget``, ``retain``, ``retain_sample`` (evidence), ``holdout`` (audit
+            part), ``calibration`` (stop rule; None without one).
+        model / tokenizer / pad_id: the loaded model (None while the workers hold it).
+        before / after: the evidence records; stats: the method's statistics; options_record: the
+            method and its options as the audit shows them.
+    """
+
+    cfg: JobConfig
+    log: Log
+    overwrite: bool = False
+    t0: float = field(default_factory=time.perf_counter)
+    start_utc: str = ""
+    out: Path | None = None
+    src: ModelSource | None = None
+    fmt: Any = None
+    train: Any = None
+    holdout: Any = None
+    overlap: int | None = None
+    selection: Any = None
+    split: Any = None
+    method: Any = None
+    use_gpu: bool = False
+    distributed: bool = False
+    engine_note: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    rows: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = None
+    tokenizer: Any = None
+    pad_id: int = 0
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    options_record: dict[str, Any] = field(default_factory=dict)
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _now() -> str:
+def now_utc() -> str:
+    """The current time, ISO 8601 in UTC (seconds)."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def path_sha256(path: str | Path) -> str:
-    """sha256 of a file, or of a folder's files (sorted relative paths and their sha256, one per line)."""
-    from dist_unlearn.output import sha256_file
-
-    p = Path(path)
-    if p.is_file():
-        return sha256_file(p)
-    lines = [f"{f.relative_to(p).as_posix()} {sha256_file(f)}\n" for f in sorted(p.rglob("*")) if f.is_file()]
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
-
-
-def check_workers(workers: int | None, use_gpu: bool, *, oversubscribe: bool = False) -> bool:
-    """Raise ConfigError when ``workers`` exceeds what the cluster has (``preflight.check_workers``).
-
-    With ``RAY_ADDRESS`` set (e.g. under ``ray job submit``) the cluster is joined first, so its size is
-    what is checked; otherwise this machine's cores (GPUs), which the embedded Ray gets.
-
-    Returns:
-        True when this call connected to Ray (the caller shuts it down).
-    """
-    if workers is None:
-        return False
-    from dist_unlearn.preflight import check_workers as preflight_workers
-
-    started = False
-    if os.environ.get("RAY_ADDRESS"):
-        from dist_unlearn.distributed.startup import ensure_ray
-
-        started = ensure_ray(workers)
-    try:
-        preflight_workers(workers, use_gpu=use_gpu, oversubscribe=oversubscribe)
-    except ConfigError:
-        if started:
-            import ray
-
-            ray.shutdown()
-        raise
-    return started
-
-
-def _check_layout(cfg: JobConfig, src: ModelSource) -> None:
-    fmt = cfg.data.text_format()
-    if fmt.task != src.task:
-        hint = (
-            "give data.label_column with data.text_column"
-            if src.task == "classification"
-            else "give data.text_column alone, or prompt_column + response_column"
-        )
-        raise ConfigError(
-            f"the model {cfg.model!r} is a {src.task} model but the data layout {fmt.kind!r} trains a "
-            f"{fmt.task} model; {hint}."
-        )
-
-
-def _sample(n: int, k: int, seed: int) -> list[int]:
-    if n <= k:
-        return list(range(n))
-    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
 def run_job(
     config: JobConfig | dict | str | Path, *, overwrite: bool = False, log: Log | None = None
 ) -> JobResult:
-    """Run an unlearning job (see the module docstring) and write its outputs.
+    """Run an unlearning job (the steps of the module docstring) and write its outputs.
 
     Args:
         config: a :class:`~dist_unlearn.job.config.JobConfig`, a mapping, or the path of job.yaml.
@@ -147,250 +134,210 @@ def run_job(
         ConfigError, DataError, ModelError, OutputError: bad input, before expensive work, nothing written.
         NumericalError, DistributedError: the run failed; nothing written.
     """
-    log = log or _stderr
-    cfg = as_job(config)
-    t0, start_utc = time.perf_counter(), _now()
-    from dist_unlearn.methods import get_method
-    from dist_unlearn.output import OutputDir, check_output_dir
-
-    # ---- 1. cheap checks ---------------------------------------------------------------------------------
-    out = check_output_dir(cfg.output_dir, overwrite=overwrite)
-    src = inspect_model(cfg.model, cfg.base_model)
-    _check_layout(cfg, src)
-    fmt = cfg.data.text_format()
-    train = load_table(cfg.data.path, what="data")
-    require_columns(train, fmt.columns(), what=f"data {cfg.data.path!r}")
-    if "id_column" in cfg.data.model_fields_set:
-        require_columns(train, {"id_column": cfg.data.id_column}, what=f"data {cfg.data.path!r}")
-    sel = select_forget(train, **cfg.forget.selector(), id_column=cfg.data.id_column, what="data")
-    warn: list[str] = []
-    holdout = overlap = None
-    if cfg.holdout is not None:
-        holdout = load_table(cfg.holdout, what="holdout")
-        require_columns(holdout, fmt.columns(), what=f"holdout {cfg.holdout!r}")
-        content = [c for k, c in fmt.columns().items() if k != "label_column"]
-        overlap = count_overlap(train, holdout, content)
-        if overlap:
-            msg = (
-                f"{overlap} of the {len(holdout)} holdout rows are identical to training rows (on "
-                f"{content}); the holdout should be data the model never saw, so the verdict is lenient."
-            )
-            warnings.warn(msg, stacklevel=2)
-            warn.append(msg)
-            log(f"warning: {msg}")
-    spec = get_method(cfg.method.name)
-    import torch
-
-    use_gpu = torch.cuda.is_available()
-    distributed = cfg.workers is not None and spec.curvature
-    engine_note = None
-    if cfg.workers is not None and not spec.curvature:
-        engine_note = f"{cfg.method.name} is a first-order method: it ran in-process (workers not used)"
-        log(f"note: {engine_note}")
-    if distributed:
-        from dist_unlearn.preflight import check_deepspeed_config
-
-        check_deepspeed_config(cfg.deepspeed_config, cfg.zero_stage)
-    from dist_unlearn.job.holdout import split_for_job
-
-    split = split_for_job(cfg, spec.curvature, holdout)
-    connected = check_workers(cfg.workers if distributed else None, use_gpu, oversubscribe=cfg.oversubscribe)
+    job = JobState(cfg=as_job(config), log=log or _stderr, overwrite=overwrite, start_utc=now_utc())
+    check_inputs(job)
+    connected = connect_workers(job)
     try:
-        result, record = _run(cfg, src, fmt, train, holdout, split, sel, distributed, log)
+        load_rows(job)
+        job.before = measure(job, "before")
+        unlearn_rows(job)
+        job.after = measure(job, "after")
     finally:
         if connected:
             import ray
 
             ray.shutdown()
-
-    # ---- 4. write ----------------------------------------------------------------------------------------
-    model, tok, before, after, stats = result
-    from dist_unlearn.eval.verdict import decide
-    from dist_unlearn.job.audit import model_card, utility_checks, write_audit
-    from dist_unlearn.provenance import provenance, weight_file_hashes, write_ids_file
-
-    verdict = decide(after, before=before)
-    verdict["before_status"] = decide(before)["status"]
-    with OutputDir(out, overwrite=overwrite, command="unlearn") as od:
-        from dist_unlearn.models import save_model
-
-        save_model(model, od.stage / "model", tokenizer=tok)
-        if src.adapter and cfg.merged:
-            merged = copy.deepcopy(model).merge_and_unload()
-            save_model(merged, od.stage / "model" / "merged", tokenizer=tok)
-        ids = write_ids_file(od.stage / "forget_ids.txt", sel.ids)
-        ids["path"] = str(out / "forget_ids.txt")
-        end_utc = _now()
-        record["request"]["forget"]["ids_file"] = ids
-        if holdout is not None:
-            record["request"]["holdout"] = {
-                "path": str(cfg.holdout),
-                "sha256": path_sha256(cfg.holdout),
-                "rows": len(holdout),
-                "overlap_with_training": overlap,
-                "split": split.record if split is not None else None,
-            }
-        record["model"]["output"] = {
-            "path": str(out / "model"),
-            "weight_sha256": weight_file_hashes(od.stage / "model"),
-        }
-        cost = stats.get("cost")
-        record["run"].update(
-            {
-                "workers": stats.get("workers") if distributed else None,
-                "zero_stage": stats.get("zero_stage", cfg.zero_stage) if distributed else None,
-                "engine_note": engine_note,
-                "start_utc": start_utc,
-                "end_utc": end_utc,
-                "wall_time_s": time.perf_counter() - t0,
-                "unlearn_wall_time_s": stats.get("wall_time"),
-                "cost": cost,
-                "num_steps": stats.get("num_steps"),
-                "accepted_steps": stats.get("accepted_steps"),
-                "stop_reason": stats.get("stop_reason"),
-                "update_norm": stats.get("update_norm"),
-                "hvp_mode": stats.get("hvp_mode"),
-                "stop_rule": stats.get("stop_rule"),
-                "stop_checks": stats.get("stop_checks"),
-            }
-        )
-        record["verdict"] = verdict
-        record["checks"] = utility_checks(before, after)
-        record["warnings"] = warn
-        if holdout is None:
-            record["not_checked"] = [
-                "whether the forget rows are still recognisable: no holdout (data the model never saw) was "
-                "given, so no forget-vs-holdout AUC or KS test could be computed (status "
-                "unknown_without_holdout).",
-                "no forgetting stop rule: it needs unseen calibration rows, which come from the holdout; the "
-                "run stopped on its own rules (stop_reason in run).",
-            ]
-        elif split is not None and not split.record["stop_rule"]:
-            record["not_checked"] = [f"no forgetting stop rule: {split.record['why']}"]
-        record["provenance"] = provenance({"workers": record["run"]["workers"], "use_gpu": use_gpu})
-        write_audit(od.stage, record, before, after)
-        (od.stage / "model" / "README.md").write_text(model_card(record))
-        od.commit()
-    from dist_unlearn.job.audit import strip_losses
-
-    record["evidence"] = {"before": strip_losses(before), "after": strip_losses(after)}
-    return JobResult(output_dir=out, audit=record, model=model)
+    record = write_outputs(job)
+    return JobResult(output_dir=job.out, audit=record, model=job.model)
 
 
-def _run(cfg, src, fmt, train, holdout, split, sel, distributed, log):
-    """Steps 2 and 3: load, tokenise, evidence before, unlearn, evidence after (audit holdout rows only)."""
-    from dist_unlearn.data import pad_collate
+def check_inputs(job: JobState) -> None:
+    """Step 1: every cheap check (module docstring); fills tables, selection, split and method."""
+    from dist_unlearn.job.checks import check_holdout, check_layout, check_training_data
+    from dist_unlearn.job.holdout import split_for_job
+    from dist_unlearn.job.model import inspect_model
+    from dist_unlearn.methods import get_method
+    from dist_unlearn.output import check_output_dir
+
+    cfg = job.cfg
+    job.out = check_output_dir(cfg.output_dir, overwrite=job.overwrite)
+    job.src = inspect_model(cfg.model, cfg.base_model)
+    check_layout(cfg, job.src)
+    job.fmt = cfg.data.text_format()
+    job.train, job.selection = check_training_data(cfg, job.fmt)
+    if cfg.holdout is not None:
+        job.holdout, job.overlap = check_holdout(cfg, job.fmt, job.train, job.log, job.warnings)
+    job.method = get_method(cfg.method.name)
+    import torch
+
+    job.use_gpu = torch.cuda.is_available()
+    job.distributed = cfg.workers is not None and job.method.curvature
+    if cfg.workers is not None and not job.method.curvature:
+        job.engine_note = f"{cfg.method.name} is a first-order method: it ran in-process (workers not used)"
+        job.log(f"note: {job.engine_note}")
+    if job.distributed:
+        from dist_unlearn.preflight import check_deepspeed_config
+
+        check_deepspeed_config(cfg.deepspeed_config, cfg.zero_stage)
+    job.split = split_for_job(cfg, job.method.curvature, job.holdout)
+
+
+def connect_workers(job: JobState) -> bool:
+    """The worker count against the cluster (:func:`dist_unlearn.job.checks.check_workers`).
+
+    Returns:
+        True when this call connected to Ray (the caller shuts it down).
+    """
+    from dist_unlearn.job.checks import check_workers
+
+    workers = job.cfg.workers if job.distributed else None
+    return check_workers(workers, job.use_gpu, oversubscribe=job.cfg.oversubscribe)
+
+
+def load_rows(job: JobState) -> None:
+    """Step 2: the model, the tokenizer and the token rows of every role (:class:`JobState` ``rows``)."""
     from dist_unlearn.data.tokenize import tokenize_rows
-    from dist_unlearn.job.evidence import evidence
-    from dist_unlearn.job.model import load_job_model, load_tokenizer, model_kwargs
+    from dist_unlearn.job.model import load_job_model, load_tokenizer
     from dist_unlearn.models import check_tokenizer
 
-    tok = load_tokenizer(src)
-    log(f"loading {src.task} model {str(src.path)!r}" + (" (LoRA adapter)" if src.adapter else ""))
-    model = load_job_model(src, cfg.dtype)
-    check_tokenizer(model, tok)
-    pad = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+    cfg, src = job.cfg, job.src
+    job.tokenizer = load_tokenizer(src)
+    job.log(f"loading {src.task} model {str(src.path)!r}" + (" (LoRA adapter)" if src.adapter else ""))
+    job.model = load_job_model(src, cfg.dtype)
+    check_tokenizer(job.model, job.tokenizer)
+    tok = job.tokenizer
+    job.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
     kw = {"label2id": src.label2id, "num_labels": src.num_labels}
-    rows = tokenize_rows(train, tok, fmt, what="data", **kw)
-    forget_set = set(sel.indices)
-    retain_idx = [i for i in range(len(rows)) if i not in forget_set]
-    forget_rows, retain_rows = rows.select(sel.indices), rows.select(retain_idx)
-    holdout_rows = tokenize_rows(holdout, tok, fmt, what="holdout", **kw) if holdout is not None else None
+    rows = tokenize_rows(job.train, tok, job.fmt, what="data", **kw)
+    forget_set = set(job.selection.indices)
+    retain = rows.select([i for i in range(len(rows)) if i not in forget_set])
+    holdout = (
+        tokenize_rows(job.holdout, tok, job.fmt, what="holdout", **kw) if job.holdout is not None else None
+    )
     calibration = None
-    if holdout_rows is not None and split.calibration:
-        calibration = holdout_rows.select(split.calibration)
-        holdout_rows = holdout_rows.select(split.audit)
-    sets = {
-        "forget": forget_rows,
-        "retain": retain_rows.select(_sample(len(retain_rows), cfg.retain_sample, cfg.seed)),
-        "holdout": holdout_rows,
+    if holdout is not None and job.split.calibration:
+        calibration = holdout.select(job.split.calibration)
+        holdout = holdout.select(job.split.audit)
+    job.rows = {
+        "forget": rows.select(job.selection.indices),
+        "retain": retain,
+        "retain_sample": retain.select(seeded_sample(len(retain), cfg.retain_sample, cfg.seed)),
+        "holdout": holdout,
+        "calibration": calibration,
     }
-    ev_kw = {"pad_id": pad, "batch_size": cfg.eval_batch_size}
-    log(
-        f"evidence before: {len(forget_rows)} forget, {len(sets['retain'])} retain-sample, "
-        f"{0 if holdout_rows is None else len(holdout_rows)} holdout (audit) rows"
-        + (f", {len(calibration)} calibration rows for the stop rule" if calibration is not None else "")
+
+
+def seeded_sample(n: int, k: int, seed: int) -> list[int]:
+    """``k`` of ``range(n)`` drawn without replacement (sorted), all of them when ``n <= k``."""
+    if n <= k:
+        return list(range(n))
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def measure(job: JobState, when: str) -> dict[str, Any]:
+    """Steps 3 and 5: the evidence at the model's current weights (forget, retain sample, audit holdout)."""
+    from dist_unlearn.job.evidence import evidence
+
+    rows = job.rows
+    sets = {"forget": rows["forget"], "retain": rows["retain_sample"], "holdout": rows["holdout"]}
+    if when == "before":
+        calibration = rows["calibration"]
+        job.log(
+            f"evidence before: {len(rows['forget'])} forget, {len(rows['retain_sample'])} retain-sample, "
+            f"{0 if rows['holdout'] is None else len(rows['holdout'])} holdout (audit) rows"
+            + (f", {len(calibration)} calibration rows for the stop rule" if calibration is not None else "")
+        )
+    ev = evidence(job.model, sets, job.src.task, pad_id=job.pad_id, batch_size=job.cfg.eval_batch_size)
+    if when == "after" and not all(math.isfinite(x) for x in ev["losses"]["forget"]):
+        raise NumericalError("the unlearned model gives non-finite forget losses; nothing was written.")
+    return ev
+
+
+def method_options(job: JobState) -> dict[str, Any]:
+    """The options the method runs with: the job's, plus collation, seed and the stop rule's rows."""
+    from dist_unlearn.data import pad_collate
+
+    opts = job.cfg.method_options()
+    opts.setdefault("collate_fn", pad_collate(job.pad_id))
+    opts.setdefault("seed", job.cfg.seed)
+    if job.rows["calibration"] is not None:
+        opts["calibration"] = job.rows["calibration"]
+    return opts
+
+
+def unlearn_rows(job: JobState) -> None:
+    """Step 4: run the method (in-process or on the workers); ``job.model`` becomes the unlearned model."""
+    cfg, name = job.cfg, job.cfg.method.name
+    opts = method_options(job)
+    initial = {n: p.detach().clone() for n, p in job.model.named_parameters() if p.requires_grad}
+    job.log(
+        f"unlearning with {name}"
+        + (f" on {cfg.workers} workers, ZeRO-{cfg.zero_stage}" if job.distributed else "")
     )
-    before = evidence(model, sets, src.task, **ev_kw)
-    record: dict[str, Any] = {
-        "format": "dist_unlearn.audit/1",
-        "request": {
-            "data": {
-                "path": str(cfg.data.path),
-                "sha256": path_sha256(cfg.data.path),
-                "rows": len(train),
-                "layout": fmt.kind,
-                "columns": fmt.columns(),
-                "max_length": fmt.max_length,
-            },
-            "forget": {"selector": sel.selector, "rows": len(sel.indices), "id_source": sel.id_source},
-            "retain_rows": len(retain_rows),
-            "holdout": None,
-        },
-        "model": {
-            "input": {
-                "path": str(src.path),
-                "kind": src.task,
-                "adapter": src.adapter,
-                "base_model": str(src.base) if src.adapter else None,
-                "weight_sha256": _input_hashes(src),
-            }
-        },
-        "run": {},
-    }
-    method = cfg.method.name
-    opts = cfg.method_options()
-    opts.setdefault("collate_fn", pad_collate(pad))
-    opts.setdefault("seed", cfg.seed)
-    if calibration is not None:
-        opts["calibration"] = calibration
-    initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    log(
-        f"unlearning with {method}"
-        + (f" on {cfg.workers} workers, ZeRO-{cfg.zero_stage}" if distributed else "")
-    )
-    if distributed:
+    if job.distributed:
         from dist_unlearn.distributed.engine import run_distributed
+        from dist_unlearn.job.model import model_kwargs
         from dist_unlearn.options import UnlearnOptions
 
         opts.update(workers=cfg.workers, zero_stage=cfg.zero_stage)
         if cfg.deepspeed_config is not None:
             opts["deepspeed_config"] = cfg.deepspeed_config
-        del model  # each worker loads the model from its path; the driver loads the result once
+        job.model = None  # each worker loads the model from its path; the driver loads the result once
         res = run_distributed(
-            str(src.path),
+            str(job.src.path),
             None,
-            retain_rows,
-            forget_rows,
-            method,
+            job.rows["retain"],
+            job.rows["forget"],
+            name,
             UnlearnOptions(**opts),
-            model_kwargs=model_kwargs(src, cfg.dtype),
+            model_kwargs=model_kwargs(job.src, cfg.dtype),
         )
         res.model.eval()
     else:
         import dist_unlearn
 
-        res = dist_unlearn.unlearn(model, None, retain_rows, forget_rows, method=method, **opts)
-    out_model = res.model
-    stats = dict(res.stats)
-    shown = {k: v for k, v in (stats.get("options") or {}).items() if k != "calibration"}
-    if calibration is not None:
-        shown["calibration"] = f"{len(calibration)} holdout rows (request.holdout.split.calibration_ids)"
-    record["method"] = {"name": method, "given": cfg.method_options(), "options": shown}
-    final = dict(out_model.named_parameters())
-    stats["update_norm"] = math.sqrt(
+        res = dist_unlearn.unlearn(
+            job.model, None, job.rows["retain"], job.rows["forget"], method=name, **opts
+        )
+    job.model = res.model
+    job.stats = dict(res.stats)
+    shown = {k: v for k, v in (job.stats.get("options") or {}).items() if k != "calibration"}
+    if job.rows["calibration"] is not None:
+        n = len(job.rows["calibration"])
+        shown["calibration"] = f"{n} holdout rows (request.holdout.split.calibration_ids)"
+    job.options_record = {"name": name, "given": cfg.method_options(), "options": shown}
+    final = dict(job.model.named_parameters())
+    job.stats["update_norm"] = math.sqrt(
         sum(float((final[k].detach().double() - v.double()).pow(2).sum()) for k, v in initial.items())
     )
-    after = evidence(out_model, sets, src.task, **ev_kw)
-    if not all(math.isfinite(x) for x in after["losses"]["forget"]):
-        raise NumericalError("the unlearned model gives non-finite forget losses; nothing was written.")
-    return (out_model, tok, before, after, stats), record
 
 
-def _input_hashes(src: ModelSource) -> dict[str, str]:
-    from dist_unlearn.provenance import weight_file_hashes
+def write_outputs(job: JobState) -> dict[str, Any]:
+    """Step 6: verdict, model, ids file, audit and model card, staged and committed at once.
 
-    hashes = weight_file_hashes(src.path)
-    if src.adapter:
-        hashes.update({f"base/{k}": v for k, v in weight_file_hashes(src.base).items()})
-    return hashes
+    Returns:
+        The audit record (with the evidence, without the per-example losses).
+    """
+    from dist_unlearn.eval.verdict import decide
+    from dist_unlearn.job.audit import model_card, strip_losses, write_audit
+    from dist_unlearn.job.record import audit_record
+    from dist_unlearn.models import save_model
+    from dist_unlearn.output import OutputDir
+    from dist_unlearn.provenance import weight_file_hashes, write_ids_file
+
+    verdict = decide(job.after, before=job.before)
+    verdict["before_status"] = decide(job.before)["status"]
+    with OutputDir(job.out, overwrite=job.overwrite, command="unlearn") as od:
+        save_model(job.model, od.stage / "model", tokenizer=job.tokenizer)
+        if job.src.adapter and job.cfg.merged:
+            merged = copy.deepcopy(job.model).merge_and_unload()
+            save_model(merged, od.stage / "model" / "merged", tokenizer=job.tokenizer)
+        ids = write_ids_file(od.stage / "forget_ids.txt", job.selection.ids)
+        ids["path"] = str(job.out / "forget_ids.txt")
+        outputs = {"path": str(job.out / "model"), "weight_sha256": weight_file_hashes(od.stage / "model")}
+        record = audit_record(job, verdict, ids, outputs, end_utc=now_utc())
+        write_audit(od.stage, record, job.before, job.after)
+        (od.stage / "model" / "README.md").write_text(model_card(record))
+        od.commit()
+    record["evidence"] = {"before": strip_losses(job.before), "after": strip_losses(job.after)}
+    return record

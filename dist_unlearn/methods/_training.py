@@ -91,6 +91,7 @@ def optimise(
     method: str,
     epochs: int,
     cost: CostCounter | None = None,
+    stop: Any = None,
 ) -> list[StepRecord]:
     """Run ``epochs`` passes of ``epoch_items(epoch)``, one optimiser step per item (at most ``max_steps``).
 
@@ -105,6 +106,8 @@ def optimise(
             forwards of a frozen model (NPO reference, SCRUB teacher) are counted by the objective. With
             ``options.max_example_passes`` the loop stops before a step that would take ``cost`` over the
             cap (each step predicted to cost what the previous one did; the first: its examples).
+        stop: a :class:`~dist_unlearn.methods.first_order_stop.FirstOrderStop` (the forgetting stop rule,
+            checked before the first step and then every ``stop.every`` steps or after each epoch), or None.
 
     Returns:
         One StepRecord per optimiser step (loss = objective value, grad_norm before clipping,
@@ -127,9 +130,10 @@ def optimise(
 
         bar = tqdm(desc=method, unit="step", leave=False, total=options.max_steps)
     cap, last_cost, stopped = options.max_example_passes, None, False
+    ended = stop is not None and not stop.start(params)  # nothing to forget: no step at all
     try:
         k = 0
-        for epoch in range(epochs):
+        for epoch in range(0 if ended else epochs):
             for item in epoch_items(epoch):
                 if options.max_steps is not None and k >= options.max_steps:
                     break
@@ -192,7 +196,13 @@ def optimise(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(value.detach()):.4g}")
-            if stopped or (options.max_steps is not None and k >= options.max_steps):
+                if stop is not None and stop.due(k, epoch_end=False):
+                    ended = _judge(stop, k, params, opt, records)
+                    if ended:
+                        break
+            if not ended and stop is not None and stop.due(k, epoch_end=True) and records:
+                ended = _judge(stop, k, params, opt, records)
+            if ended or stopped or (options.max_steps is not None and k >= options.max_steps):
                 break
         if stopped and records:
             records[-1].message += BUDGET_NOTE
@@ -208,6 +218,14 @@ def optimise(
             bar.close()
         model.train(was_training)
     return records
+
+
+def _judge(stop: Any, k: int, params, opt, records: list[StepRecord]) -> bool:
+    """Run the stop rule after optimiser step k - 1 and note its decision on that step's record."""
+    ended = stop.after(k - 1, params, opt)
+    last = stop.checks[-1]
+    records[-1].forget_auc, records[-1].stop_decision = float(last["auc"]), str(last["decision"])
+    return ended
 
 
 def _restore(params: list[nn.Parameter], good: list[torch.Tensor]) -> None:

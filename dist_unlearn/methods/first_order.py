@@ -45,6 +45,7 @@ from dist_unlearn.methods._training import (
     loader,
     optimise,
 )
+from dist_unlearn.methods.first_order_stop import first_order_stop
 from dist_unlearn.methods.registry import register_method
 from dist_unlearn.models.losses import per_example_losses
 from dist_unlearn.options import UnlearnOptions
@@ -84,6 +85,7 @@ def finetune(
 ) -> ModelRun:
     """Fine-tune on the retain set only (catastrophic forgetting of the forget set)."""
     cost = CostCounter()
+    stop = first_order_stop(model, loss_fn, forget, options, cost)
     steps = optimise(
         model,
         lambda b: loss_fn(model, b),
@@ -92,8 +94,9 @@ def finetune(
         method="finetune",
         epochs=options.epochs,
         cost=cost,
+        stop=stop,
     )
-    return ModelRun(model, steps, {"cost": cost.as_dict()})
+    return ModelRun(model, steps, _stats(cost, stop))
 
 
 @register_method("grad_ascent", defaults=DEFAULTS["grad_ascent"], needs=("forget",))
@@ -103,6 +106,7 @@ def grad_ascent(
     """Gradient ascent on the forget loss."""
     alpha = options.forget_weight
     cost = CostCounter()
+    stop = first_order_stop(model, loss_fn, forget, options, cost)
     steps = optimise(
         model,
         lambda b: -alpha * loss_fn(model, b),
@@ -111,8 +115,14 @@ def grad_ascent(
         method="grad_ascent",
         epochs=options.epochs,
         cost=cost,
+        stop=stop,
     )
-    return ModelRun(model, steps, {"cost": cost.as_dict()})
+    return ModelRun(model, steps, _stats(cost, stop))
+
+
+def _stats(cost: CostCounter, stop: Any) -> dict[str, Any]:
+    """A first-order run's stats: its cost (the stop rule's forward passes included) and the rule's record."""
+    return {"cost": cost.as_dict(), **(stop.stats() if stop is not None else {})}
 
 
 def _paired(forget: Any, retain: Any, options: UnlearnOptions):
@@ -138,6 +148,7 @@ def grad_diff(
         return gamma * loss_fn(model, rb) - alpha * loss_fn(model, fb)
 
     cost = CostCounter()
+    stop = first_order_stop(model, loss_fn, forget, options, cost)
     steps = optimise(
         model,
         objective,
@@ -146,8 +157,9 @@ def grad_diff(
         method="grad_diff",
         epochs=options.epochs,
         cost=cost,
+        stop=stop,
     )
-    return ModelRun(model, steps, {"cost": cost.as_dict()})
+    return ModelRun(model, steps, _stats(cost, stop))
 
 
 @register_method("npo", defaults=DEFAULTS["npo"], needs=("forget",))
@@ -157,6 +169,7 @@ def npo(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: Un
     beta, alpha, gamma = options.beta, options.forget_weight, options.retain_weight
     use_retain = gamma > 0 and retain is not None
     cost = CostCounter()
+    stop = first_order_stop(model, loss_fn, forget, options, cost)
 
     def objective(item):
         fb, rb = item
@@ -170,15 +183,11 @@ def npo(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: Un
         return value
 
     items = _paired(forget, retain if use_retain else None, options)
-    steps = optimise(model, objective, items, options, method="npo", epochs=options.epochs, cost=cost)
-    return ModelRun(
-        model,
-        steps,
-        {
-            "npo_reference": "given" if options.reference_model is not None else "original",
-            "cost": cost.as_dict(),
-        },
+    steps = optimise(
+        model, objective, items, options, method="npo", epochs=options.epochs, cost=cost, stop=stop
     )
+    reference = "given" if options.reference_model is not None else "original"
+    return ModelRun(model, steps, {"npo_reference": reference, **_stats(cost, stop)})
 
 
 def default_output_fn(loss_fn: Any) -> Callable[[nn.Module, Any], torch.Tensor]:
@@ -221,6 +230,7 @@ def scrub(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: 
     forget_epochs = options.forget_epochs if options.forget_epochs is not None else max(1, epochs // 2)
     T, alpha, gamma = options.temperature, options.kl_weight, options.retain_weight
     cost = CostCounter()
+    stop = first_order_stop(model, loss_fn, forget, options, cost)
 
     def kl(batch):
         with torch.no_grad():
@@ -241,5 +251,5 @@ def scrub(model: nn.Module, loss_fn: LossFn, retain: Any, forget: Any, options: 
         for b in loader(retain, options, epoch):
             yield "min", b
 
-    steps = optimise(model, objective, items, options, method="scrub", epochs=epochs, cost=cost)
-    return ModelRun(model, steps, {"forget_epochs": forget_epochs, "cost": cost.as_dict()})
+    steps = optimise(model, objective, items, options, method="scrub", epochs=epochs, cost=cost, stop=stop)
+    return ModelRun(model, steps, {"forget_epochs": forget_epochs, **_stats(cost, stop)})

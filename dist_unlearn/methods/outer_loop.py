@@ -117,6 +117,10 @@ def run_outer_loop(
             t0 = time.perf_counter()
             h0, g0 = count(oracle, "hvps"), count(oracle, "gradients")
             k = state.step
+            first = None
+            if rule is not None and not state.stop_checks:  # the weights as given: anything to forget?
+                first = rule.check(-1)  # before the first gradient: it sets an objective's bins
+                state.stop_checks.append(first.to_dict())
             if cached is not None:
                 loss, g = cached
                 cached = None
@@ -129,13 +133,10 @@ def run_outer_loop(
             state.final_loss, state.final_grad_norm = loss, gnorm
             if state.initial_grad_norm is None:
                 state.initial_grad_norm = gnorm
-            if rule is not None and not state.stop_checks:  # the weights as given: anything to forget?
-                first = rule.check(-1)
-                state.stop_checks.append(first.to_dict())
-                if first.decision != "continue":
-                    worse = "forget_worse_than_unseen"
-                    state.stop_reason = "forgotten" if first.decision == "stop" else worse
-                    break
+            if first is not None and first.decision != "continue":
+                worse = "forget_worse_than_unseen"
+                state.stop_reason = "forgotten" if first.decision == "stop" else worse
+                break
             stop = _stop_reason(options, state, gnorm, max_steps) or budget_stop(
                 budget, options, state, adaptive, resolving=krylov is not None and resolve is not None
             )

@@ -189,6 +189,8 @@ def per_example_losses(loss_fn: Any, model: nn.Module, batch: Any) -> torch.Tens
     """
     from dist_unlearn.data.batches import batch_row, count_examples
 
+    if isinstance(batch, list) and batch and all(isinstance(t, torch.Tensor) for t in batch):
+        batch = tuple(batch)  # default_collate of (x, y) rows gives a list of columns
     per_example = getattr(loss_fn, "per_example", None)
     if callable(per_example):
         return per_example(model, batch)
@@ -197,7 +199,5 @@ def per_example_losses(loss_fn: Any, model: nn.Module, batch: Any) -> torch.Tens
         logits = outputs(model, batch)
         n = logits.shape[0]
         return torch.stack([from_outputs(logits[i : i + 1], batch_row(batch, i, n)) for i in range(n)])
-    if isinstance(batch, list) and batch and all(isinstance(t, torch.Tensor) for t in batch):
-        batch = tuple(batch)  # default_collate of (x, y) rows gives a list of columns
     n = count_examples(batch)
     return torch.stack([loss_fn(model, batch_row(batch, i, n)).reshape(()) for i in range(n)])
