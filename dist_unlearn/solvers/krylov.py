@@ -191,7 +191,8 @@ def cubic_subproblem(
     iterations = proc.iterations
     y, lam, hard, model = sol.y, sol.multiplier, sol.hard_case, sol.model_value
     probe_iters: int | None = None if auto else int(hard_case_probe)
-    probing = not stopped and reorthogonalize and (auto or probe_iters > 0)
+    # only a converged first block is worth checking (an unconverged one is not the Krylov minimiser yet)
+    probing = converged and not stopped and reorthogonalize and (auto or probe_iters > 0)
     if probing and stop is not None and stop(proc.iterations, (probe_iters or AUTO_MAX) + 1):
         probing = False  # the probe's matvecs (and the residual check) do not fit
     if probing:
