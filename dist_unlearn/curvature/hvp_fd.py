@@ -49,7 +49,13 @@ def fd_epsilon(dtype: torch.dtype, w_norm: float, v_norm: float, num_params: int
     if not v_norm > 0:
         raise NumericalError(f"finite-difference HVP needs a nonzero direction; |v| = {v_norm}.")
     rms = w_norm / math.sqrt(max(int(num_params), 1))
-    return perturbation_size(dtype, rms) / v_norm
+    return quantize_step(perturbation_size(dtype, rms) / v_norm)
+
+
+def quantize_step(eps: float) -> float:
+    """eps rounded to a float32 value: |w| and |v| summed in another order (a sharded run) differ in their
+    last float64 bits; after this rounding both runs perturb the weights by the same step."""
+    return float(torch.tensor(eps, dtype=torch.float32))
 
 
 def perturbation_size(dtype: torch.dtype, w_rms: float) -> float:

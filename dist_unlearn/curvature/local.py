@@ -14,9 +14,10 @@ from dist_unlearn.curvature.attention import ensure_double_backward_attention, m
 from dist_unlearn.curvature.batches import ExampleSource
 from dist_unlearn.curvature.ggn import check_ggn_loss, ggn_vp_batch
 from dist_unlearn.curvature.hvp_exact import exact_hvp_batch
-from dist_unlearn.curvature.hvp_fd import fd_hvp
+from dist_unlearn.curvature.hvp_fd import fd_hvp, quantize_step
 from dist_unlearn.errors import ConfigError, ModelError, reject_unknown
 from dist_unlearn.linalg import TensorSpace
+from dist_unlearn.linalg.compensated import Compensated
 
 HVP_MODES = ("exact", "fd", "ggn")
 DEFAULT_BATCH_SIZE = 64
@@ -168,10 +169,19 @@ class LocalOracle:
             yield batch, weight, f"{what} chunk {k} (examples {k * self.batch_size}..)"
 
     # ---- loss and gradient ---------------------------------------------------------------------------------
-    def _acc(self) -> list[torch.Tensor]:
-        return [torch.zeros(p.shape, dtype=accumulate_dtype(p), device=p.device) for p in self.params]
+    def _acc(self) -> list[Compensated]:
+        """Double-double accumulators (:class:`~dist_unlearn.linalg.compensated.Compensated`): the terms
+        c w_k g_k of the chunks are summed so that the rounded result does not depend on their order or on
+        how the sum is split (the engine's ranks sum the same terms in another order: the same bits)."""
+        return [Compensated(p.shape, p.device) for p in self.params]
 
-    def _loss_grad(self, indices: list[int], what: str) -> tuple[float, tuple[torch.Tensor, ...]]:
+    def _rounded(self, acc: list[Compensated]) -> tuple[torch.Tensor, ...]:
+        return tuple(a.rounded(accumulate_dtype(p)) for a, p in zip(acc, self.params, strict=True))
+
+    def _loss_grad64(
+        self, indices: list[int], what: str, coef: float = 1.0
+    ) -> tuple[float, list[Compensated]]:
+        """(L, accumulators of coef grad L) over ``indices``: chunk k adds w_k l_k and (coef w_k) g_k."""
         total, acc = 0.0, self._acc()
         with math_sdpa():
             for batch, w, where in self._chunks(indices, what):
@@ -179,9 +189,22 @@ class LocalOracle:
                 grads = fill_none(torch.autograd.grad(loss, self.params, allow_unused=True), self.params)
                 total += w * float(loss.detach().double())
                 for a, g in zip(acc, grads, strict=True):
-                    a.add_(g.to(a.dtype), alpha=w)
-        self.space.check_finite(tuple(acc), f"the gradient of the retain loss ({what})")
-        return total, tuple(acc)
+                    a.add_(g.to(torch.float64) * (coef * w))
+        return total, acc
+
+    def _loss_grad(self, indices: list[int], what: str) -> tuple[float, tuple[torch.Tensor, ...]]:
+        total, acc = self._loss_grad64(indices, what)
+        g = self._rounded(acc)
+        self.space.check_finite(g, f"the gradient of the retain loss ({what})")
+        return total, g
+
+    def loss_and_gradient64(self, coef: float = 1.0) -> tuple[float, list[Compensated]]:
+        """(L(w), coef grad L(w) as unrounded accumulators), counted like :meth:`loss_and_gradient` (for
+        objectives that combine several oracles before rounding)."""
+        self.counters["losses"] += 1
+        self.counters["gradients"] += 1
+        self.cost.add("gradient", len(self.grad_indices))
+        return self._loss_grad64(self.grad_indices, "gradient", coef)
 
     def loss(self) -> float:
         """L(w) on the gradient sample (mean over its examples)."""
@@ -232,29 +255,44 @@ class LocalOracle:
         """H v on the HVP sample: exact Hessian, finite-difference Hessian or Gauss-Newton, by ``hvp``
         mode."""
         v = self._check_vector(v, "the HVP direction v")
-        self.counters["hvps"] += 1
-        self.cost.add(f"hvp_{self.hvp_mode}", len(self.hvp_indices))
         if self.hvp_mode == "fd":
-
-            def grad() -> tuple[torch.Tensor, ...]:
-                self.counters["fd_gradients"] += 1
-                return self._loss_grad(self.hvp_indices, "fd-hvp gradient")[1]
-
-            eps = None
-            if self.fd_eps is not None:
-                eps = self.fd_eps / max(float(self.space.norm(v)), 1e-300)
-            hv, self.last_fd_eps = fd_hvp(grad, self.params, v, master=self._master, eps=eps)
+            self.count_fd_hvp()
+            hv, self.last_fd_eps = self.fd_product(
+                lambda: self._loss_grad(self.hvp_indices, "fd-hvp gradient")[1], v
+            )
         else:
-            batch_hvp = exact_hvp_batch if self.hvp_mode == "exact" else ggn_vp_batch
-            acc = self._acc()
-            with math_sdpa():
-                for batch, w, where in self._chunks(self.hvp_indices, "hvp"):
-                    _, hvb = batch_hvp(self.loss_fn, self.model, batch, self.params, v, where)
-                    for a, h in zip(acc, hvb, strict=True):
-                        a.add_(h.to(a.dtype), alpha=w)
-            hv = tuple(acc)
+            hv = self._rounded(self.hvp64(v, checked=True))
         self.space.check_finite(hv, f"the Hessian-vector product ({self.hvp_mode})")
         return hv
+
+    def count_fd_hvp(self) -> None:
+        """Count one finite-difference HVP (two gradient passes over the HVP sample)."""
+        self.counters["hvps"] += 1
+        self.counters["fd_gradients"] += 2
+        self.cost.add("hvp_fd", len(self.hvp_indices))
+
+    def fd_product(self, gradient: Any, v: Any) -> tuple[tuple[torch.Tensor, ...], float]:
+        """(H v, eps) by central differences of ``gradient()`` on these weights (the step rule of
+        :mod:`.hvp_fd`, or the fixed perturbation size ``fd_eps``)."""
+        eps = None
+        if self.fd_eps is not None:
+            eps = quantize_step(self.fd_eps / max(float(self.space.norm(v)), 1e-300))
+        return fd_hvp(gradient, self.params, v, master=self._master, eps=eps)
+
+    def hvp64(self, v: Any, checked: bool = False, coef: float = 1.0) -> list[Compensated]:
+        """Exact / Gauss-Newton coef H v as unrounded accumulators, counted as one HVP."""
+        if not checked:
+            v = self._check_vector(v, "the HVP direction v")
+        self.counters["hvps"] += 1
+        self.cost.add(f"hvp_{self.hvp_mode}", len(self.hvp_indices))
+        batch_hvp = exact_hvp_batch if self.hvp_mode == "exact" else ggn_vp_batch
+        acc = self._acc()
+        with math_sdpa():
+            for batch, w, where in self._chunks(self.hvp_indices, "hvp"):
+                _, hvb = batch_hvp(self.loss_fn, self.model, batch, self.params, v, where)
+                for a, h in zip(acc, hvb, strict=True):
+                    a.add_(h.to(torch.float64) * (coef * w))
+        return acc
 
     # ---- weights -------------------------------------------------------------------------------------------
     @torch.no_grad()

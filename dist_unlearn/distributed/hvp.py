@@ -97,53 +97,17 @@ class GradHVP:
         terms = self._terms(rows) if terms is None else terms
         t0 = time.perf_counter()
         comm0 = self.timer.comm
-        loss = torch.zeros(1, dtype=torch.float64, device=self.device)
-        if self.stage == 3:
-            # Forward/backward through the engine: ZeRO-3 gathers parameters and reduce-scatters gradients.
-            # DeepSpeed averages gradients over ranks, hence the factor W on the local loss.
-            for loss_fn, batch, w in terms:
-                out = loss_fn(self.engine, batch) * (w * self.world_size)
-                loss += out.detach().double() / self.world_size
-                if need_grad:
-                    self.engine.backward(out)
-            g = None
-            if need_grad:
-                from deepspeed.utils import safe_get_local_grad
-
-                pieces = []
-                for p, size in zip(self.params, self.sizes, strict=True):
-                    gp = safe_get_local_grad(p)
-                    pieces.append(
-                        gp.reshape(-1).float() if gp is not None else torch.zeros(size, device=self.device)
-                    )
-                g = torch.cat(pieces) * self.mask
-                self.engine.optimizer.zero_grad()
-            self._release_z3()
-        else:
-            acc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params] if need_grad else None
-            for loss_fn, batch, w in terms:
-                out = loss_fn(self.module, batch) * w
-                loss += out.detach().double()
-                if need_grad:
-                    gs = torch.autograd.grad(out, self.params, allow_unused=True)
-                    for a, gi in zip(acc, gs, strict=True):
-                        if gi is not None:
-                            a.add_(gi.float())
-            g = None
-            if need_grad:
-                full = torch.cat([a.reshape(-1) for a in acc])
-                self._allreduce(full)
-                g = self._my_chunk(full)
+        partial_loss, g = self._sum_terms(terms, need_grad)  # float64 sums (distributed.sums)
         if not need_loss:
             self.timer.compute += time.perf_counter() - t0 - (self.timer.comm - comm0)
             return math.nan, g
-        self._allreduce(loss)
+        loss = self._allreduce(torch.tensor([partial_loss], dtype=torch.float64, device=self.device))
         self.timer.compute += time.perf_counter() - t0 - (self.timer.comm - comm0)
         return float(loss[0]), g
 
     def _mine(self, rows: np.ndarray) -> int:
-        """How many of ``rows`` this rank processes (its share of a pass over them)."""
-        return len(rows[self.rank :: self.world_size])
+        """How many of ``rows`` this rank processes (its micro-batches' rows in a pass over them)."""
+        return sum(e - s for s, e in self._my_blocks(len(rows)))
 
     def loss(self) -> float:
         import torch
@@ -173,30 +137,27 @@ class GradHVP:
         return self._hvp_exact(v_local)
 
     def _hvp_exact(self, v_local):
-        """H v by double backward on the replicated module (ZeRO 0-2), all-reduced, then sharded."""
+        """H v by double backward on the replicated module (ZeRO 0-2), micro-batch by micro-batch with the
+        in-process oracle's function (:func:`~dist_unlearn.curvature.hvp_exact.exact_hvp_batch`), summed
+        independently of the order (:mod:`~dist_unlearn.distributed.sums`), then sharded."""
         import torch
+
+        from dist_unlearn.curvature.attention import math_sdpa
+        from dist_unlearn.curvature.hvp_exact import exact_hvp_batch
+        from dist_unlearn.linalg.compensated import Compensated
 
         full_v = self._allgather_flat(v_local)
         t0 = time.perf_counter()
         comm0 = self.timer.comm
-        vs, offs = [], 0
-        for p in self.params:
-            vs.append(full_v[offs : offs + p.numel()].view_as(p).to(p.dtype))
-            offs += p.numel()
-        acc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
-        for loss_fn, batch, w in self._terms(self.hvp_rows):
-            out = loss_fn(self.module, batch) * w
-            gs = torch.autograd.grad(out, self.params, create_graph=True, allow_unused=True)
-            pairs = [(g, x) for g, x in zip(gs, vs, strict=True) if g is not None]
-            gv = sum((g * x).sum() for g, x in pairs)
-            hv = torch.autograd.grad(gv, self.params, allow_unused=True)
-            for a, h in zip(acc, hv, strict=True):
-                if h is not None:
-                    a.add_(h.detach().float())
-        full = torch.cat([a.reshape(-1) for a in acc])
+        vs = self._param_views(full_v)
+        acc = [Compensated(p.shape, self.device) for p in self.params]
+        with math_sdpa():
+            for loss_fn, batch, w in self._terms(self.hvp_rows):
+                _, hv = exact_hvp_batch(loss_fn, self.module, batch, self.params, vs, "a micro-batch")
+                for a, h in zip(acc, hv, strict=True):
+                    a.add_(h.detach().to(torch.float64) * w)
         self.timer.compute += time.perf_counter() - t0 - (self.timer.comm - comm0)
-        self._allreduce(full)
-        return self._my_chunk(full)
+        return self._reduced_shard(acc)
 
     def fd_step(self, v_local) -> float:
         """The central-difference step eps of :func:`dist_unlearn.curvature.hvp_fd.fd_epsilon` (the rule the

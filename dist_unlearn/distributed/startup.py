@@ -80,6 +80,7 @@ def build_group(
         raise DataError("the distributed engine needs the retain set: pass retain=<Dataset or DataLoader>.")
     if isinstance(retain, DataLoader):
         collate_fn = collate_fn or retain.collate_fn
+        batch_size = batch_size or retain.batch_size  # the in-process oracle's micro-batch too
         retain = retain.dataset
     try:
         num_rows = len(retain)

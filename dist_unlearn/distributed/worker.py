@@ -28,6 +28,7 @@ import numpy as np
 from dist_unlearn.distributed.fused import FusedLanczos
 from dist_unlearn.distributed.hvp import GradHVP
 from dist_unlearn.distributed.objective import ObjectiveParts
+from dist_unlearn.distributed.sums import Float64Sums
 from dist_unlearn.distributed.vectors import VectorStore
 
 
@@ -37,7 +38,7 @@ class _Timer:
         self.comm = 0.0
 
 
-class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
+class DistWorker(VectorStore, GradHVP, Float64Sums, FusedLanczos, ObjectiveParts):
     """The Ray actor body (``ray.remote``-wrapped by :class:`~dist_unlearn.distributed.group.WorkerGroup`).
 
     Args:
@@ -145,6 +146,10 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
 
             self.loss_fn = default_loss_fn(model)
         model.eval()  # dropout off: the oracle must be deterministic
+        if self.hvp_mode == "exact":  # double backward through attention, as the in-process oracle does
+            from dist_unlearn.curvature.attention import ensure_double_backward_attention
+
+            ensure_double_backward_attention(model)
         model.to(self.device)
         self.param_names = [n for n, p in model.named_parameters() if p.requires_grad]
         params = [p for p in model.parameters() if p.requires_grad]
@@ -164,6 +169,8 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
         self.module.eval()
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self._layout()
+        if self.stage == 3:
+            self._install_z3_hooks()  # float64 gradient sums (distributed.sums)
 
         data = cloudpickle.loads(data_blob)
         parts = data if isinstance(data, dict) else {"retain": data}
