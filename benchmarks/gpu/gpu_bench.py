@@ -159,6 +159,12 @@ class InProcessGroup:
     def submit_all(self, method: str, *args) -> None:
         getattr(self.worker, method)(*args)
 
+    def post_all(self, method: str, *args, on_done=None) -> None:
+        """A posted call (no reply needed): in process it simply runs now."""
+        getattr(self.worker, method)(*args)
+        if on_done is not None:
+            on_done()
+
     def release_later(self, ids: list[int]) -> None:
         self.worker.release(list(ids))  # in process: free at once
 

@@ -147,16 +147,12 @@ class LocalOracle:
         if seed is None:
             self._draws += 1
             seed = self._seed + self._draws
+        from dist_unlearn.curvature.sample import draw_samples
+
         n = self.source.n
-        gen = torch.Generator().manual_seed(int(seed))
-
-        def draw(size: int | None) -> list[int]:
-            if size is None or size >= n:
-                return list(range(n))
-            return sorted(torch.randperm(n, generator=gen)[:size].tolist())
-
-        self.grad_indices = draw(self.grad_batch_size)
-        self.hvp_indices = draw(self.hvp_batch_size)
+        grad_rows, hvp_rows = draw_samples(n, self.grad_batch_size, self.hvp_batch_size, seed)
+        self.grad_indices = list(range(n)) if grad_rows is None else grad_rows
+        self.hvp_indices = list(range(n)) if hvp_rows is None else hvp_rows
 
     def _chunks(self, indices: list[int], what: str) -> Iterator[tuple[Any, float, str]]:
         it = self.source.chunks(indices, self.batch_size)

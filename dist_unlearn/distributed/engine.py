@@ -255,6 +255,7 @@ def run_method(run: EngineRun, group: WorkerGroup, oracle: Any) -> None:
 
     bytes0, wait0, t_run = group.bytes_received, group.wait_s, time.perf_counter()
     calls0, by_method0 = group.calls, dict(group.calls_by_method)
+    posted0 = (group.posted, dict(group.posted_by_method))
     oracle.hvp_hook = _fault_hook(group, run.restarts)
     state = copy.deepcopy(run.committed) if run.committed is not None else OuterLoopState(seed=run.opts.seed)
 
@@ -271,21 +272,32 @@ def run_method(run: EngineRun, group: WorkerGroup, oracle: Any) -> None:
         "calls": group.calls - calls0,
         "outer_calls": outer_calls,
         "hvps": max(1, oracle.counters["hvps"]),
-        "by_call": {
-            m: c - by_method0.get(m, 0) for m, c in group.calls_by_method.items() if c > by_method0.get(m, 0)
-        },
+        "by_call": _diff(group.calls_by_method, by_method0),
+        "calls0": calls0,
+        "by_method0": by_method0,
+        "posted0": posted0,
     }
 
 
+def _diff(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {m: c - before.get(m, 0) for m, c in now.items() if c > before.get(m, 0)}
+
+
 def checkpoint(run: EngineRun, group: WorkerGroup, state: Any) -> None:
-    """Every rank writes its weight shard, then the shards and the loop state are committed together."""
-    group.execute_all("save_shard", str(run.ckpt / "weights-rank{rank}.pt.next"))
-    for r in range(group.num_workers):  # commit: all shards of this step are on disk
-        os.replace(run.ckpt / f"weights-rank{r}.pt.next", run.ckpt / f"weights-rank{r}.pt")
-    run.committed = copy.deepcopy(state)
-    tmp = run.ckpt / "state.pkl.tmp"
-    tmp.write_bytes(pickle.dumps(run.committed))
-    os.replace(tmp, run.ckpt / "state.pkl")
+    """Every rank writes its weight shard (posted: no round trip of its own), then, once every rank has
+    finished writing (seen at the driver's next call to the workers), the shards and the loop state of this
+    step are committed together. A worker lost before that leaves the previous step's checkpoint in force."""
+    snapshot = copy.deepcopy(state)
+
+    def commit() -> None:
+        for r in range(group.num_workers):  # all shards of this step are on disk
+            os.replace(run.ckpt / f"weights-rank{r}.pt.next", run.ckpt / f"weights-rank{r}.pt")
+        run.committed = snapshot
+        tmp = run.ckpt / "state.pkl.tmp"
+        tmp.write_bytes(pickle.dumps(snapshot))
+        os.replace(tmp, run.ckpt / "state.pkl")
+
+    group.post_all("save_shard", str(run.ckpt / "weights-rank{rank}.pt.next"), on_done=commit)
 
 
 def gather(run: EngineRun, group: WorkerGroup, oracle: Any, output_dir: Any) -> None:
@@ -308,6 +320,12 @@ def gather(run: EngineRun, group: WorkerGroup, oracle: Any, output_dir: Any) -> 
         run.cost.merge(w["cost"])
     run.spec = dict(group.spec)
     run.times["gather_s"] += time.perf_counter() - t0
+    m = run.measured  # the whole run, final gather included: every call the driver waited for
+    posted0, posted_by0 = m["posted0"]
+    m["whole_run_calls"] = group.calls - m["calls0"]
+    m["whole_run_by_call"] = _diff(group.calls_by_method, m["by_method0"])
+    m["posted"] = group.posted - posted0
+    m["posted_by_call"] = _diff(group.posted_by_method, posted_by0)
 
 
 def load_final_weights(run: EngineRun, model: Any) -> Any:

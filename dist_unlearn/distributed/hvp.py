@@ -118,12 +118,47 @@ class GradHVP:
             value, _ = self._loss_and_local_grad(self.grad_rows, need_grad=False)
         return value
 
-    def loss_and_gradient(self, out: int) -> float:
+    def loss_and_gradient(self, out: int) -> tuple[float, float]:
+        """(L, |grad L|) with grad L stored under ``out`` (the norm spares the driver a round trip; NaN or
+        inf when grad L has a non-finite entry)."""
         self.counters["gradients"] += 1
         self._count("gradient", self.grad_rows)
         value, g = self._loss_and_local_grad(self.grad_rows)
         self.vecs[out] = g
-        return value
+        return value, self._norm_local(g)
+
+    def _norm_local(self, v) -> float:
+        """|v| over all ranks, the value ShardedSpace.norm would get (a reproducible dot)."""
+        sq = self._dots_local(v, [v])[0]
+        return math.sqrt(sq) if sq >= 0 else sq
+
+    def trial_losses(self, steps: list[int], sid: int) -> list[float]:
+        """L(w + d) for each step id, the weights restored (from a snapshot under ``sid``) after each."""
+        self.snapshot(sid)
+        out = []
+        try:
+            for d in steps:
+                self.apply_update(d)
+                out.append(self.loss())
+                self.restore(sid)
+        finally:
+            self.drop_snapshot(sid)
+        return out
+
+    def try_step(self, d: int, sid: int, with_loss: bool) -> tuple[bool, float | None]:
+        """The trial point of an outer step in one call: (d finite?, L(w + d) or None). A finite d is
+        applied after snapshotting the weights under ``sid``; a non-finite one leaves them alone."""
+        import torch
+
+        bad = float(not bool(torch.isfinite(self.vecs[d]).all()))
+        if self.scalar(bad) != 0.0:
+            return False, None
+        self.snapshot(sid)
+        self.apply_update(d)
+        if not with_loss:
+            return True, None
+        value = self.loss()
+        return True, value
 
     def hvp(self, v: int, out: int) -> None:
         self.vecs[out] = self._hvp_local(self.vecs[v])

@@ -273,10 +273,10 @@ class ObjectiveParts:
             )
         return value
 
-    def influence_gradient(self, out: int) -> float:
+    def influence_gradient(self, out: int) -> tuple[float, float]:
         """The first gradient of ``gradient="influence"``: stores g_0 = -(N_f/N_r) grad L_f under ``out``.
 
-        Returns L_r(w) (forward only), as the in-process InfluenceFirstGradient does.
+        Returns (L_r(w) (forward only), as the in-process InfluenceFirstGradient does, |g_0|).
         """
         import torch
 
@@ -292,7 +292,7 @@ class ObjectiveParts:
         terms = ((self.loss_fn, b, -ratio * w) for b, w, _ in self._chunks(part, part.rows))
         _, g = self._loss_and_local_grad(None, terms=terms)
         self.vecs[out] = g
-        return loss
+        return loss, self._norm_local(g)
 
 
 def _batched_per_example(loss_fn: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -63,12 +64,15 @@ class RayOracle:
         return value
 
     def loss_and_gradient(self) -> tuple[float, ShardedVector]:
+        """(L, grad L); the workers also report |grad L| and its finiteness with it (the outer loop's next
+        two questions, answered from the space's memory without another round trip)."""
         self.counters["gradients"] += 1
         out = self.space.new_handle()
         call = "influence_gradient" if self.influence_first else "loss_and_gradient"
         self.influence_first = False
-        value = float(self.group.execute_all(call, out.id)[0])
+        value, norm = (float(x) for x in self.group.execute_all(call, out.id)[0])
         _check(value, "retain loss")
+        self.space.remember(out, norm=norm if math.isfinite(norm) else None, finite=math.isfinite(norm))
         return value, out
 
     def gradient(self) -> ShardedVector:
@@ -94,16 +98,30 @@ class RayOracle:
         return out[0], out[1]
 
     def set_forget_bins(self, table: np.ndarray) -> None:
-        """Send the match_unseen bins (one row per forget row: lo, hi, weight) to every rank."""
-        self.group.execute_all("set_forget_bins", np.asarray(table, dtype=np.float64))
+        """Send the match_unseen bins (one row per forget row: lo, hi, weight) to every rank (posted)."""
+        self.group.post_all("set_forget_bins", np.asarray(table, dtype=np.float64))
 
     def hvp(self, v: ShardedVector) -> ShardedVector:
+        """H v into a new handle (posted: the driver needs only the handle)."""
         if self.hvp_hook is not None:
             self.hvp_hook(self.counters["hvps"])
         self.counters["hvps"] += 1
         out = self.space.new_handle()
-        self.group.execute_all("hvp", v.id, out.id)
+        self.group.post_all("hvp", v.id, out.id)
         return out
+
+    def try_step(self, d: ShardedVector, with_loss: bool) -> tuple[Any, float | None, bool]:
+        """One round trip for a trial point: the workers check d is finite and, if so, snapshot the weights,
+        apply w <- w + d and (``with_loss``) evaluate L there. Returns (snapshot or None, L or None, finite);
+        d non-finite leaves the weights untouched (the in-process equivalent:
+        :func:`dist_unlearn.methods.first_m.try_step`)."""
+        sid = next(self._snap_ids)
+        finite, value = self.group.execute_all("try_step", d.id, sid, bool(with_loss))[0]
+        if not finite:
+            return None, None, False
+        if with_loss:
+            self.counters["losses"] += 1
+        return _Snapshot(self.group, sid), value, True
 
     def lanczos_step(
         self,
@@ -113,6 +131,7 @@ class RayOracle:
         others: list[ShardedVector],
         tnorm: float,
         breakdown_tol: float,
+        watch: list[ShardedVector] = (),
     ) -> dict[str, Any]:
         """One fused Lanczos iteration on the workers (:mod:`dist_unlearn.distributed.fused`): one round trip.
 
@@ -120,8 +139,8 @@ class RayOracle:
         the matvec it was given is this oracle's :meth:`hvp`.
 
         Returns:
-            ``{"alpha", "beta", "coeffs", "breakdown", "next"}`` with ``next`` the handle of q_{j+1} (None on
-            breakdown or a non-finite beta).
+            ``{"alpha", "beta", "coeffs", "breakdown", "watch", "next"}`` with ``next`` the handle of q_{j+1}
+            (None on breakdown or a non-finite beta) and ``watch`` its dots with the ``watch`` vectors.
         """
         if self.hvp_hook is not None:
             self.hvp_hook(self.counters["hvps"])
@@ -137,6 +156,7 @@ class RayOracle:
                 out.id,
                 float(tnorm),
                 float(breakdown_tol),
+                [w.id for w in watch],
             )[0]
         )
         stored = reply["breakdown"] is False and np.isfinite(reply["beta"]) and np.isfinite(reply["alpha"])
@@ -153,30 +173,36 @@ class RayOracle:
             total.merge(s["cost"])
         return total
 
+    def trial_losses(self, steps: list[ShardedVector]) -> list[float]:
+        """L(w + d) for each step d, weights restored after each (one round trip; NaN for a non-finite
+        loss): the first adaptive step's candidates (:func:`dist_unlearn.methods.first_m.trial_losses`)."""
+        sid = next(self._snap_ids)
+        values = self.group.execute_all("trial_losses", [d.id for d in steps], sid)[0]
+        self.counters["losses"] += len(steps)
+        return [float(v) for v in values]
+
+    # Weight updates, snapshots and samples return nothing the driver needs: posted (WorkerGroup.post_all).
     def apply_update(self, d: ShardedVector, scale: float = 1.0) -> None:
-        self.group.execute_all("apply_update", d.id, float(scale))
+        self.group.post_all("apply_update", d.id, float(scale))
 
     def snapshot(self) -> Any:
         sid = next(self._snap_ids)
-        self.group.execute_all("snapshot", sid)
+        self.group.post_all("snapshot", sid)
         return _Snapshot(self.group, sid)
 
     def restore(self, snap: Any) -> None:
-        self.group.execute_all("restore", snap.sid)
+        self.group.post_all("restore", snap.sid)
 
     def resample(self, seed: int | None) -> None:
-        """Draw fixed gradient / HVP row samples (same on all ranks); None: all rows."""
+        """Draw fixed gradient / HVP row samples (same on all ranks, and the rows ``LocalOracle.resample``
+        draws for the seed: :func:`dist_unlearn.curvature.sample.draw_samples`); None: all rows."""
+        from dist_unlearn.curvature.sample import draw_samples
+
         if seed is None or (self.grad_batch_size is None and self.hvp_batch_size is None):
-            self.group.execute_all("resample", None, None)
+            self.group.post_all("resample", None, None)
             return
-        rng = np.random.default_rng(seed)
-
-        def draw(b: int | None) -> list[int] | None:
-            if b is None or b >= self.num_rows:
-                return None
-            return sorted(int(i) for i in rng.choice(self.num_rows, size=b, replace=False))
-
-        self.group.execute_all("resample", draw(self.grad_batch_size), draw(self.hvp_batch_size))
+        grad_rows, hvp_rows = draw_samples(self.num_rows, self.grad_batch_size, self.hvp_batch_size, seed)
+        self.group.post_all("resample", grad_rows, hvp_rows)
 
 
 class _Snapshot:

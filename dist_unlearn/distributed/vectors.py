@@ -109,6 +109,25 @@ class VectorStore:
         sums = self._allreduce(sums.to(self.device)).cpu()
         return [combine_levels(s) for s in sums]
 
+    def orthonormal_start(self, v0: int, locked: list[int], watch: list[int], out: int) -> tuple[float, list]:
+        """v0 projected twice off the ``locked`` vectors, normalised into ``out``; returns (its norm before
+        normalising, dots of the result with ``watch``). The arithmetic of the op-by-op path of
+        :class:`~dist_unlearn.solvers.LanczosProcess` (copy, dots + lincomb twice, norm, scale)."""
+        import math
+
+        start = self.vecs[v0].clone()
+        basis = [self.vecs[i] for i in locked]
+        for _ in range(2):
+            coeffs = self._dots_local(start, basis)
+            start = self._lincomb_local([1.0, *(-float(c) for c in coeffs)], [start, *basis])
+        sq = self._dots_local(start, [start])[0]
+        norm = math.sqrt(max(sq, 0.0)) if math.isfinite(sq) else sq
+        if not (math.isfinite(norm) and norm > 0.0):
+            return norm, []
+        q = self._lincomb_local([1.0 / norm], [start])
+        self.vecs[out] = q
+        return norm, self._dots_local(q, [self.vecs[i] for i in watch]) if watch else []
+
     def is_finite(self, x: int) -> bool:
         import torch
 

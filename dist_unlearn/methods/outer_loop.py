@@ -36,7 +36,7 @@ from dist_unlearn.errors import NumericalError
 from dist_unlearn.linalg import Vector
 from dist_unlearn.methods.base import OuterLoopState, StepCallback
 from dist_unlearn.methods.budget import PassBudget, budget_stop
-from dist_unlearn.methods.first_m import search_first_M, trial_loss
+from dist_unlearn.methods.first_m import search_first_M, try_step
 from dist_unlearn.methods.proposal import InitialM, Resolve, Solve
 from dist_unlearn.methods.step_log import count, progress_bar, record_step, watch_hvps
 from dist_unlearn.options import UnlearnOptions
@@ -166,18 +166,19 @@ def run_outer_loop(
                 ) from e
             if prop.krylov is not None:
                 krylov = prop.krylov
-            if not space.is_finite(prop.step) or not math.isfinite(prop.step_norm):
+            finite = math.isfinite(prop.step_norm)
+            if finite:  # snapshot, apply and (ARC) the trial loss: one round trip on the engine
+                good, value, finite = try_step(oracle, prop.step, with_loss=adaptive and trial is None)
+            if not finite:
                 _release_krylov(krylov)
                 raise NumericalError(
                     f"{method}: the proposed step at outer step {k} has non-finite entries; the weights are "
                     "those of the last good point."
                 )
-            good = oracle.snapshot()
-            oracle.apply_update(prop.step)
             accepted, rho = True, None
             if adaptive:
                 if trial is None:
-                    trial = trial_loss(oracle)
+                    trial = value
                 predicted = -prop.model_value
                 if not predicted > 0:
                     oracle.restore(good)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from dist_unlearn.errors import NumericalError
-from dist_unlearn.solvers._vectors import combine, many_dots, random_like, vector_norm
+from dist_unlearn.solvers._vectors import combine, random_like, vector_norm
 from dist_unlearn.solvers.cubic import TridiagonalSolution, solve_cubic_eig
 from dist_unlearn.solvers.lanczos import LanczosProcess
 
@@ -120,21 +120,19 @@ def probe_hard_case(
     r = random_like(space, g, seed)
     try:
         proc2 = LanczosProcess(mv, r, space, reorthogonalize=True, keep_basis=True, locked=q1,
-                               what="probe vector")  # fmt: skip
+                               what="probe vector", watch=[q_next] if q_next is not None else [])  # fmt: skip
     except NumericalError:  # the first block spans the whole space: nothing is hidden from it
         space.release(r)
         return None
     space.release(r)
-    coupling: list[float] = []  # c_j = q_{k+1} . q2_j
     found, sol, est = False, sol1, math.inf
     thetas: list[float] = []  # leftmost Ritz value of T_2 after each step
     limit = AUTO_MAX if probe_iters is None else probe_iters
     while proc2.iterations < (max_iter if found else limit) and not proc2.breakdown:
         proc2.step()
         p = proc2.iterations
-        if q_next is not None:
-            coupling.extend(many_dots(space, q_next, proc2.basis[len(coupling) : p]))
-        c = np.asarray(coupling[:p]) if q_next is not None else np.zeros(p)
+        # c_j = q_{k+1} . q2_j, recorded by the block as it makes each q2_j
+        c = np.asarray([row[0] for row in proc2.watched[:p]]) if q_next is not None else np.zeros(p)
         t2 = _tridiag(proc2.alphas, proc2.betas)
         sol = solve_dense_cubic(joint_matrix(t1, t2, beta_k, c), gnorm, M)
         history.append((mv.calls, sol.model_value))

@@ -58,6 +58,8 @@ class LanczosProcess:
         v0_norm: |v0| when the caller already has it (saves one op).
         locked: vectors (orthonormal) the new basis must stay orthogonal to (restart of a second block).
         what: name of v0 in error messages.
+        watch: vectors whose dots with every basis vector are recorded in :attr:`watched` (row j: q_{j+1};
+            computed inside the fused iteration on a sharded oracle, so they cost no extra round trip).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class LanczosProcess:
         v0_norm: float | None = None,
         locked: Sequence[Vector] = (),
         what: str = "v0",
+        watch: Sequence[Vector] = (),
     ) -> None:
         self.matvec = matvec
         self.space = space
@@ -83,23 +86,38 @@ class LanczosProcess:
         self.betas: list[float] = []
         self.breakdown = False
         self._tnorm = 0.0
-        start = v0
-        if (
-            self.locked
-        ):  # project v0 off the locked vectors (twice: classical Gram-Schmidt, "twice is enough")
-            start = space.copy(v0)
-            for _ in range(2):
-                coeffs = many_dots(space, start, self.locked)
-                start = subtract(space, start, coeffs, self.locked)
-            v0_norm = None
-        norm = vector_norm(space, start, what) if v0_norm is None else v0_norm
-        if norm == 0.0:
-            raise NumericalError(
-                f"Lanczos start vector {what} is zero (after projection); it must be nonzero."
-            )
-        self.q: Vector = combine(space, [1.0 / norm], [start])
-        if start is not v0:
-            space.release(start)
+        self.watch = list(watch)
+        self.watched: list[list[float]] = []  # row j: dots of q_{j+1} with the watch vectors
+        start_block = getattr(space, "orthonormal_start", None) if self.locked else None
+        if start_block is not None:  # the space does the projection below in one call (a sharded space)
+            q, norm, watched = start_block(v0, self.locked, self.watch)
+            if not math.isfinite(norm):
+                raise NumericalError(f"{what} has non-finite entries (NaN or inf); it must be finite.")
+            if norm == 0.0:
+                raise NumericalError(
+                    f"Lanczos start vector {what} is zero (after projection); it must be nonzero."
+                )
+            self.q: Vector = q
+            if self.watch:
+                self.watched.append([float(x) for x in watched])
+        else:
+            start = v0
+            if self.locked:  # project v0 off the locked vectors (twice: "twice is enough")
+                start = space.copy(v0)
+                for _ in range(2):
+                    coeffs = many_dots(space, start, self.locked)
+                    start = subtract(space, start, coeffs, self.locked)
+                v0_norm = None
+            norm = vector_norm(space, start, what) if v0_norm is None else v0_norm
+            if norm == 0.0:
+                raise NumericalError(
+                    f"Lanczos start vector {what} is zero (after projection); it must be nonzero."
+                )
+            self.q = combine(space, [1.0 / norm], [start])
+            if start is not v0:
+                space.release(start)
+            if self.watch:
+                self.watched.append(many_dots(space, self.q, self.watch))
         self.q_prev: Vector | None = None
         self.basis: list[Vector] | None = [self.q] if self.keep_basis else None
         self.coupling: list[float] = []  # dots of each H q_j with locked[-1] (restart blocks only)
@@ -152,6 +170,8 @@ class LanczosProcess:
             space.release(w)
             return
         space.scale(1.0 / beta, w)
+        if self.watch:
+            self.watched.append(many_dots(space, w, self.watch))
         if not self.keep_basis and self.q_prev is not None:
             space.release(self.q_prev)
         self.q_prev, self.q = q, w
@@ -162,7 +182,7 @@ class LanczosProcess:
         """The same iteration as :meth:`step`, done by the matvec's owner in one call (sharded oracles)."""
         others = (self.locked + self.basis) if self.reorthogonalize else []  # type: ignore[operator]
         beta_prev = self.betas[-1] if self.betas else 0.0
-        r = fused(self.q, self.q_prev, beta_prev, others, self._tnorm, self.breakdown_tol)
+        r = fused(self.q, self.q_prev, beta_prev, others, self._tnorm, self.breakdown_tol, self.watch)
         alpha, beta = float(r["alpha"]), float(r["beta"])
         if not (math.isfinite(alpha) and math.isfinite(beta)):
             raise NumericalError(
@@ -178,6 +198,8 @@ class LanczosProcess:
             self.breakdown = True
             return
         w = r["next"]
+        if self.watch:
+            self.watched.append([float(x) for x in r["watch"]])
         if not self.keep_basis and self.q_prev is not None:
             self.space.release(self.q_prev)
         self.q_prev, self.q = self.q, w
