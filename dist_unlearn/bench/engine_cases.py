@@ -142,7 +142,7 @@ def cnn_memorised(seed: int = 0) -> EngineCase:
 def tiny_lm(seed: int = 0) -> EngineCase:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from dist_unlearn.bench.models import _Rows
+    from dist_unlearn.bench.models import ColumnRows
     from dist_unlearn.models.losses import CausalLMLoss
 
     torch.manual_seed(seed)
@@ -154,7 +154,7 @@ def tiny_lm(seed: int = 0) -> EngineCase:
     loss_fn = CausalLMLoss()
     # a few documents share their first token: ~0.02 is the floor of memorising them all
     loss = _fit(model, loss_fn, {"input_ids": ids}, steps=600, lr=2e-2, stop=0.025)
-    retain, forget = _Rows(input_ids=ids[8:]), _Rows(input_ids=ids[:8])
+    retain, forget = ColumnRows(input_ids=ids[8:]), ColumnRows(input_ids=ids[:8])
     return EngineCase("tiny_lm", model.eval(), loss_fn, retain, forget, loss)
 
 

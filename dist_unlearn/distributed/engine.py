@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -31,7 +32,7 @@ from dist_unlearn.curvature.sample import fixed_hvp_rows
 from dist_unlearn.distributed.group import WorkerDiedError, WorkerGroup
 from dist_unlearn.distributed.run_state import OUTER_STEP_CALLS, EngineRun, engine_stats
 from dist_unlearn.distributed.startup import build_group, dataset_of, ensure_ray
-from dist_unlearn.errors import ConfigError, DistributedError
+from dist_unlearn.errors import ConfigError, DistributedError, NumericalError
 from dist_unlearn.stopping import rule_for
 
 log = logging.getLogger(__name__)
@@ -301,21 +302,22 @@ def checkpoint(run: EngineRun, group: WorkerGroup, state: Any) -> None:
 
 
 def gather(run: EngineRun, group: WorkerGroup, oracle: Any, output_dir: Any) -> None:
-    """The final retain loss, one gather of the final weights (saved when asked), the workers' stats."""
+    """The final retain loss, one gather of the final weights (saved when asked) and the workers' stats, in
+    one call to the workers."""
     t0 = time.perf_counter()
-    if run.stochastic:
-        oracle.resample(None)
-        run.final_loss = oracle.loss()
-    elif run.opts.objective != "retain":  # the loop's final loss is the objective's
-        run.final_loss = oracle.retain_loss()
+    final = "loss" if run.stochastic else ("retain" if run.opts.objective != "retain" else None)
+    model_ref = [group.model_ref] if group.model_ref is not None else None
+    out = str(output_dir) if output_dir is not None else None
+    replies = group.execute_all("finish", out, model_ref, final)
+    if final is not None:
+        run.final_loss = float(replies[0]["loss"])
+        if not math.isfinite(run.final_loss):
+            raise NumericalError(f"the final retain loss is {run.final_loss} on the workers.")
     if output_dir is not None:  # one gather of the consolidated weights: saved and returned
-        model_ref = [group.model_ref] if group.model_ref is not None else None
-        run.saved, run.final_state_dict = group.execute_all("save_output", str(output_dir), model_ref, True)[
-            0
-        ]
+        run.saved, run.final_state_dict = replies[0]["output"]
     else:
-        run.final_state_dict = group.execute_all("state_dict_numpy")[0]
-    run.worker_stats = group.execute_all("stats")
+        run.final_state_dict = replies[0]["output"]
+    run.worker_stats = [r["stats"] for r in replies]
     for w in run.worker_stats:  # each rank counted its own shard's examples
         run.cost.merge(w["cost"])
     run.spec = dict(group.spec)

@@ -145,20 +145,29 @@ class GradHVP:
             self.drop_snapshot(sid)
         return out
 
-    def try_step(self, d: int, sid: int, with_loss: bool) -> tuple[bool, float | None]:
-        """The trial point of an outer step in one call: (d finite?, L(w + d) or None). A finite d is
-        applied after snapshotting the weights under ``sid``; a non-finite one leaves them alone."""
+    def try_step(
+        self, d: int, sid: int, with_loss: bool, arc: tuple | None = None, grad_out: int | None = None
+    ) -> tuple[bool, float | None, tuple[float, float] | None]:
+        """The trial point of an outer step in one call: (d finite?, L(w + d) or None, (L, |grad L|) or
+        None). A finite d is applied after snapshotting the weights under ``sid``; a non-finite one leaves
+        them alone. With ``arc`` = (L(w), predicted decrease, eta1, the trial loss if the driver knows it),
+        when ARC accepts the trial point (the test the driver applies to the same numbers,
+        ``solvers.ties.rho_at_least``) its gradient is evaluated too and stored under ``grad_out``."""
         import torch
+
+        from dist_unlearn.solvers.ties import rho_at_least
 
         bad = float(not bool(torch.isfinite(self.vecs[d]).all()))
         if self.scalar(bad) != 0.0:
-            return False, None
+            return False, None, None
         self.snapshot(sid)
         self.apply_update(d)
-        if not with_loss:
-            return True, None
-        value = self.loss()
-        return True, value
+        value = self.loss() if with_loss else None
+        trial = value if with_loss else (arc[3] if arc is not None else None)
+        grad = None
+        if grad_out is not None and trial is not None and rho_at_least(arc[0], trial, arc[1], arc[2]):
+            grad = self.loss_and_gradient(grad_out)
+        return True, value, grad
 
     def hvp(self, v: int, out: int) -> None:
         self.vecs[out] = self._hvp_local(self.vecs[v])

@@ -110,18 +110,32 @@ class RayOracle:
         self.group.post_all("hvp", v.id, out.id)
         return out
 
-    def try_step(self, d: ShardedVector, with_loss: bool) -> tuple[Any, float | None, bool]:
+    def try_step(
+        self, d: ShardedVector, with_loss: bool, arc: tuple | None = None
+    ) -> tuple[Any, float | None, bool, tuple[float, ShardedVector] | None]:
         """One round trip for a trial point: the workers check d is finite and, if so, snapshot the weights,
-        apply w <- w + d and (``with_loss``) evaluate L there. Returns (snapshot or None, L or None, finite);
-        d non-finite leaves the weights untouched (the in-process equivalent:
-        :func:`dist_unlearn.methods.first_m.try_step`)."""
+        apply w <- w + d and (``with_loss``) evaluate L there; given ``arc`` = (L, predicted, eta1, known
+        trial loss or None) and an ARC acceptance, also (L, grad L) there for the next outer step. Returns
+        (snapshot or None, L or None, finite, (L, grad L) or None); d non-finite leaves the weights untouched
+        (the in-process equivalent: :func:`dist_unlearn.methods.first_m.try_step`)."""
         sid = next(self._snap_ids)
-        finite, value = self.group.execute_all("try_step", d.id, sid, bool(with_loss))[0]
+        out = self.space.new_handle() if arc is not None else None
+        finite, value, grad = self.group.execute_all(
+            "try_step", d.id, sid, bool(with_loss), arc, None if out is None else out.id
+        )[0]
         if not finite:
-            return None, None, False
+            return None, None, False, None
         if with_loss:
             self.counters["losses"] += 1
-        return _Snapshot(self.group, sid), value, True
+        prepared = None
+        if grad is not None:
+            self.counters["gradients"] += 1
+            g_loss, norm = (float(x) for x in grad)
+            self.space.remember(out, norm=norm if math.isfinite(norm) else None, finite=math.isfinite(norm))
+            prepared = (g_loss, out)
+        elif out is not None:
+            self.space.release(out)
+        return _Snapshot(self.group, sid), value, True, prepared
 
     def lanczos_step(
         self,

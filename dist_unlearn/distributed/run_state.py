@@ -31,6 +31,8 @@ OUTER_STEP_CALLS = (
     "membership_losses",
     "set_forget_bins",
     "try_step",
+    "trial_losses",
+    "finish",
 )
 """Worker calls made once per outer step or trial point (loss, gradient, update, snapshots, checkpoints), not
 per Lanczos iteration: the first-M search and ARC trials add these, the fused iteration does not."""

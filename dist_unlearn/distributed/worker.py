@@ -294,6 +294,23 @@ class DistWorker(VectorStore, GradHVP, Float64Sums, FusedLanczos, ObjectiveParts
         path = str(save_model(model, out_dir))
         return (path, sd) if return_state else path
 
+    def finish(self, out_dir: str | None, model_ref: list | None, final_loss: str | None) -> dict[str, Any]:
+        """The end of a run in one call: the final loss (``final_loss`` "retain": L_r alone; "loss": L on all
+        rows after the stochastic variant's samples), the consolidated weights (rank 0: the state dict, or
+        (path, state dict) when ``out_dir`` is given, see :meth:`save_output`), and this rank's stats."""
+        out: dict[str, Any] = {}
+        if final_loss == "retain":
+            out["loss"] = self.retain_loss()
+        elif final_loss == "loss":
+            self.resample(None, None)
+            out["loss"] = self.loss()
+        if out_dir is not None:
+            out["output"] = self.save_output(out_dir, model_ref, return_state=True)
+        else:
+            out["output"] = self.state_dict_numpy()
+        out["stats"] = self.stats()
+        return out
+
     def stats(self) -> dict[str, Any]:
         import resource
 

@@ -78,20 +78,26 @@ def trial_after(oracle: CurvatureOracle, prop: Proposal) -> float:
     return trial
 
 
-def try_step(oracle: CurvatureOracle, step: Vector, with_loss: bool) -> tuple[Any, float | None, bool]:
-    """The trial point of an outer step: (snapshot of the weights before, L at w + step or None, finite).
+def try_step(
+    oracle: CurvatureOracle, step: Vector, with_loss: bool, arc: tuple | None = None
+) -> tuple[Any, float | None, bool, tuple[float, Vector] | None]:
+    """The trial point of an outer step: (snapshot of the weights before, L at w + step or None, finite,
+    prepared (L, grad L) at w + step or None).
 
     A non-finite step is not applied (snapshot None, finite False). An oracle with its own ``try_step`` (the
-    Ray engine: one round trip for all of it) does it in one call; otherwise snapshot, apply and loss.
+    Ray engine) does it all in one call and, given ``arc`` = (L, predicted decrease, eta1, trial loss if
+    already known else None), also evaluates the gradient at the trial point when ARC will accept it
+    (``rho_at_least``: the decision the outer loop takes from the same numbers), which the next outer step
+    would ask for anyway. Here: snapshot, apply, loss; nothing prepared.
     """
     fused = getattr(oracle, "try_step", None)
     if callable(fused):
-        return fused(step, with_loss)
+        return fused(step, with_loss, arc)
     if not oracle.space.is_finite(step):
-        return None, None, False
+        return None, None, False, None
     good = oracle.snapshot()
     oracle.apply_update(step)
-    return good, (trial_loss(oracle) if with_loss else None), True
+    return good, (trial_loss(oracle) if with_loss else None), True, None
 
 
 def trial_loss(oracle: CurvatureOracle) -> float:
