@@ -73,6 +73,7 @@ class Float64Sums:
         shard."""
         import torch
 
+        from dist_unlearn.curvature.attention import math_sdpa
         from dist_unlearn.linalg.compensated import Compensated
 
         loss = 0.0
@@ -81,12 +82,13 @@ class Float64Sums:
             if need_grad:
                 self._z3_acc = [Compensated((s,), self.device) for s in self.sizes]
             try:
-                for loss_fn, batch, w in terms:
-                    out = loss_fn(self.engine, batch)
-                    loss += w * float(out.detach().double())
-                    if need_grad:
-                        self._z3_weight = w
-                        self.engine.backward(out)
+                with math_sdpa():  # the attention kernel the in-process oracle uses
+                    for loss_fn, batch, w in terms:
+                        out = loss_fn(self.engine, batch)
+                        loss += w * float(out.detach().double())
+                        if need_grad:
+                            self._z3_weight = w
+                            self.engine.backward(out)
                 g = None
                 if need_grad:
                     g = torch.cat([a.rounded(torch.float32) for a in self._z3_acc]) * self.mask
@@ -97,13 +99,15 @@ class Float64Sums:
                 self._release_z3()
             return loss, g
         acc = [Compensated(p.shape, self.device) for p in self.params]
-        for loss_fn, batch, w in terms:
-            out = loss_fn(self.module, batch)
-            loss += w * float(out.detach().double())
-            if need_grad:
-                for a, gi in zip(acc, torch.autograd.grad(out, self.params, allow_unused=True), strict=True):
-                    if gi is not None:
-                        a.add_(gi.to(torch.float64) * w)
+        with math_sdpa():
+            for loss_fn, batch, w in terms:
+                out = loss_fn(self.module, batch)
+                loss += w * float(out.detach().double())
+                if need_grad:
+                    grads = torch.autograd.grad(out, self.params, allow_unused=True)
+                    for a, gi in zip(acc, grads, strict=True):
+                        if gi is not None:
+                            a.add_(gi.to(torch.float64) * w)
         if not need_grad:
             return loss, None
         return loss, self._reduced_shard(acc)

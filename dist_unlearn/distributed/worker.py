@@ -114,6 +114,8 @@ class DistWorker(VectorStore, GradHVP, Float64Sums, FusedLanczos, ObjectiveParts
         import deepspeed
         import torch
 
+        spec = {**spec, "model_kwargs": cloudpickle.loads(spec["model_kwargs"])}
+
         # DeepSpeed would JIT-compile its shared-memory CPU all-reduce (tens of seconds per rank); we call
         # torch.distributed directly, so skip it.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -131,12 +133,11 @@ class DistWorker(VectorStore, GradHVP, Float64Sums, FusedLanczos, ObjectiveParts
         self.collate_fn = cloudpickle.loads(spec["collate_fn"]) if spec.get("collate_fn") else None
         torch.manual_seed(int(spec.get("seed", 0)))
 
-        if model_blob is not None:
-            model = cloudpickle.loads(model_blob)
-        else:
-            from dist_unlearn.models import load_model
+        from dist_unlearn.distributed.loading import build_model
 
-            model = load_model(spec["model_path"], **spec.get("model_kwargs", {}))
+        model = build_model(model_blob, spec)  # ZeRO-3 from a path: partitioned from the start
+        # every parameter already a ZeRO-3 partition (built under deepspeed.zero.Init)?
+        self.partitioned_at_load = all(hasattr(p, "ds_id") for p in model.parameters())
         # the pickled model is not kept on the workers: save_output gets it again from the object store
         self._model_spec = spec
         if loss_blob is not None:
@@ -162,7 +163,8 @@ class DistWorker(VectorStore, GradHVP, Float64Sums, FusedLanczos, ObjectiveParts
         optimizer = torch.optim.SGD(params, lr=0.0)  # never stepped: ZeRO needs one to partition grads
         from dist_unlearn.distributed.dsconfig import with_zero3_buffers
 
-        ds_config = with_zero3_buffers(spec["ds_config"], sum(p.numel() for p in params))
+        numel = sum(int(getattr(p, "ds_numel", p.numel())) for p in params)  # partitioned: ds_numel
+        ds_config = with_zero3_buffers(spec["ds_config"], numel)
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.engine = engine
         self.module = engine.module
@@ -180,8 +182,9 @@ class DistWorker(VectorStore, GradHVP, Float64Sums, FusedLanczos, ObjectiveParts
         return {
             "num_params": self.n,
             "local_len": self.local_len,
-            "local_rows": len(self.shard_rows),
+            "local_rows": self._mine(self.all_rows),
             "rows": self.num_rows,
+            "partitioned_at_load": self.partitioned_at_load,
         }
 
     def _layout(self) -> None:
@@ -230,7 +233,6 @@ class DistWorker(VectorStore, GradHVP, Float64Sums, FusedLanczos, ObjectiveParts
         self.num_rows = len(data)
         self.all_rows = np.arange(self.num_rows)
         self.grad_rows = self.hvp_rows = self.all_rows
-        self.shard_rows = self.all_rows[self.rank :: self.world_size]
 
     def resample(self, grad_rows: list[int] | None, hvp_rows: list[int] | None) -> None:
         """Fix the gradient / HVP samples (global row indices, identical on every rank)."""
