@@ -28,6 +28,9 @@ import time
 from functools import partial
 from typing import Any
 
+Z3_EXCHANGE_ELEMENTS = 1 << 22
+"""Largest float64 buffer (elements) of the ZeRO-3 gradient exchange per rank and slice (32 MiB)."""
+
 
 class Float64Sums:
     """Mixin of :class:`~dist_unlearn.distributed.worker.DistWorker`: order-independent gradient sums
@@ -43,18 +46,27 @@ class Float64Sums:
 
     def _z3_hook(self, i: int, grad: Any) -> None:
         """acc_i += the terms w_rank grad_rank of every rank for this rank's partition, in rank order (the
-        in-process oracle's chunk order); the gradient itself passes on unchanged to DeepSpeed."""
+        in-process oracle's chunk order); the gradient itself passes on unchanged to DeepSpeed. The exchange
+        runs in slices of at most ``Z3_EXCHANGE_ELEMENTS`` float64 numbers per rank, so its buffers stay
+        small for any parameter size."""
         if self._z3_acc is None:
             return None
         import torch
 
-        size = self.sizes[i]
-        flat = torch.zeros(self.world_size, size, dtype=torch.float64, device=grad.device)
-        contrib = grad.detach().reshape(-1).to(torch.float64) * self._z3_weight
-        flat.view(-1)[: contrib.numel()] = contrib
-        pieces = self._all_to_all(flat)
-        for s in range(self.world_size):
-            self._z3_acc[i].add_(pieces[s])
+        g = grad.detach().reshape(-1)
+        size, n, W = self.sizes[i], g.numel(), self.world_size
+        step = max(1, Z3_EXCHANGE_ELEMENTS // W)
+        for start in range(0, size, step):
+            m = min(step, size - start)
+            buf = torch.zeros(W, m, dtype=torch.float64, device=g.device)
+            for r in range(W):  # rank r's partition entries [start, start + m) of this rank's term
+                lo, hi = r * size + start, min(r * size + start + m, n)
+                if hi > lo:
+                    buf[r, : hi - lo] = g[lo:hi]
+            buf.mul_(self._z3_weight)
+            pieces = self._all_to_all(buf)
+            for r in range(W):
+                self._z3_acc[i].add_at_(start, pieces[r])
         return None
 
     def _all_to_all(self, t: Any) -> Any:

@@ -37,6 +37,14 @@ class Compensated:
         self.lo.add_(e)
         return self
 
+    def add_at_(self, start: int, t: torch.Tensor) -> Compensated:
+        """hi + lo += t on the flat entries [start, start + len(t)) (a 1-d accumulator)."""
+        end = start + t.numel()
+        s, e = two_sum(self.hi[start:end], t)
+        self.hi[start:end] = s
+        self.lo[start:end].add_(e)
+        return self
+
     def merge_(self, hi: torch.Tensor, lo: torch.Tensor) -> Compensated:
         """hi + lo += (another accumulator's hi, lo)."""
         self.hi, e = two_sum(self.hi, hi)
