@@ -178,12 +178,14 @@ def rules(params, v) -> dict[str, float]:
     rms = w_norm / math.sqrt(n)
     out = {"u^(1/3) (1 + |w|)  [old in-process]": U32 ** (1 / 3) * (1 + w_norm)}
     for c in CANDIDATE_C:
-        out[f"{c:g} u^(1/3) max(1, rms w)  [C={c:g}]"] = c * U32 ** (1 / 3) * max(1.0, rms)
+        tag = "C=1, committed" if c == 1.0 else f"C={c:g}"
+        out[f"{c:g} u^(1/3) max(1, rms w)  [{tag}]"] = c * U32 ** (1 / 3) * max(1.0, rms)
     return out
 
 
 CANDIDATE_C = (1.0, 2.0, 4.0)
-"""Constants C of the rule h = C u^(1/3) max(1, rms w) marked on the curve (C = 1: the old workers' rule)."""
+"""Constants C of the rule h = C u^(1/3) max(1, rms w) marked on the curve (C = 1: the committed rule of
+:func:`dist_unlearn.curvature.hvp_fd.fd_epsilon`, formerly the workers' own)."""
 
 
 def _rows(batch, idx):
@@ -257,7 +259,7 @@ def plot(result: dict, path: Path) -> None:
     cols = 2
     rows = -(-len(models) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.8 * rows), squeeze=False)
-    markers = {"old in-process": "x", "C=1": "s", "C=2": "o", "C=4": "^"}
+    markers = {"old in-process": "x", "C=1, committed": "s", "C=2": "o", "C=4": "^"}
     for ax, name in zip(axes.reshape(-1), models, strict=False):
         res = result["models"][name]
         for i, (direction, d) in enumerate(res["curves"].items()):
@@ -269,17 +271,21 @@ def plot(result: dict, path: Path) -> None:
                 if tag is None:
                     continue
                 ax.loglog([r["h"]], [r["error"]], markers[tag], color=color, ms=7, mfc="none")
-        ax.set_title(f"{name} ({res['num_params']:,} params, |w| = {res['w_norm']:.3g})")
+        ax.set_title(f"{name} ({res['num_params']:,} params, |w| = {res['w_norm']:.3g})", fontsize=10)
         ax.set_xlabel("perturbation size h = eps |v|  (float32 weights)")
-        ax.set_ylabel("|H v (FD) - H v (fp64 exact)| / |H v|;  dashed: FD vs FD, reordered sum")
+        ax.set_ylabel("relative error of H v")
         ax.grid(True, which="both", alpha=0.3)
         ax.axhline(1e-2, color="grey", ls=":", lw=1)
+        ax.legend(fontsize=7, loc="upper center", title="direction v", title_fontsize=7)
     handles = [
         plt.Line2D([], [], marker=m, ls="", color="k", mfc="none", label=t) for t, m in markers.items()
     ]
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    axes[0][-1].legend(handles=handles, title="rule's h", fontsize=8, loc="upper right")
-    fig.suptitle("Central-difference HVP error vs step: rounding (left, ~u/h) vs truncation (right, ~h^2)")
+    handles += [
+        plt.Line2D([], [], color="k", lw=1.3, label="FD vs float64 exact"),
+        plt.Line2D([], [], color="k", lw=0.8, ls="--", label="FD vs FD, sum reordered (as sharded)"),
+    ]
+    axes.reshape(-1)[-1].legend(handles=handles, title="h of the rule", fontsize=7, loc="lower left")
+    fig.suptitle("Central-difference HVP vs step h: rounding (left, ~u/h) vs truncation (right, ~h^2)", y=1.0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -98,14 +98,15 @@ class VectorStore:
         one max all-reduce, then this rank's exact level sums by one sum all-reduce."""
         import torch
 
-        from dist_unlearn.linalg.exact_dot import combine_levels, level_sums, products
+        from dist_unlearn.linalg.exact_dot import combine_levels, dot_level_sums, max_abs_product
 
         if not ys:
             return []
-        prods = [products(x, y) for y in ys]
-        local_max = [float(p.abs().max()) if p.numel() else 0.0 for p in prods]
+        local_max = [max_abs_product(x, y) for y in ys]
         maxes = self._allreduce(torch.tensor(local_max, dtype=torch.float64, device=self.device), op="max")
-        sums = torch.stack([level_sums(p, float(m), self.n) for p, m in zip(prods, maxes.cpu(), strict=True)])
+        sums = torch.stack(
+            [dot_level_sums(x, y, float(m), self.n) for y, m in zip(ys, maxes.cpu(), strict=True)]
+        )
         sums = self._allreduce(sums.to(self.device)).cpu()
         return [combine_levels(s) for s in sums]
 

@@ -13,7 +13,8 @@ Nguyen, "Fast reproducible floating-point summation", 2013):
 - the dot is (S_1 + S_2) + S_3: three levels keep 3 (54 - L) bits below the largest product, ~70 bits at a
   billion entries, far more than a plain float64 sum keeps.
 
-M must be the global maximum (one max all-reduce before the sums on a sharded vector).
+M must be the global maximum (one max all-reduce before the sums on a sharded vector). Vectors are read in
+slices of ``CHUNK`` entries (the level sums of slices add exactly), so the float64 temporaries stay small.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from collections.abc import Sequence
 import torch
 
 LEVELS = 3
+CHUNK = 1 << 20
+"""Entries per slice: the float64 products and remainders of one slice (a few 8 MiB buffers)."""
 
 
 def products(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -58,12 +61,37 @@ def combine_levels(sums: torch.Tensor) -> float:
     return float((sums[0] + sums[1]) + sums[2])
 
 
+def max_abs_product(x: torch.Tensor, y: torch.Tensor) -> float:
+    """max_i |x_i y_i| (float64), slice by slice; NaN if a product is NaN."""
+    fx, fy = x.reshape(-1), y.reshape(-1)
+    out = 0.0
+    for s in range(0, fx.numel(), CHUNK):
+        m = float(products(fx[s : s + CHUNK], fy[s : s + CHUNK]).abs().max())
+        if not m <= out:  # larger, or NaN
+            out = m
+            if math.isnan(m):
+                break
+    return out
+
+
+def dot_level_sums(x: torch.Tensor, y: torch.Tensor, max_abs: float, n: int) -> torch.Tensor:
+    """:func:`level_sums` of the products x_i y_i, slice by slice."""
+    fx, fy = x.reshape(-1), y.reshape(-1)
+    total = torch.zeros(LEVELS, dtype=torch.float64)
+    for s in range(0, fx.numel(), CHUNK):
+        total += level_sums(products(fx[s : s + CHUNK], fy[s : s + CHUNK]), max_abs, n)
+    return total
+
+
 def exact_dot(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """sum over the (x, y) pairs of x . y, reproducibly (one vector cut into parts, all held here)."""
-    prods = [products(x, y) for x, y in pairs]
-    n = sum(p.numel() for p in prods)
-    max_abs = max((float(p.abs().max()) for p in prods if p.numel()), default=0.0)
+    n = sum(x.numel() for x, _ in pairs)
+    max_abs = 0.0
+    for x, y in pairs:
+        m = max_abs_product(x, y)
+        if not m <= max_abs:
+            max_abs = m
     total = torch.zeros(LEVELS, dtype=torch.float64)
-    for p in prods:
-        total += level_sums(p, max_abs, n)
+    for x, y in pairs:
+        total += dot_level_sums(x, y, max_abs, n)
     return combine_levels(total)
