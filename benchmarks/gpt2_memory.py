@@ -97,9 +97,12 @@ def run_one(
         source, model_kwargs = folder.name, {"task": "causal_lm"}
     del model
     t0 = time.perf_counter()
+    # micro-batch = the rows of one rank: rank r reads micro-batch r, so every rank has one, as in the
+    # 1-worker run (the engine's micro-batches are global, distributed.objective._my_blocks)
     group, oracle = build_group(
-        workers, source, loss_fn, data, zero_stage=3, hvp="fd", seed=0, model_kwargs=model_kwargs
-    )
+        workers, source, loss_fn, data, zero_stage=3, hvp="fd", seed=0, model_kwargs=model_kwargs,
+        batch_size=rows_per_worker,
+    )  # fmt: skip
     del source
     try:
         setup_s = time.perf_counter() - t0
@@ -249,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             "hvp": "fd",
             "M": 1.0,
             "zero_stage": 3,
+            "batch_size": a.rows_per_worker,
             "model_source": "pickled module" if a.pickled else "save_pretrained folder (path)",
         },
         "target_ratio": TARGET_RATIO,

@@ -28,8 +28,8 @@ import time
 from functools import partial
 from typing import Any
 
-Z3_EXCHANGE_ELEMENTS = 1 << 22
-"""Largest float64 buffer (elements) of the ZeRO-3 gradient exchange per rank and slice (32 MiB)."""
+Z3_EXCHANGE_ELEMENTS = 1 << 20
+"""Elements of the float64 buffers of the ZeRO-3 gradient exchange per slice, over all ranks (8 MiB each)."""
 
 
 class Float64Sums:
@@ -47,8 +47,8 @@ class Float64Sums:
     def _z3_hook(self, i: int, grad: Any) -> None:
         """acc_i += the terms w_rank grad_rank of every rank for this rank's partition, in rank order (the
         in-process oracle's chunk order); the gradient itself passes on unchanged to DeepSpeed. The exchange
-        runs in slices of at most ``Z3_EXCHANGE_ELEMENTS`` float64 numbers per rank, so its buffers stay
-        small for any parameter size."""
+        runs in slices of ``Z3_EXCHANGE_ELEMENTS`` float64 numbers over all ranks, so its buffers stay small
+        for any parameter size."""
         if self._z3_acc is None:
             return None
         import torch
