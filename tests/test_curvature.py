@@ -95,7 +95,7 @@ def test_fd_hvp_float64_matches_dense_hessian_and_restores_weights_exactly(setup
     assert all(torch.equal(a, b) for a, b in zip(before, s["model"].parameters(), strict=True))
     # eps follows precision and norms, not a constant
     wn, vn = float(s["w0"].norm()), float(s["v"].norm())
-    assert oracle.last_fd_eps == pytest.approx(fd_epsilon(torch.float64, wn, vn))
+    assert oracle.last_fd_eps == pytest.approx(fd_epsilon(torch.float64, wn, vn, s["w0"].numel()))
     assert oracle.counters["fd_gradients"] == 2 and oracle.counters["gradients"] == 0
 
 
@@ -106,7 +106,7 @@ def test_fd_hvp_float32_model_close_to_float64_reference(setup):
     hv = oracle.hvp(to_tuple(s["v"].float(), s["sizes"], s["shapes"]))
     assert hv[0].dtype == torch.float32
     assert rel(flat(hv).double(), s["H"] @ s["v"]) < 2e-3
-    assert fd_epsilon(torch.float32, 1.0, 1.0) > 100 * fd_epsilon(torch.float64, 1.0, 1.0)
+    assert fd_epsilon(torch.float32, 1.0, 1.0, 1) > 100 * fd_epsilon(torch.float64, 1.0, 1.0, 1)
 
 
 def test_fd_restores_weights_when_the_gradient_fails(setup):

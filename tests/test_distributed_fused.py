@@ -99,8 +99,8 @@ def test_fused_lanczos_one_round_trip_same_scalars_and_cost(ray_local, stage, hv
 )
 def test_five_cure_newton_steps_automatic_M_match_in_process(ray_local, stage):
     """Same options, seed and HVP kind (exact under ZeRO 0/2, FD vs FD under ZeRO-3): after 5 outer steps with
-    automatic M the final updates agree to 1e-3 and every ARC decision is the same (measured: 3.7e-6 exact,
-    4.5e-4 FD on 2 CPU workers)."""
+    automatic M the final updates agree to 1e-3 and every ARC decision is the same (the engine computes what
+    the in-process oracle computes, distributed/sums.py: measured 0 difference)."""
     from dist_unlearn.distributed import run_distributed
     from dist_unlearn.methods import OuterLoopState, run_curvature_method
     from dist_unlearn.options import UnlearnOptions
@@ -117,13 +117,8 @@ def test_five_cure_newton_steps_automatic_M_match_in_process(ray_local, stage):
         UnlearnOptions(workers=2, zero_stage=stage, **opts),
     )
     local = copy.deepcopy(model)
-    # FD vs FD with the same step: the workers' rule eps = u^(1/3) max(1, rms w) / |v| is u^(1/3) / |v| here
-    # (rms w < 1) and every HVP of cure_newton is applied to a unit Lanczos vector, so the in-process oracle
-    # gets that step as its fixed fd_eps (its own default scales by 1 + |w|).
-    fd_eps = float(torch.finfo(torch.float32).eps) ** (1.0 / 3.0) if hvp == "fd" else None
-    w_rms = float(flat(list(model.parameters())).pow(2).mean().sqrt())
-    assert w_rms < 1.0
-    oracle = LocalOracle(local, loss_fn, data, hvp=hvp, batch_size=16, fd_eps=fd_eps)
+    # FD vs FD: one step rule on both sides (curvature.hvp_fd.fd_epsilon)
+    oracle = LocalOracle(local, loss_fn, data, hvp=hvp, batch_size=16)
     state = OuterLoopState(seed=0)
     run_curvature_method("cure_newton", oracle, UnlearnOptions(**opts), state=state)
     d_dist = flat(
@@ -137,11 +132,12 @@ def test_five_cure_newton_steps_automatic_M_match_in_process(ray_local, stage):
     assert res.steps[0].M == pytest.approx(state.history[0].M, rel=1e-4)
     assert sum(s.accepted for s in res.steps) == 5
     tb = res.stats["time_breakdown"]
-    # every Lanczos iteration of every solve is one fused call (HVP + dots + axpys); the hard-case probe's few
-    # matvecs are the only plain HVP calls. (The whole-solve ratio, with each solve's start/finish calls, is
-    # reported, not bounded here: with the short forcing-sequence solves it is ~1.6, above 1.5.)
+    # every Lanczos iteration of every solve is one fused call (HVP + dots + axpys); the hard-case probe's
+    # residual check is the only plain HVP (posted: its reply is a handle). Over the whole run, final gather
+    # included, at most 1.5 round trips per Lanczos iteration.
     fused = tb["round_trips_by_call"]["lanczos_step"]
-    assert fused + tb["round_trips_by_call"].get("hvp", 0) == res.stats["total_hvps"]
+    assert fused + tb["posted_calls_by_call"].get("hvp", 0) == res.stats["total_hvps"]
     assert fused >= 0.9 * res.stats["total_hvps"]
-    assert tb["driver_round_trips_per_lanczos_iteration"] < tb["driver_round_trips_per_hvp_whole_run"]
+    assert tb["driver_round_trips_per_lanczos_iteration"] <= 1.5
+    assert tb["driver_round_trips"] == sum(tb["round_trips_by_call"].values())
     assert res.stats["cost"]["by_kind"]["gradient"]["examples"] >= 5 * 64

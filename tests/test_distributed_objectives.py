@@ -59,7 +59,7 @@ def ray_local():
     ray.shutdown()
 
 
-def _in_process(model, retain, forget, opts: dict, fd_eps=None):
+def _in_process(model, retain, forget, opts: dict):
     from dist_unlearn.curvature.objective import build_oracle
     from dist_unlearn.methods import OuterLoopState, run_curvature_method
     from dist_unlearn.options import UnlearnOptions
@@ -77,15 +77,10 @@ def _in_process(model, retain, forget, opts: dict, fd_eps=None):
         beta=o.beta,
         hvp=o.hvp,
         batch_size=o.batch_size,
-        fd_eps=fd_eps,
     )
     state = OuterLoopState(seed=0)
     run_curvature_method("cure_newton", oracle, o, state=state)
     return local, state, oracle
-
-
-FD_EPS = float(torch.finfo(torch.float32).eps) ** (1.0 / 3.0)
-"""The workers' FD step for unit Lanczos vectors when rms(w) < 1 (see tests/test_distributed_fused.py)."""
 
 
 @pytest.mark.parametrize(
@@ -102,7 +97,6 @@ def test_forgetting_objective_three_steps_match_in_process(ray_local, objective,
     from dist_unlearn.options import UnlearnOptions
 
     model, retain, forget = make_problem()
-    assert float(flat(model.parameters()).pow(2).mean().sqrt()) < 1.0  # the FD step rule above applies
     hvp = "fd" if stage == 3 else "exact"
     opts = {"max_steps": 3, "batch_size": 8, "hvp": hvp, "objective": objective, "forget_weight": 0.3}
     res = run_distributed(
@@ -113,7 +107,7 @@ def test_forgetting_objective_three_steps_match_in_process(ray_local, objective,
         "cure_newton",
         UnlearnOptions(workers=2, zero_stage=stage, **opts),
     )
-    local, state, oracle = _in_process(model, retain, forget, opts, fd_eps=FD_EPS if hvp == "fd" else None)
+    local, state, oracle = _in_process(model, retain, forget, opts)
     assert sum(s.accepted for s in state.history) == 3
     diff = rel_update(res.model, local, model)
     print(f"{objective} ZeRO-{stage}: relative difference of the updates {diff:.2e}")
@@ -218,4 +212,4 @@ def test_match_unseen_on_workers_matches_in_process(ray_local, stage):
         assert dist.stats["stop_reason"] == local.stats["stop_reason"] == "forgotten"
         assert {s["status"] for s in dc[-1]["subjects"]} == {"forgotten"}
     assert dist.stats["forgetting"]["criterion"] == "per_subject"
-    assert dist.stats["time_breakdown"]["round_trips_by_call"]["set_forget_bins"] >= 1
+    assert dist.stats["time_breakdown"]["posted_calls_by_call"]["set_forget_bins"] >= 1

@@ -1,4 +1,5 @@
-"""The automatic true-hard-case guard of ``cubic_subproblem`` (default ``hard_case_probe="auto"``).
+"""The true hard case of ``cubic_subproblem``: the automatic probe (default ``hard_case_probe="auto"``),
+the two-block solve, and what the probe costs on ordinary problems.
 
 Reference: the dense float64 eigendecomposition + secular-equation solve of tests/test_solvers_reference.py.
 """
@@ -40,21 +41,69 @@ def test_default_finds_the_global_minimiser_in_the_true_hard_case(seed):
     assert res.multiplier == pytest.approx(lam_ref, rel=1e-6)
 
 
-def test_guard_costs_under_ten_percent_extra_hvps_on_ordinary_problems():
-    """PD, indefinite, spiked, singular problems with generic g: the answer matches the dense reference and
-    the guard's probes add < 10% HVPs over hard_case_probe=0 (measured 4.8%)."""
-    base = total = 0
+ORDINARY_HVPS_BEFORE = 2190
+"""HVPs of the 120 ordinary solves below with the previous default (a 5-matvec probe only when T_k was
+indefinite and lambda <= 1.5 (-theta_min); commit 21a0dc8). The hard-case target allows 10% more."""
+
+
+def test_default_probe_costs_at_most_ten_percent_more_hvps_on_ordinary_problems():
+    """PD, indefinite, spiked, singular problems with generic g: the answer matches the dense reference, no
+    false hard case, and the automatic probe keeps the total within 1.10x the previous default's (measured
+    2400 = +9.6%; benchmarks/hard_case_bench.py)."""
+    total = 0
     for kind in ("pd", "indefinite", "spiked", "singular"):
         for seed in range(10):
             for M in (0.1, 1.0, 10.0):
                 H, g = random_problem(kind, 100, seed)
-                off = cubic_subproblem(torch_matvec(H), torch.from_numpy(g), M, hard_case_probe=0)
                 res = cubic_subproblem(torch_matvec(H), torch.from_numpy(g), M)
                 d_ref, _, _ = dense_cubic(H, g, M)
                 m_ref = model(H, g, M, d_ref)
                 assert model(H, g, M, res.step.double().numpy()) <= m_ref + 1e-5 * abs(m_ref) + 1e-12
-                base, total = base + off.hvps, total + res.hvps
-    assert (total - base) / base < 0.10
+                assert not res.hard_case
+                total += res.hvps
+    assert total <= 1.10 * ORDINARY_HVPS_BEFORE, total
+
+
+def _exact_hard_case(n: int, seed: int, mult: int, rest: tuple[float, float]):
+    """H with leftmost eigenvalue -3 (multiplicity ``mult``), the rest uniform in ``rest``, random
+    eigenvectors; g exactly orthogonal to the leftmost eigenspace."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    ev = np.sort(rng.uniform(rest[0], rest[1], n))
+    ev[:mult] = -3.0
+    H = (Q * ev) @ Q.T
+    g = 0.01 * rng.standard_normal(n)
+    for _ in range(2):
+        g = g - Q[:, :mult] @ (Q[:, :mult].T @ g)
+    return 0.5 * (H + H.T), g
+
+
+@pytest.mark.parametrize("n", [20, 100, 400])
+def test_default_reaches_the_bound_on_exact_hard_cases_with_small_M(n):
+    """M = 0.1 (the solution is dominated by the hidden negative curvature): within 1e-4 of the dense
+    global minimum at the defaults, simple and triple leftmost eigenvalue, indefinite or PD rest."""
+    for mult in (1, 3):
+        for rest in ((-1.0, 8.0), (0.1, 8.0)):
+            H, g = _exact_hard_case(n, 0, mult, rest)
+            d_ref, _, hard = dense_cubic(H, g, 0.1)
+            assert hard
+            res = cubic_subproblem(torch_matvec(H), torch.from_numpy(g), 0.1)
+            m_ref = model(H, g, 0.1, d_ref)
+            assert model(H, g, 0.1, res.step.double().numpy()) <= m_ref + 1e-4 * abs(m_ref)
+
+
+@pytest.mark.parametrize("n,M", [(60, 1.0), (100, 10.0), (400, 100.0)])
+def test_once_found_the_two_block_solve_reaches_the_bound(n, M):
+    """With a probe long enough to find the hidden eigenvalue (hard_case_probe=20), the joint solve on both
+    blocks is within 1e-4 of the global minimum, also where the automatic probe misses it (these three are
+    among its 16 misses of 160 in benchmarks/hard_case_bench.py)."""
+    H, g = _exact_hard_case(n, 0, 1, (0.1, 8.0) if M != 100.0 else (-1.0, 8.0))
+    d_ref, lam_ref, hard = dense_cubic(H, g, M)
+    assert hard
+    res = cubic_subproblem(torch_matvec(H), torch.from_numpy(g), M, hard_case_probe=20)
+    assert res.hard_case and res.multiplier == pytest.approx(lam_ref, rel=1e-6)
+    m_ref = model(H, g, M, d_ref)
+    assert model(H, g, M, res.step.double().numpy()) <= m_ref + 1e-4 * abs(m_ref)
 
 
 @pytest.mark.parametrize("bad", ["always", True, 2.5, -1])

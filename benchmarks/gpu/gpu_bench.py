@@ -43,7 +43,7 @@ def build(dry_run: bool, attn: str, rows: int, seq: int, seed: int):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from dist_unlearn.bench.models import _Rows, lm_loss
+    from dist_unlearn.bench.models import ColumnRows, lm_loss
 
     torch.manual_seed(seed)
     if dry_run:
@@ -55,7 +55,7 @@ def build(dry_run: bool, attn: str, rows: int, seq: int, seed: int):
     model = GPT2LMHeadModel(cfg).eval()
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, cfg.vocab_size, (rows, seq), generator=g)
-    return model, lm_loss, _Rows(input_ids=ids)
+    return model, lm_loss, ColumnRows(input_ids=ids)
 
 
 class Rank:
@@ -150,6 +150,7 @@ class InProcessGroup:
         self.worker, self.num_workers = worker, 1
         self.calls, self.bytes_received, self.wait_s = 0, 0, 0.0
         self.calls_by_method: dict[str, int] = {}
+        self.posted_by_method: dict[str, int] = {}
 
     def execute_all(self, method: str, *args):
         self.calls += 1
@@ -158,6 +159,13 @@ class InProcessGroup:
 
     def submit_all(self, method: str, *args) -> None:
         getattr(self.worker, method)(*args)
+
+    def post_all(self, method: str, *args, on_done=None) -> None:
+        """A posted call (no reply needed): in process it simply runs now (counted apart from calls)."""
+        self.posted_by_method[method] = self.posted_by_method.get(method, 0) + 1
+        getattr(self.worker, method)(*args)
+        if on_done is not None:
+            on_done()
 
     def release_later(self, ids: list[int]) -> None:
         self.worker.release(list(ids))  # in process: free at once
@@ -191,6 +199,7 @@ def cure_newton_step(r, args, use_gpu: bool) -> dict:
         "gradients": oracle.counters["gradients"],
         "driver_calls": group.calls,
         "calls_by_method": dict(group.calls_by_method),
+        "posted_by_method": dict(group.posted_by_method),
         # the solve's calls (all but the outer step's loss/gradient/update/snapshot calls) per iteration
         "driver_round_trips_per_lanczos_iteration": (
             group.calls - sum(group.calls_by_method.get(m, 0) for m in OUTER_STEP_CALLS)

@@ -31,7 +31,7 @@ class BenchWorkload:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
 
-class _Rows(torch.utils.data.Dataset):
+class ColumnRows(torch.utils.data.Dataset):
     """Rows as dicts of tensors (what the workers' default collate stacks)."""
 
     def __init__(self, **columns: torch.Tensor) -> None:
@@ -75,7 +75,7 @@ def make_workload(name: str, *, rows: int = 64, seed: int = 0, width: int | None
         model = nn.Sequential(nn.Linear(64, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 10))
         x = torch.randn(rows, 64, generator=g)
         y = torch.randint(0, 10, (rows,), generator=g)
-        return BenchWorkload("mlp", model, mlp_loss, _Rows(x=x, y=y), tokens_per_row=1)
+        return BenchWorkload("mlp", model, mlp_loss, ColumnRows(x=x, y=y), tokens_per_row=1)
     if name == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -93,5 +93,5 @@ def make_workload(name: str, *, rows: int = 64, seed: int = 0, width: int | None
         cfg._attn_implementation = "eager"
         model = GPT2LMHeadModel(cfg).eval()
         ids = torch.randint(0, cfg.vocab_size, (rows, 64), generator=g)
-        return BenchWorkload("gpt2", model, lm_loss, _Rows(input_ids=ids), tokens_per_row=64)
+        return BenchWorkload("gpt2", model, lm_loss, ColumnRows(input_ids=ids), tokens_per_row=64)
     raise ConfigError(f"bench model {name!r} is unknown; allowed: 'mlp', 'gpt2'.")

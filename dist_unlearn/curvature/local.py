@@ -14,9 +14,10 @@ from dist_unlearn.curvature.attention import ensure_double_backward_attention, m
 from dist_unlearn.curvature.batches import ExampleSource
 from dist_unlearn.curvature.ggn import check_ggn_loss, ggn_vp_batch
 from dist_unlearn.curvature.hvp_exact import exact_hvp_batch
-from dist_unlearn.curvature.hvp_fd import fd_hvp
+from dist_unlearn.curvature.hvp_fd import fd_hvp, quantize_step
 from dist_unlearn.errors import ConfigError, ModelError, reject_unknown
 from dist_unlearn.linalg import TensorSpace
+from dist_unlearn.linalg.compensated import Compensated
 
 HVP_MODES = ("exact", "fd", "ggn")
 DEFAULT_BATCH_SIZE = 64
@@ -59,7 +60,8 @@ class LocalOracle:
         params: parameters to differentiate (default: those with ``requires_grad``, e.g. only LoRA adapters).
         device: move the model and batches there (default: the device of the first parameter).
         progress: show a tqdm bar over chunks.
-        fd_eps: fixed finite-difference step (default: chosen from precision and norms, see :mod:`.hvp_fd`).
+        fd_eps: fixed finite-difference perturbation size h (the step is h / |v|); default: the rule of
+            :mod:`.hvp_fd` (the one the engine's workers use).
         role: the cost role of this oracle's rows (:data:`dist_unlearn.cost.ROLES`): ``"retain"`` for the
             retain term, ``"forget"`` for a forgetting objective's forget term.
     """
@@ -149,16 +151,12 @@ class LocalOracle:
         if seed is None:
             self._draws += 1
             seed = self._seed + self._draws
+        from dist_unlearn.curvature.sample import draw_samples
+
         n = self.source.n
-        gen = torch.Generator().manual_seed(int(seed))
-
-        def draw(size: int | None) -> list[int]:
-            if size is None or size >= n:
-                return list(range(n))
-            return sorted(torch.randperm(n, generator=gen)[:size].tolist())
-
-        self.grad_indices = draw(self.grad_batch_size)
-        self.hvp_indices = draw(self.hvp_batch_size)
+        grad_rows, hvp_rows = draw_samples(n, self.grad_batch_size, self.hvp_batch_size, seed)
+        self.grad_indices = list(range(n)) if grad_rows is None else grad_rows
+        self.hvp_indices = list(range(n)) if hvp_rows is None else hvp_rows
 
     def use_rows(self, grad_rows: Sequence[int] | None, hvp_rows: Sequence[int] | None) -> None:
         """Fix the gradient / loss rows and the HVP rows (example ids; None: every example) until the next
@@ -178,10 +176,19 @@ class LocalOracle:
             yield batch, weight, f"{what} chunk {k} (examples {k * self.batch_size}..)"
 
     # ---- loss and gradient ---------------------------------------------------------------------------------
-    def _acc(self) -> list[torch.Tensor]:
-        return [torch.zeros(p.shape, dtype=accumulate_dtype(p), device=p.device) for p in self.params]
+    def _acc(self) -> list[Compensated]:
+        """Double-double accumulators (:class:`~dist_unlearn.linalg.compensated.Compensated`): the terms
+        c w_k g_k of the chunks are summed so that the rounded result does not depend on their order or on
+        how the sum is split (the engine's ranks sum the same terms in another order: the same bits)."""
+        return [Compensated(p.shape, p.device) for p in self.params]
 
-    def _loss_grad(self, indices: list[int], what: str) -> tuple[float, tuple[torch.Tensor, ...]]:
+    def _rounded(self, acc: list[Compensated]) -> tuple[torch.Tensor, ...]:
+        return tuple(a.rounded(accumulate_dtype(p)) for a, p in zip(acc, self.params, strict=True))
+
+    def _loss_grad64(
+        self, indices: list[int], what: str, coef: float = 1.0
+    ) -> tuple[float, list[Compensated]]:
+        """(L, accumulators of coef grad L) over ``indices``: chunk k adds w_k l_k and (coef w_k) g_k."""
         total, acc = 0.0, self._acc()
         with math_sdpa():
             for batch, w, where in self._chunks(indices, what):
@@ -189,9 +196,22 @@ class LocalOracle:
                 grads = fill_none(torch.autograd.grad(loss, self.params, allow_unused=True), self.params)
                 total += w * float(loss.detach().double())
                 for a, g in zip(acc, grads, strict=True):
-                    a.add_(g.to(a.dtype), alpha=w)
-        self.space.check_finite(tuple(acc), f"the gradient of the retain loss ({what})")
-        return total, tuple(acc)
+                    a.add_(g.to(torch.float64) * (coef * w))
+        return total, acc
+
+    def _loss_grad(self, indices: list[int], what: str) -> tuple[float, tuple[torch.Tensor, ...]]:
+        total, acc = self._loss_grad64(indices, what)
+        g = self._rounded(acc)
+        self.space.check_finite(g, f"the gradient of the retain loss ({what})")
+        return total, g
+
+    def loss_and_gradient64(self, coef: float = 1.0) -> tuple[float, list[Compensated]]:
+        """(L(w), coef grad L(w) as unrounded accumulators), counted like :meth:`loss_and_gradient` (for
+        objectives that combine several oracles before rounding)."""
+        self.counters["losses"] += 1
+        self.counters["gradients"] += 1
+        self.cost.add("gradient", len(self.grad_indices), role=self.role)
+        return self._loss_grad64(self.grad_indices, "gradient", coef)
 
     def loss(self) -> float:
         """L(w) on the gradient sample (mean over its examples)."""
@@ -242,26 +262,44 @@ class LocalOracle:
         """H v on the HVP sample: exact Hessian, finite-difference Hessian or Gauss-Newton, by ``hvp``
         mode."""
         v = self._check_vector(v, "the HVP direction v")
-        self.counters["hvps"] += 1
-        self.cost.add(f"hvp_{self.hvp_mode}", len(self.hvp_indices), role=self.role)
         if self.hvp_mode == "fd":
-
-            def grad() -> tuple[torch.Tensor, ...]:
-                self.counters["fd_gradients"] += 1
-                return self._loss_grad(self.hvp_indices, "fd-hvp gradient")[1]
-
-            hv, self.last_fd_eps = fd_hvp(grad, self.params, v, master=self._master, eps=self.fd_eps)
+            self.count_fd_hvp()
+            hv, self.last_fd_eps = self.fd_product(
+                lambda: self._loss_grad(self.hvp_indices, "fd-hvp gradient")[1], v
+            )
         else:
-            batch_hvp = exact_hvp_batch if self.hvp_mode == "exact" else ggn_vp_batch
-            acc = self._acc()
-            with math_sdpa():
-                for batch, w, where in self._chunks(self.hvp_indices, "hvp"):
-                    _, hvb = batch_hvp(self.loss_fn, self.model, batch, self.params, v, where)
-                    for a, h in zip(acc, hvb, strict=True):
-                        a.add_(h.to(a.dtype), alpha=w)
-            hv = tuple(acc)
+            hv = self._rounded(self.hvp64(v, checked=True))
         self.space.check_finite(hv, f"the Hessian-vector product ({self.hvp_mode})")
         return hv
+
+    def count_fd_hvp(self) -> None:
+        """Count one finite-difference HVP (two gradient passes over the HVP sample)."""
+        self.counters["hvps"] += 1
+        self.counters["fd_gradients"] += 2
+        self.cost.add("hvp_fd", len(self.hvp_indices), role=self.role)
+
+    def fd_product(self, gradient: Any, v: Any) -> tuple[tuple[torch.Tensor, ...], float]:
+        """(H v, eps) by central differences of ``gradient()`` on these weights (the step rule of
+        :mod:`.hvp_fd`, or the fixed perturbation size ``fd_eps``)."""
+        eps = None
+        if self.fd_eps is not None:
+            eps = quantize_step(self.fd_eps / max(float(self.space.norm(v)), 1e-300))
+        return fd_hvp(gradient, self.params, v, master=self._master, eps=eps)
+
+    def hvp64(self, v: Any, checked: bool = False, coef: float = 1.0) -> list[Compensated]:
+        """Exact / Gauss-Newton coef H v as unrounded accumulators, counted as one HVP."""
+        if not checked:
+            v = self._check_vector(v, "the HVP direction v")
+        self.counters["hvps"] += 1
+        self.cost.add(f"hvp_{self.hvp_mode}", len(self.hvp_indices), role=self.role)
+        batch_hvp = exact_hvp_batch if self.hvp_mode == "exact" else ggn_vp_batch
+        acc = self._acc()
+        with math_sdpa():
+            for batch, w, where in self._chunks(self.hvp_indices, "hvp"):
+                _, hvb = batch_hvp(self.loss_fn, self.model, batch, self.params, v, where)
+                for a, h in zip(acc, hvb, strict=True):
+                    a.add_(h.to(torch.float64) * (coef * w))
+        return acc
 
     # ---- weights -------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -42,6 +42,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from dist_unlearn.cost import CostCounter
 from dist_unlearn.curvature.local import LocalOracle
+from dist_unlearn.linalg.compensated import Compensated
 from dist_unlearn.models.losses import per_example_losses
 
 OBJECTIVES = ("retain", "grad_diff", "npo", "match_unseen")
@@ -76,22 +77,46 @@ class CombinedOracle:
             total.merge(o.cost)
         return total
 
-    def _combine(self, vectors: list[Any]) -> Any:
-        return self.space.lincomb([c for c, _ in self.parts], vectors)
+    def _combine64(self, accs: list[list[Compensated]]) -> tuple[torch.Tensor, ...]:
+        """The parts' accumulators (each already weighted by its coefficient) merged, rounded once: the
+        exact sum the engine's workers accumulate term by term, so the same bits."""
+        total = self.primary._acc()
+        for acc in accs:
+            for t, a in zip(total, acc, strict=True):
+                t.merge_(a.hi, a.lo)
+        return self.primary._rounded(total)
 
     def loss(self) -> float:
         return float(sum(c * o.loss() for c, o in self.parts))
 
     def loss_and_gradient(self) -> tuple[float, Any]:
-        values = [o.loss_and_gradient() for _, o in self.parts]
+        values = [o.loss_and_gradient64(coef=c) for c, o in self.parts]
         loss = float(sum(c * v[0] for (c, _), v in zip(self.parts, values, strict=True)))
-        return loss, self._combine([v[1] for v in values])
+        g = self._combine64([v[1] for v in values])
+        self.space.check_finite(g, "the gradient of the objective")
+        return loss, g
 
     def gradient(self) -> Any:
         return self.loss_and_gradient()[1]
 
     def hvp(self, v: Any) -> Any:
-        return self._combine([o.hvp(v) for _, o in self.parts])
+        """H v of the combined objective: the exact / Gauss-Newton products of the parts summed before
+        rounding, or one central difference of the combined gradient (two passes per part)."""
+        v = self.primary._check_vector(v, "the HVP direction v")
+        if self.primary.hvp_mode == "fd":
+            for _, o in self.parts:
+                o.count_fd_hvp()
+
+            def gradient() -> tuple[torch.Tensor, ...]:
+                return self._combine64(
+                    [o._loss_grad64(o.hvp_indices, "fd-hvp gradient", c)[1] for c, o in self.parts]
+                )
+
+            hv, self.primary.last_fd_eps = self.primary.fd_product(gradient, v)
+        else:
+            hv = self._combine64([o.hvp64(v, checked=True, coef=c) for c, o in self.parts])
+        self.space.check_finite(hv, f"the Hessian-vector product ({self.primary.hvp_mode})")
+        return hv
 
     def hvp_pass_cost(self) -> float:
         """Example passes one :meth:`hvp` will count (every part's)."""
@@ -151,9 +176,10 @@ class InfluenceFirstGradient:
         loss, g = self.retain.loss_and_gradient()
         if self.anchor is not None:
             return self.anchor.loss(loss), self.anchor.gradient(g)
-        g_f = self.forget.gradient()
         ratio = self.forget.num_examples / self.retain.num_examples
-        g0 = self.space.lincomb([-ratio], [g_f])
+        _, g_f = self.forget.loss_and_gradient64(coef=-ratio)  # summed as the engine's workers sum it
+        g0 = self.retain._rounded(g_f)
+        self.space.check_finite(g0, "the influence gradient of the forget set")
         self.anchor = LinearAnchor(self.space, self.space.lincomb([1.0, -1.0], [g, g0]))
         return loss, g0
 
@@ -325,6 +351,7 @@ def build_oracle(
     if objective == "retain" and gradient == "full":
         return retain_oracle
     common = {k: oracle_kwargs[k] for k in ("hvp", "batch_size", "device", "fd_eps") if k in oracle_kwargs}
+    common["batch_size"] = retain_oracle.batch_size  # one micro-batch size for every term (as the engine)
     loss_fn = retain_oracle.loss_fn
 
     def forget_oracle(loss: Any, data: Any, collate: Any, per_row: bool = False) -> LocalOracle:

@@ -141,3 +141,21 @@ def resolve_gradient(
         return gradient
     sampled = sample_size(retain_sample, num_rows, default_retain_sample(objective)) is not None
     return "influence" if objective == "retain" and sampled and has_forget else "full"
+
+
+def draw_samples(
+    n: int, grad_size: int | None, hvp_size: int | None, seed: int
+) -> tuple[list[int] | None, list[int] | None]:
+    """The stochastic variant's (gradient rows, HVP rows) for a seed, sorted (None: all rows): one generator
+    seeded with ``seed`` draws the gradient sample, then the HVP sample. The in-process oracle and the
+    engine draw with this, so their runs read the same rows."""
+    import torch
+
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def draw(size: int | None) -> list[int] | None:
+        if size is None or size >= n:
+            return None
+        return sorted(torch.randperm(n, generator=gen)[:size].tolist())
+
+    return draw(grad_size), draw(hvp_size)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -31,7 +32,7 @@ from dist_unlearn.curvature.sample import draw_retain_sample, resolve_gradient
 from dist_unlearn.distributed.group import WorkerDiedError, WorkerGroup
 from dist_unlearn.distributed.run_state import OUTER_STEP_CALLS, EngineRun, engine_stats
 from dist_unlearn.distributed.startup import build_group, dataset_of, ensure_ray
-from dist_unlearn.errors import ConfigError, DistributedError
+from dist_unlearn.errors import ConfigError, DistributedError, NumericalError
 from dist_unlearn.stop_setup import rule_for
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ def run_method(run: EngineRun, group: WorkerGroup, oracle: Any) -> None:
 
     bytes0, wait0, t_run = group.bytes_received, group.wait_s, time.perf_counter()
     calls0, by_method0 = group.calls, dict(group.calls_by_method)
+    posted0 = (group.posted, dict(group.posted_by_method))
     oracle.hvp_hook = _fault_hook(group, run.restarts)
     state = copy.deepcopy(run.committed) if run.committed is not None else OuterLoopState(seed=run.opts.seed)
 
@@ -301,50 +303,69 @@ def run_method(run: EngineRun, group: WorkerGroup, oracle: Any) -> None:
         "calls": group.calls - calls0,
         "outer_calls": outer_calls,
         "hvps": max(1, oracle.counters["hvps"]),
-        "by_call": {
-            m: c - by_method0.get(m, 0) for m, c in group.calls_by_method.items() if c > by_method0.get(m, 0)
-        },
+        "by_call": _diff(group.calls_by_method, by_method0),
+        "calls0": calls0,
+        "by_method0": by_method0,
+        "posted0": posted0,
     }
 
 
+def _diff(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {m: c - before.get(m, 0) for m, c in now.items() if c > before.get(m, 0)}
+
+
 def checkpoint(run: EngineRun, group: WorkerGroup, oracle: Any, state: Any) -> None:
-    """Every rank writes its weight shard, then the shards and the loop state are committed together (with
-    the influence anchor: its vector once, its running value every time). A kept curvature basis is not
+    """Every rank writes its weight shard (posted: no round trip of its own), then, once every rank has
+    finished writing (seen at the driver's next call to the workers), the shards and the loop state of this
+    step are committed together, with the influence anchor (its vector once, its running value every time).
+    A worker lost before that leaves the previous step's checkpoint in force. A kept curvature basis is not
     saved: a restarted run rebuilds it (:mod:`dist_unlearn.methods.kept_curvature`)."""
-    group.execute_all("save_shard", str(run.ckpt / "weights-rank{rank}.pt.next"))
+    snapshot = copy.deepcopy(state)
     anchor = getattr(oracle, "anchor", None)
     if anchor is not None and not run.anchor_saved:
         group.execute_all("save_vector", anchor.c.id, str(run.ckpt / "anchor-rank{rank}.pt"))
         run.anchor_saved = True
-    for r in range(group.num_workers):  # commit: all shards of this step are on disk
-        os.replace(run.ckpt / f"weights-rank{r}.pt.next", run.ckpt / f"weights-rank{r}.pt")
-    run.anchor_value = None if anchor is None else anchor.value
-    run.committed = copy.deepcopy(state)
-    tmp = run.ckpt / "state.pkl.tmp"
-    tmp.write_bytes(pickle.dumps(run.committed))
-    os.replace(tmp, run.ckpt / "state.pkl")
+    anchor_value = None if anchor is None else anchor.value
+
+    def commit() -> None:
+        for r in range(group.num_workers):  # all shards of this step are on disk
+            os.replace(run.ckpt / f"weights-rank{r}.pt.next", run.ckpt / f"weights-rank{r}.pt")
+        run.committed = snapshot
+        run.anchor_value = anchor_value
+        tmp = run.ckpt / "state.pkl.tmp"
+        tmp.write_bytes(pickle.dumps(snapshot))
+        os.replace(tmp, run.ckpt / "state.pkl")
+
+    group.post_all("save_shard", str(run.ckpt / "weights-rank{rank}.pt.next"), on_done=commit)
 
 
 def gather(run: EngineRun, group: WorkerGroup, oracle: Any, output_dir: Any) -> None:
-    """The final retain loss, one gather of the final weights (saved when asked), the workers' stats."""
+    """The final retain loss, one gather of the final weights (saved when asked) and the workers' stats, in
+    one call to the workers."""
     t0 = time.perf_counter()
-    if run.stochastic:
-        oracle.resample(None)
-        run.final_loss = oracle.loss()
-    elif run.opts.objective != "retain":  # the loop's final loss is the objective's
-        run.final_loss = oracle.retain_loss()
+    final = "loss" if run.stochastic else ("retain" if run.opts.objective != "retain" else None)
+    model_ref = [group.model_ref] if group.model_ref is not None else None
+    out = str(output_dir) if output_dir is not None else None
+    replies = group.execute_all("finish", out, model_ref, final)
+    if final is not None:
+        run.final_loss = float(replies[0]["loss"])
+        if not math.isfinite(run.final_loss):
+            raise NumericalError(f"the final retain loss is {run.final_loss} on the workers.")
     if output_dir is not None:  # one gather of the consolidated weights: saved and returned
-        model_ref = [group.model_ref] if group.model_ref is not None else None
-        run.saved, run.final_state_dict = group.execute_all("save_output", str(output_dir), model_ref, True)[
-            0
-        ]
+        run.saved, run.final_state_dict = replies[0]["output"]
     else:
-        run.final_state_dict = group.execute_all("state_dict_numpy")[0]
-    run.worker_stats = group.execute_all("stats")
+        run.final_state_dict = replies[0]["output"]
+    run.worker_stats = [r["stats"] for r in replies]
     for w in run.worker_stats:  # each rank counted its own shard's examples
         run.cost.merge(w["cost"])
     run.spec = dict(group.spec)
     run.times["gather_s"] += time.perf_counter() - t0
+    m = run.measured  # the whole run, final gather included: every call the driver waited for
+    posted0, posted_by0 = m["posted0"]
+    m["whole_run_calls"] = group.calls - m["calls0"]
+    m["whole_run_by_call"] = _diff(group.calls_by_method, m["by_method0"])
+    m["posted"] = group.posted - posted0
+    m["posted_by_call"] = _diff(group.posted_by_method, posted_by0)
 
 
 def load_final_weights(run: EngineRun, model: Any) -> Any:

@@ -36,6 +36,7 @@ class FusedLanczos:
         out: int,
         tnorm: float,
         breakdown_tol: float,
+        watch: list[int] | None = None,
     ) -> dict[str, Any]:
         """One Lanczos iteration on the shards (see the module docstring); stores q_{j+1} under ``out``.
 
@@ -47,9 +48,10 @@ class FusedLanczos:
             out: id for q_{j+1} (not stored on breakdown or when beta is not finite).
             tnorm: the driver's running estimate of ||T|| before this iteration.
             breakdown_tol: relative breakdown threshold.
+            watch: ids of vectors whose dots with q_{j+1} are wanted too (the hard-case probe's coupling).
 
         Returns:
-            ``{"alpha", "beta", "coeffs", "breakdown"}`` (identical on every rank).
+            ``{"alpha", "beta", "coeffs", "breakdown", "watch"}`` (identical on every rank).
         """
         t0, compute0, comm0 = time.perf_counter(), self.timer.compute, self.timer.comm
         qv = self.vecs[q]
@@ -67,7 +69,7 @@ class FusedLanczos:
             coeffs = self._dots_local(w, basis)
             w = self._lincomb_local([1.0, *(-c for c in coeffs)], [w, *basis])
         beta = math.sqrt(max(self._dots_local(w, [w])[0], 0.0))
-        result = {"alpha": alpha, "beta": beta, "coeffs": coeffs, "breakdown": False}
+        result = {"alpha": alpha, "beta": beta, "coeffs": coeffs, "breakdown": False, "watch": []}
         if math.isfinite(beta):
             tn = max(float(tnorm), abs(alpha) + beta + float(beta_prev))
             if beta <= breakdown_tol * tn:
@@ -75,6 +77,8 @@ class FusedLanczos:
             else:
                 w.mul_(1.0 / beta)
                 self.vecs[out] = w
+                if watch:
+                    result["watch"] = self._dots_local(w, [self.vecs[i] for i in watch])
         # all of this call's worker time that is not a collective (the HVP's weight copies included)
         self.timer.compute = compute0 + time.perf_counter() - t0 - (self.timer.comm - comm0)
         return result

@@ -62,6 +62,9 @@ class WorkerGroup:
         self.calls_by_method: dict[str, int] = {}
         self.model_ref: Any = None  # the pickled model in the object store (set by setup)
         self._pending_release: list[int] = []  # vector ids to free, sent ahead of the next call
+        self.posted = 0  # calls sent without waiting (post_all), settled at the next synchronous call
+        self.posted_by_method: dict[str, int] = {}
+        self._posted: list[tuple[str, list, Any]] = []
         bundle = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
         self.pg = placement_group([dict(bundle) for _ in range(num_workers)], strategy=placement_strategy)
         try:
@@ -132,6 +135,46 @@ class WorkerGroup:
             for a in self.actors:
                 a.release.remote(ids)
 
+    def post_all(self, method: str, *args: Any, on_done: Any = None) -> None:
+        """Call ``method(*args)`` on every rank without waiting for it: for calls whose result the driver does
+        not need (vector updates, snapshots, checkpoints). Ray runs each actor's tasks in submission order, so
+        the next synchronous call (:meth:`execute_all`) runs after it on every rank; its errors surface there,
+        and ``on_done()`` (e.g. committing a checkpoint) runs there once every rank finished it. A posted call
+        is not a round trip: the driver never waits for it alone.
+        """
+        self._flush_releases()
+        refs = [getattr(a, method).remote(*args) for a in self.actors]
+        self.posted += 1
+        self.posted_by_method[method] = self.posted_by_method.get(method, 0) + 1
+        self._posted.append((method, refs, on_done))
+
+    def sync(self) -> None:
+        """Wait for the posted calls (a round trip only when some are pending)."""
+        if self._posted:
+            self._get([], what="sync")
+
+    def _settle_posted(self) -> None:
+        """Take the results of the posted calls (finished: they ran before the call just answered)."""
+        import ray
+
+        posted, self._posted = self._posted, []
+        for i, (method, refs, on_done) in enumerate(posted):
+            try:
+                ray.get(refs)
+            except ray.exceptions.RayActorError as e:
+                self._alive = False
+                raise WorkerDiedError(f"a Ray worker died during {method!r} (posted): {e}") from e
+            except ray.exceptions.RayTaskError as e:
+                from dist_unlearn.errors import DistUnlearnError
+
+                self._posted = posted[i + 1 :] + self._posted
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, DistUnlearnError):
+                    raise cause from None
+                raise DistributedError(f"worker error during {method!r} (posted): {e}") from e
+            if on_done is not None:
+                on_done()
+
     def submit_all(self, method: str, *args: Any) -> None:
         """Fire and forget on every rank (releases): ordering per actor is kept by Ray."""
         if self._alive:
@@ -145,7 +188,7 @@ class WorkerGroup:
         t0 = time.perf_counter()
         self.calls += 1
         self.calls_by_method[what] = self.calls_by_method.get(what, 0) + 1
-        pending = list(refs)
+        pending = [r for _, rs, _ in self._posted for r in rs] + list(refs)
         try:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
@@ -166,6 +209,7 @@ class WorkerGroup:
             raise DistributedError(f"worker error during {what!r}: {e}") from e
         finally:
             self.wait_s += time.perf_counter() - t0
+        self._settle_posted()
         self.bytes_received += sum(len(pickle.dumps(r, protocol=5)) for r in results)
         return results
 

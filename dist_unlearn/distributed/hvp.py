@@ -97,53 +97,17 @@ class GradHVP:
         terms = self._terms(rows) if terms is None else terms
         t0 = time.perf_counter()
         comm0 = self.timer.comm
-        loss = torch.zeros(1, dtype=torch.float64, device=self.device)
-        if self.stage == 3:
-            # Forward/backward through the engine: ZeRO-3 gathers parameters and reduce-scatters gradients.
-            # DeepSpeed averages gradients over ranks, hence the factor W on the local loss.
-            for loss_fn, batch, w in terms:
-                out = loss_fn(self.engine, batch) * (w * self.world_size)
-                loss += out.detach().double() / self.world_size
-                if need_grad:
-                    self.engine.backward(out)
-            g = None
-            if need_grad:
-                from deepspeed.utils import safe_get_local_grad
-
-                pieces = []
-                for p, size in zip(self.params, self.sizes, strict=True):
-                    gp = safe_get_local_grad(p)
-                    pieces.append(
-                        gp.reshape(-1).float() if gp is not None else torch.zeros(size, device=self.device)
-                    )
-                g = torch.cat(pieces) * self.mask
-                self.engine.optimizer.zero_grad()
-            self._release_z3()
-        else:
-            acc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params] if need_grad else None
-            for loss_fn, batch, w in terms:
-                out = loss_fn(self.module, batch) * w
-                loss += out.detach().double()
-                if need_grad:
-                    gs = torch.autograd.grad(out, self.params, allow_unused=True)
-                    for a, gi in zip(acc, gs, strict=True):
-                        if gi is not None:
-                            a.add_(gi.float())
-            g = None
-            if need_grad:
-                full = torch.cat([a.reshape(-1) for a in acc])
-                self._allreduce(full)
-                g = self._my_chunk(full)
+        partial_loss, g = self._sum_terms(terms, need_grad)  # float64 sums (distributed.sums)
         if not need_loss:
             self.timer.compute += time.perf_counter() - t0 - (self.timer.comm - comm0)
             return math.nan, g
-        self._allreduce(loss)
+        loss = self._allreduce(torch.tensor([partial_loss], dtype=torch.float64, device=self.device))
         self.timer.compute += time.perf_counter() - t0 - (self.timer.comm - comm0)
         return float(loss[0]), g
 
     def _mine(self, rows: np.ndarray) -> int:
-        """How many of ``rows`` this rank processes (its share of a pass over them)."""
-        return len(rows[self.rank :: self.world_size])
+        """How many of ``rows`` this rank processes (its micro-batches' rows in a pass over them)."""
+        return sum(e - s for s, e in self._my_blocks(len(rows)))
 
     def loss(self) -> float:
         import torch
@@ -154,12 +118,56 @@ class GradHVP:
             value, _ = self._loss_and_local_grad(self.grad_rows, need_grad=False)
         return value
 
-    def loss_and_gradient(self, out: int) -> float:
+    def loss_and_gradient(self, out: int) -> tuple[float, float]:
+        """(L, |grad L|) with grad L stored under ``out`` (the norm spares the driver a round trip; NaN or
+        inf when grad L has a non-finite entry)."""
         self.counters["gradients"] += 1
         self._count("gradient", self.grad_rows)
         value, g = self._loss_and_local_grad(self.grad_rows)
         self.vecs[out] = g
-        return value
+        return value, self._norm_local(g)
+
+    def _norm_local(self, v) -> float:
+        """|v| over all ranks, the value ShardedSpace.norm would get (a reproducible dot)."""
+        sq = self._dots_local(v, [v])[0]
+        return math.sqrt(sq) if sq >= 0 else sq
+
+    def trial_losses(self, steps: list[int], sid: int) -> list[float]:
+        """L(w + d) for each step id, the weights restored (from a snapshot under ``sid``) after each."""
+        self.snapshot(sid)
+        out = []
+        try:
+            for d in steps:
+                self.apply_update(d)
+                out.append(self.loss())
+                self.restore(sid)
+        finally:
+            self.drop_snapshot(sid)
+        return out
+
+    def try_step(
+        self, d: int, sid: int, with_loss: bool, arc: tuple | None = None, grad_out: int | None = None
+    ) -> tuple[bool, float | None, tuple[float, float] | None]:
+        """The trial point of an outer step in one call: (d finite?, L(w + d) or None, (L, |grad L|) or
+        None). A finite d is applied after snapshotting the weights under ``sid``; a non-finite one leaves
+        them alone. With ``arc`` = (L(w), predicted decrease, eta1, the trial loss if the driver knows it),
+        when ARC accepts the trial point (the test the driver applies to the same numbers,
+        ``solvers.ties.rho_at_least``) its gradient is evaluated too and stored under ``grad_out``."""
+        import torch
+
+        from dist_unlearn.solvers.ties import rho_at_least
+
+        bad = float(not bool(torch.isfinite(self.vecs[d]).all()))
+        if self.scalar(bad) != 0.0:
+            return False, None, None
+        self.snapshot(sid)
+        self.apply_update(d)
+        value = self.loss() if with_loss else None
+        trial = value if with_loss else (arc[3] if arc is not None else None)
+        grad = None
+        if grad_out is not None and trial is not None and rho_at_least(arc[0], trial, arc[1], arc[2]):
+            grad = self.loss_and_gradient(grad_out)
+        return True, value, grad
 
     def hvp(self, v: int, out: int) -> None:
         self.vecs[out] = self._hvp_local(self.vecs[v])
@@ -173,88 +181,93 @@ class GradHVP:
         return self._hvp_exact(v_local)
 
     def _hvp_exact(self, v_local):
-        """H v by double backward on the replicated module (ZeRO 0-2), all-reduced, then sharded."""
+        """H v by double backward on the replicated module (ZeRO 0-2), micro-batch by micro-batch with the
+        in-process oracle's function (:func:`~dist_unlearn.curvature.hvp_exact.exact_hvp_batch`), summed
+        independently of the order (:mod:`~dist_unlearn.distributed.sums`), then sharded."""
         import torch
+
+        from dist_unlearn.curvature.attention import math_sdpa
+        from dist_unlearn.curvature.hvp_exact import exact_hvp_batch
+        from dist_unlearn.linalg.compensated import Compensated
 
         full_v = self._allgather_flat(v_local)
         t0 = time.perf_counter()
         comm0 = self.timer.comm
-        vs, offs = [], 0
-        for p in self.params:
-            vs.append(full_v[offs : offs + p.numel()].view_as(p).to(p.dtype))
-            offs += p.numel()
-        acc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
-        for loss_fn, batch, w in self._terms(self.hvp_rows):
-            out = loss_fn(self.module, batch) * w
-            gs = torch.autograd.grad(out, self.params, create_graph=True, allow_unused=True)
-            pairs = [(g, x) for g, x in zip(gs, vs, strict=True) if g is not None]
-            gv = sum((g * x).sum() for g, x in pairs)
-            hv = torch.autograd.grad(gv, self.params, allow_unused=True)
-            for a, h in zip(acc, hv, strict=True):
-                if h is not None:
-                    a.add_(h.detach().float())
-        full = torch.cat([a.reshape(-1) for a in acc])
+        vs = self._param_views(full_v)
+        acc = [Compensated(p.shape, self.device) for p in self.params]
+        with math_sdpa():
+            for loss_fn, batch, w in self._terms(self.hvp_rows):
+                _, hv = exact_hvp_batch(loss_fn, self.module, batch, self.params, vs, "a micro-batch")
+                for a, h in zip(acc, hv, strict=True):
+                    a.add_(h.detach().to(torch.float64) * w)
         self.timer.compute += time.perf_counter() - t0 - (self.timer.comm - comm0)
-        self._allreduce(full)
-        return self._my_chunk(full)
+        return self._reduced_shard(acc)
 
     def fd_step(self, v_local) -> float:
-        """The central-difference step: eps = eps_mach^(1/3) * max(1, rms(w)) / |v| (fp32 eps_mach).
-
-        Central differences have truncation error O(eps^2 |v|^2) and rounding error O(eps_mach / eps), so the
-        perturbation eps |v| is taken ~ eps_mach^(1/3) times the typical weight size. ``fd_eps`` overrides
-        the perturbation size eps |v|. (The in-process oracle scales by (1 + |w|) instead, a much larger step
-        for big models and concentrated v: FD error 0.42 vs 0.05 on the 2-layer GPT-2 of the GPU dry run; so
-        FD-vs-FD agreement with it needs the same step, see tests/test_distributed_fused.py.)
-        """
+        """The central-difference step eps of :func:`dist_unlearn.curvature.hvp_fd.fd_epsilon` (the rule the
+        in-process oracle uses), from |w| and |v| over all ranks (one all-reduce of both); ``fd_eps`` fixes
+        the perturbation size h = eps |v| instead. 0.0 for v = 0."""
         import torch
 
-        if self.fd_eps is not None:
-            return float(self.fd_eps) / max(self.scalar_norm(v_local), 1e-30)
+        from dist_unlearn.curvature.hvp_fd import compute_dtype, fd_epsilon
+
+        weights = self._local_weights()
         if self.stage == 3:
             # only the real entries: the partition padding is not a weight (see _layout); per parameter, so
             # no shard-sized float64 copy of the weights is made
             wsq, offs = 0.0, 0
-            for w, size in zip(self._local_weights(), self.sizes, strict=True):
+            for w, size in zip(weights, self.sizes, strict=True):
                 valid = int(self.mask[offs : offs + size].sum())
                 wsq += float((w.detach().reshape(-1)[:valid].double() ** 2).sum())
                 offs += size
         else:
             # replicated weights: each rank holds the full norm
-            wsq = sum(float((w.double() ** 2).sum()) for w in self._local_weights()) / self.world_size
-        # |w|^2 and |v|^2 in one all-reduce
+            wsq = sum(float((w.double() ** 2).sum()) for w in weights) / self.world_size
         vsq = float((v_local.double() ** 2).sum())
         sums = torch.tensor([wsq, vsq], dtype=torch.float64, device=self.device)
         wsq_all, vsq_all = (float(x) for x in self._allreduce(sums))
         wnorm, vnorm = math.sqrt(max(wsq_all, 0.0)), math.sqrt(max(vsq_all, 0.0))
         if vnorm == 0.0:
             return 0.0
-        rel = float(torch.finfo(torch.float32).eps) ** (1.0 / 3.0)
-        return rel * max(1.0, wnorm / math.sqrt(self.n)) / vnorm
+        if self.fd_eps is not None:
+            return float(self.fd_eps) / vnorm
+        return fd_epsilon(compute_dtype(weights), wnorm, vnorm, self.n)
 
     def scalar_norm(self, v_local) -> float:
         return math.sqrt(max(self.scalar(float((v_local.double() ** 2).sum())), 0.0))
 
+    def _param_views(self, flat):
+        """``flat`` cut like :meth:`_local_weights`: per ds_tensor partition (ZeRO-3), per parameter shape
+        (ZeRO 0-2, ``flat`` then being the full gathered vector)."""
+        views, offs = [], 0
+        for w in self._local_weights():
+            views.append(flat[offs : offs + w.numel()].view_as(w))
+            offs += w.numel()
+        return views
+
     def _hvp_fd(self, v_local):
-        """H v ~ (grad L(w + eps v) - grad L(w - eps v)) / (2 eps) on fp32 weights, shard by shard."""
+        """H v ~ (grad L(w + eps v) - grad L(w - eps v)) / (2 eps) by
+        :func:`dist_unlearn.curvature.hvp_fd.fd_hvp` on this rank's weights (ZeRO-3: its partitions and
+        its shard of v; ZeRO 0-2: the replicated weights and the gathered v), each gradient pass returning
+        this rank's shard of the gradient."""
         import torch
+
+        from dist_unlearn.curvature.hvp_fd import fd_hvp
 
         eps = self.fd_step(v_local)
         if eps == 0.0:
             return torch.zeros_like(v_local)
-        saved = [w.detach().clone() for w in self._local_weights()]
-        full = None if self.stage == 3 else self._allgather_flat(v_local)  # one gather for both passes
+        full = v_local if self.stage == 3 else self._allgather_flat(v_local)  # one gather, both passes
+
+        def gradient():
+            self._release_z3()  # ZeRO-3: the next forward re-gathers the perturbed partitions
+            return (self._loss_and_local_grad(self.hvp_rows, need_loss=False)[1],)
+
         try:
-            self._add_to_weights(v_local, eps, full)
-            _, gp = self._loss_and_local_grad(self.hvp_rows, need_loss=False)
-            for w, s in zip(self._local_weights(), saved, strict=True):
-                w.copy_(s)
-            self._add_to_weights(v_local, -eps, full)
-            _, gm = self._loss_and_local_grad(self.hvp_rows, need_loss=False)
+            (hv,), _ = fd_hvp(gradient, self._local_weights(), self._param_views(full), eps=eps)
         finally:
-            for w, s in zip(self._local_weights(), saved, strict=True):
-                w.copy_(s)
-        return gp.sub_(gm).div_(2.0 * eps)  # in place: no extra shard-sized temporaries
+            self._release_z3()
+        return hv
 
 
 class _nullctx:

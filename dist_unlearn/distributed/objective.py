@@ -31,7 +31,6 @@ assumed to run one forward per call (as ``loss_fn(model, batch)`` on a batch doe
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,36 +140,49 @@ class ObjectiveParts:
             self.forget_term = indexed
 
     # ------------------------------------------------------------------ chunks
-    def _chunks(self, part: Part, rows: np.ndarray, pad: bool = False):
-        """Yield (batch, weight, this rank's row ids) over this rank's share of ``rows`` of ``part``.
+    def _block_size(self) -> int:
+        from dist_unlearn.curvature.local import DEFAULT_BATCH_SIZE
 
-        weight = rows in the chunk / len(rows). Every rank yields the same number of chunks; under ZeRO-3 a
-        rank with fewer rows yields (one row, weight 0.0, []) for its missing ones, elsewhere it skips them.
-        ``pad`` (ZeRO-3 only): every rank's chunk k also has the same number of rows, filled up with copies
-        of row ``rows[0]`` (index -1 for an indexed part), for losses that run one forward per row; callers
-        then ignore the rows past the real ids.
+        return int(self.batch_size or DEFAULT_BATCH_SIZE)
+
+    def _my_blocks(self, n: int) -> list[tuple[int, int]]:
+        """This rank's micro-batches of a sample of n rows: positions [j B, (j + 1) B) for j = rank, rank + W,
+        ... The in-process oracle reads the same micro-batches in order (B = the batch size), so every
+        micro-batch's loss and gradient have the same bits in both runs; only their sum is split."""
+        bs = self._block_size()
+        return [(s, min(s + bs, n)) for s in range(self.rank * bs, n, self.world_size * bs)]
+
+    def _chunks(self, part: Part, rows: np.ndarray, pad: bool = False):
+        """Yield (batch, weight, this rank's row ids) over this rank's micro-batches of ``rows`` of ``part``.
+
+        weight = rows in the micro-batch / len(rows). Under ZeRO-3 every forward is a collective, so every
+        rank yields the same number of chunks: a rank without a micro-batch in the last round yields
+        (one row, weight 0.0, []). ``pad`` (ZeRO-3 only, for losses that run one forward per row): every
+        rank's chunk of a round has as many rows as the round's first micro-batch, filled up with copies of
+        row ``rows[0]`` (index -1 for an indexed part); callers ignore the rows past the real ids.
         """
         from dist_unlearn.data.device import to_device
 
-        if len(rows) == 0:
+        n = len(rows)
+        if n == 0:
             return
-        mine = rows[self.rank :: self.world_size]
-        first = rows[0 :: self.world_size]  # rank 0 holds the most rows: its chunk sizes are the largest
-        per = math.ceil(len(rows) / self.world_size)
-        bs = int(self.batch_size or max(1, per))
+        bs = self._block_size()
+        blocks = -(-n // bs)
         device = None if self.device.type == "cpu" else self.device
-        for i in range(math.ceil(per / bs)):
-            idx = mine[i * bs : (i + 1) * bs]
-            items = [part.data[int(j)] for j in idx]
+        for r in range(-(-blocks // self.world_size)):
+            j = r * self.world_size + self.rank
+            idx = rows[j * bs : min((j + 1) * bs, n)] if j < blocks else rows[:0]
+            items = [part.data[int(i)] for i in idx]
             if self.stage == 3:
-                want = len(first[i * bs : (i + 1) * bs]) if pad else max(1, len(idx))
+                first = r * self.world_size * bs
+                want = min(bs, n - first) if pad else max(1, len(idx))
                 filler = part.data[int(rows[0])]
                 if isinstance(part.data, _indexed_type()):
                     filler = (filler[0], -1)
                 items += [filler] * (want - len(items))
             if not items:
                 continue
-            yield to_device(part.collate(items), device), len(idx) / len(rows), idx
+            yield to_device(part.collate(items), device), len(idx) / n, idx
 
     def _retain_part(self) -> Part:
         from torch.utils.data import default_collate
@@ -188,8 +200,8 @@ class ObjectiveParts:
             forget = self.objective != "retain"
         if forget:
             part = self.forget_term
-            # the NPO and bin terms mask padding rows (index -1), so their chunks can be padded (see _chunks)
-            pad = self.objective in ("npo", "match_unseen")
+            # the NPO and bin terms mask padding rows (index -1): pad where the loss runs a forward per row
+            pad = self.objective in ("npo", "match_unseen") and not _batched_per_example(self.loss_fn)
             for batch, w in self._cached_chunks(part, part.rows, pad=pad):
                 yield part.loss_fn, batch, scale * part.coef * w
 
@@ -228,7 +240,9 @@ class ObjectiveParts:
 
         model = self.engine if self.stage == 3 else self.module
         with torch.no_grad() if self.stage != 3 else _nullctx():
-            for batch, w, idx in self._chunks(part, part.rows if rows is None else rows, pad=True):
+            for batch, w, idx in self._chunks(
+                part, part.rows if rows is None else rows, pad=not _batched_per_example(self.loss_fn)
+            ):
                 losses = per_example_losses(self.loss_fn, model, batch).detach().double().cpu()
                 if w > 0:
                     yield [int(i) for i in idx], losses[: len(idx)]
@@ -275,15 +289,25 @@ class ObjectiveParts:
             )
         return value
 
-    def influence_gradient(self, out: int) -> None:
+    def influence_gradient(self, out: int) -> float:
         """The influence gradient of ``gradient="influence"``: stores g_0 = -(N_f/N_r) grad L_f under ``out``
-        (one pass over this rank's forget rows; the driver anchors the retain objective at it)."""
+        (one pass over this rank's forget rows; the driver anchors the retain objective at it). Returns
+        |g_0| (the driver keeps it with the vector)."""
         self.cost.add("gradient", self._mine(self.forget_part.rows), role="forget")
         ratio = self.forget_part.num_rows / self.num_rows
         part = self.forget_part
         terms = ((self.loss_fn, b, -ratio * w) for b, w, _ in self._chunks(part, part.rows))
         _, g = self._loss_and_local_grad(None, terms=terms, need_loss=False)
         self.vecs[out] = g
+        return self._norm_local(g)
+
+
+def _batched_per_example(loss_fn: Any) -> bool:
+    """The loss gives per-example losses from one forward over a batch (its own ``per_example``, or
+    ``outputs`` + ``from_outputs``): chunks need no padding to keep the ranks' forwards in step."""
+    if callable(getattr(loss_fn, "per_example", None)):
+        return True
+    return callable(getattr(loss_fn, "outputs", None)) and callable(getattr(loss_fn, "from_outputs", None))
 
 
 class _nullctx:

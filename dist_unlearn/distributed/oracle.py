@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -66,19 +67,23 @@ class RayOracle:
         return value if self.anchor is None else self.anchor.loss(value)
 
     def loss_and_gradient(self) -> tuple[float, ShardedVector]:
-        """(L, grad L) at the current weights; with ``influence_first`` the retain objective anchored at the
-        stationary-point identity (:class:`dist_unlearn.curvature.objective.InfluenceFirstGradient`)."""
+        """(L, grad L) at the current weights; the workers also report |grad L| and its finiteness with it
+        (the outer loop's next two questions, answered from the space's memory without another round trip).
+        With ``influence_first`` the retain objective is anchored at the stationary-point identity
+        (:class:`dist_unlearn.curvature.objective.InfluenceFirstGradient`)."""
         self.counters["gradients"] += 1
         out = self.space.new_handle()
-        value = float(self.group.execute_all("loss_and_gradient", out.id)[0])
+        value, norm = (float(x) for x in self.group.execute_all("loss_and_gradient", out.id)[0])
         _check(value, "retain loss")
+        self.space.remember(out, norm=norm if math.isfinite(norm) else None, finite=math.isfinite(norm))
         if self.anchor is not None:
             return self.anchor.loss(value), self.anchor.gradient(out)
         if not self.influence_first:
             return value, out
         self.influence_first = False
         g0 = self.space.new_handle()
-        self.group.execute_all("influence_gradient", g0.id)
+        norm0 = float(self.group.execute_all("influence_gradient", g0.id)[0])
+        self.space.remember(g0, norm=norm0 if math.isfinite(norm0) else None, finite=math.isfinite(norm0))
         self.anchor = LinearAnchor(self.space, self.space.lincomb([1.0, -1.0], [out, g0]))
         self.space.release(out)
         return value, g0
@@ -114,16 +119,50 @@ class RayOracle:
         return out
 
     def set_forget_bins(self, table: np.ndarray) -> None:
-        """Send the match_unseen bins (one row per forget row: lo, hi, weight) to every rank."""
-        self.group.execute_all("set_forget_bins", np.asarray(table, dtype=np.float64))
+        """Send the match_unseen bins (one row per forget row: lo, hi, weight) to every rank (posted)."""
+        self.group.post_all("set_forget_bins", np.asarray(table, dtype=np.float64))
 
     def hvp(self, v: ShardedVector) -> ShardedVector:
+        """H v into a new handle (posted: the driver needs only the handle)."""
         if self.hvp_hook is not None:
             self.hvp_hook(self.counters["hvps"])
         self.counters["hvps"] += 1
         out = self.space.new_handle()
-        self.group.execute_all("hvp", v.id, out.id)
+        self.group.post_all("hvp", v.id, out.id)
         return out
+
+    def try_step(
+        self, d: ShardedVector, with_loss: bool, arc: tuple | None = None
+    ) -> tuple[Any, float | None, bool, tuple[float, ShardedVector] | None]:
+        """One round trip for a trial point: the workers check d is finite and, if so, snapshot the weights,
+        apply w <- w + d and (``with_loss``) evaluate L there; given ``arc`` = (L, predicted, eta1, known
+        trial loss or None) and an ARC acceptance, also (L, grad L) there for the next outer step. Returns
+        (snapshot or None, L or None, finite, (L, grad L) or None); d non-finite leaves the weights untouched
+        (the in-process equivalent: :func:`dist_unlearn.methods.first_m.try_step`)."""
+        sid = next(self._snap_ids)
+        if self.anchor is not None:
+            arc = None  # the workers' ARC test would see L without the anchor: the driver decides
+        anchor_before = None if self.anchor is None else self.anchor.value
+        out = self.space.new_handle() if arc is not None else None
+        finite, value, grad = self.group.execute_all(
+            "try_step", d.id, sid, bool(with_loss), arc, None if out is None else out.id
+        )[0]
+        if not finite:
+            return None, None, False, None
+        if self.anchor is not None:
+            self.anchor.update(d, 1.0)
+            value = None if value is None else self.anchor.loss(value)
+        if with_loss:
+            self.counters["losses"] += 1
+        prepared = None
+        if grad is not None:
+            self.counters["gradients"] += 1
+            g_loss, norm = (float(x) for x in grad)
+            self.space.remember(out, norm=norm if math.isfinite(norm) else None, finite=math.isfinite(norm))
+            prepared = (g_loss, out)
+        elif out is not None:
+            self.space.release(out)
+        return _Snapshot(self.group, sid, anchor_before), value, True, prepared
 
     def lanczos_step(
         self,
@@ -133,6 +172,7 @@ class RayOracle:
         others: list[ShardedVector],
         tnorm: float,
         breakdown_tol: float,
+        watch: list[ShardedVector] = (),
     ) -> dict[str, Any]:
         """One fused Lanczos iteration on the workers (:mod:`dist_unlearn.distributed.fused`): one round trip.
 
@@ -140,8 +180,8 @@ class RayOracle:
         the matvec it was given is this oracle's :meth:`hvp`.
 
         Returns:
-            ``{"alpha", "beta", "coeffs", "breakdown", "next"}`` with ``next`` the handle of q_{j+1} (None on
-            breakdown or a non-finite beta).
+            ``{"alpha", "beta", "coeffs", "breakdown", "watch", "next"}`` with ``next`` the handle of q_{j+1}
+            (None on breakdown or a non-finite beta) and ``watch`` its dots with the ``watch`` vectors.
         """
         if self.hvp_hook is not None:
             self.hvp_hook(self.counters["hvps"])
@@ -157,6 +197,7 @@ class RayOracle:
                 out.id,
                 float(tnorm),
                 float(breakdown_tol),
+                [w.id for w in watch],
             )[0]
         )
         stored = reply["breakdown"] is False and np.isfinite(reply["beta"]) and np.isfinite(reply["alpha"])
@@ -173,18 +214,32 @@ class RayOracle:
             total.merge(s["cost"])
         return total
 
+    def trial_losses(self, steps: list[ShardedVector]) -> list[float]:
+        """L(w + d) for each step d, weights restored after each (one round trip; NaN for a non-finite
+        loss): the first adaptive step's candidates (:func:`dist_unlearn.methods.first_m.trial_losses`)."""
+        sid = next(self._snap_ids)
+        values = [float(v) for v in self.group.execute_all("trial_losses", [d.id for d in steps], sid)[0]]
+        self.counters["losses"] += len(steps)
+        if self.anchor is not None:  # L - c.(w + d - w_0) at each candidate
+            values = [
+                self.anchor.loss(v) - float(self.space.dot(self.anchor.c, d))
+                for v, d in zip(values, steps, strict=True)
+            ]
+        return values
+
+    # Weight updates, snapshots and samples return nothing the driver needs: posted (WorkerGroup.post_all).
     def apply_update(self, d: ShardedVector, scale: float = 1.0) -> None:
-        self.group.execute_all("apply_update", d.id, float(scale))
+        self.group.post_all("apply_update", d.id, float(scale))
         if self.anchor is not None:
             self.anchor.update(d, scale)
 
     def snapshot(self) -> Any:
         sid = next(self._snap_ids)
-        self.group.execute_all("snapshot", sid)
+        self.group.post_all("snapshot", sid)
         return _Snapshot(self.group, sid, None if self.anchor is None else self.anchor.value)
 
     def restore(self, snap: Any) -> None:
-        self.group.execute_all("restore", snap.sid)
+        self.group.post_all("restore", snap.sid)
         if self.anchor is not None and snap.anchor_value is not None:
             self.anchor.value = snap.anchor_value
 
@@ -195,26 +250,23 @@ class RayOracle:
 
     def use_rows(self, grad_rows: list[int] | None, hvp_rows: list[int] | None) -> None:
         """Fix the gradient / loss rows and the HVP rows (global row ids, None: every row) on all ranks
-        until the next :meth:`resample`; each rank reads its share ``rows[rank::W]`` of them."""
-        self.group.execute_all(
+        until the next :meth:`resample`; each rank reads its share of them (posted)."""
+        self.group.post_all(
             "resample",
             None if grad_rows is None else [int(i) for i in grad_rows],
             None if hvp_rows is None else [int(i) for i in hvp_rows],
         )
 
     def resample(self, seed: int | None) -> None:
-        """Draw fixed gradient / HVP row samples (same on all ranks); None: all rows."""
+        """Draw fixed gradient / HVP row samples (same on all ranks, and the rows ``LocalOracle.resample``
+        draws for the seed: :func:`dist_unlearn.curvature.sample.draw_samples`); None: all rows."""
+        from dist_unlearn.curvature.sample import draw_samples
+
         if seed is None or (self.grad_batch_size is None and self.hvp_batch_size is None):
-            self.group.execute_all("resample", None, None)
+            self.group.post_all("resample", None, None)
             return
-        rng = np.random.default_rng(seed)
-
-        def draw(b: int | None) -> list[int] | None:
-            if b is None or b >= self.num_rows:
-                return None
-            return sorted(int(i) for i in rng.choice(self.num_rows, size=b, replace=False))
-
-        self.group.execute_all("resample", draw(self.grad_batch_size), draw(self.hvp_batch_size))
+        grad_rows, hvp_rows = draw_samples(self.num_rows, self.grad_batch_size, self.hvp_batch_size, seed)
+        self.group.post_all("resample", grad_rows, hvp_rows)
 
 
 class _Snapshot:

@@ -33,6 +33,9 @@ OUTER_STEP_CALLS = (
     "retain_sample_losses",
     "save_vector",
     "load_vector",
+    "try_step",
+    "trial_losses",
+    "finish",
 )
 """Worker calls made once per outer step or trial point (loss, gradient, update, snapshots, checkpoints), not
 per Lanczos iteration: the first-M search and ARC trials add these, the fused iteration does not."""
@@ -152,13 +155,19 @@ def engine_stats(run: EngineRun, out_model: Any) -> dict[str, Any]:
             "allreduce_s": max(w["allreduce_s"] for w in ws),
             "coordinator_s": coordinator_s,
             "coordinator_share": coordinator_s / max(run_s, 1e-12),
-            "driver_round_trips": m["calls"],
-            # the solve's driver calls (all but the outer step's OUTER_STEP_CALLS) per Lanczos iteration
-            # (one HVP = one iteration), and every driver call of the run per HVP
-            "driver_round_trips_per_lanczos_iteration": (m["calls"] - m["outer_calls"]) / m["hvps"],
-            "driver_round_trips_per_hvp_whole_run": m["calls"] / m["hvps"],
+            # Round trips = driver calls it waited for. The whole run (method and final gather) per Lanczos
+            # iteration (one HVP = one iteration); posted calls (vector updates, snapshots, checkpoints)
+            # run on the workers before the next round trip and are counted apart.
+            "driver_round_trips": m["whole_run_calls"],
+            "driver_round_trips_per_lanczos_iteration": m["whole_run_calls"] / m["hvps"],
+            "round_trips_by_call": m["whole_run_by_call"],
+            "posted_calls": m["posted"],
+            "posted_calls_by_call": m["posted_by_call"],
+            # the method alone (no final gather), and its solve part (all but OUTER_STEP_CALLS)
+            "driver_round_trips_per_hvp_method": m["calls"] / m["hvps"],
+            "driver_round_trips_per_lanczos_iteration_solve_only": (m["calls"] - m["outer_calls"])
+            / m["hvps"],
             "outer_step_round_trips": m["outer_calls"],
-            "round_trips_by_call": m["by_call"],
             "worker_wait_s": wait_s,
             "setup_s": run.times["setup_s"],
             "gather_s": run.times["gather_s"],

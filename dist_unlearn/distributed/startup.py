@@ -80,6 +80,7 @@ def build_group(
         raise DataError("the distributed engine needs the retain set: pass retain=<Dataset or DataLoader>.")
     if isinstance(retain, DataLoader):
         collate_fn = collate_fn or retain.collate_fn
+        batch_size = batch_size or retain.batch_size  # the in-process oracle's micro-batch too
         retain = retain.dataset
     try:
         num_rows = len(retain)
@@ -101,7 +102,8 @@ def build_group(
         "seed": seed,
         "collate_fn": cloudpickle.dumps(collate_fn) if collate_fn is not None else None,
         "model_path": model_path,
-        "model_kwargs": dict(model_kwargs or {}),
+        # by value (a factory defined in the caller's script must reach the workers): decoded in setup
+        "model_kwargs": cloudpickle.dumps(dict(model_kwargs or {})),
         "fd_eps": fd_eps,
         "objective": objective,
         "gradient": gradient,
@@ -113,7 +115,7 @@ def build_group(
     parts = {"retain": retain, "forget": dataset_of(forget), "calibration": dataset_of(calibration)}
     group = WorkerGroup(num_workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker)
     try:
-        group.setup(spec, model_blob, loss_blob, cloudpickle.dumps(parts))
+        group.setup_info = group.setup(spec, model_blob, loss_blob, cloudpickle.dumps(parts))
         if hvp_rows is not None:
             group.execute_all("resample", None, list(hvp_rows))
     except BaseException:

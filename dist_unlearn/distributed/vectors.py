@@ -24,9 +24,12 @@ class VectorStore:
     """
 
     # ------------------------------------------------------------------ collectives
-    def _allreduce(self, t):
+    def _allreduce(self, t, op: str = "sum"):
         t0 = time.perf_counter()
-        self.dist.all_reduce(t)
+        if op == "max":
+            self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        else:
+            self.dist.all_reduce(t)
         self.timer.comm += time.perf_counter() - t0
         if t.numel() <= SCALAR_ALLREDUCE_MAX:  # counted: the bench and the cost model use it
             self.counters["scalar_allreduces"] = self.counters.get("scalar_allreduces", 0) + 1
@@ -58,18 +61,11 @@ class VectorStore:
         return float(self._allreduce(t)[0])
 
     def dot(self, a: int, b: int) -> float:
-        import torch
-
-        x, y = self.vecs[a], self.vecs[b]
-        return self.scalar(float(torch.dot(x.double(), y.double())))
+        return self._dots_local(self.vecs[a], [self.vecs[b]])[0]
 
     def dots(self, a: int, bs: list[int]) -> list[float]:
-        """Several dot products with one all-reduce (for re-orthogonalisation)."""
-        import torch
-
-        x = self.vecs[a].double()
-        t = torch.stack([torch.dot(x, self.vecs[b].double()) for b in bs])
-        return [float(v) for v in self._allreduce(t)]
+        """Several dot products with one max and one sum all-reduce (for re-orthogonalisation)."""
+        return self._dots_local(self.vecs[a], [self.vecs[b] for b in bs])
 
     def axpy(self, a: float, x: int, y: int) -> None:
         self.vecs[y].add_(self.vecs[x], alpha=float(a))
@@ -89,23 +85,49 @@ class VectorStore:
         self.vecs[out] = self._lincomb_local(coeffs, [self.vecs[x] for x in xs])
 
     def _lincomb_local(self, coeffs: list[float], tensors: list[Any]):
-        """sum_i c_i t_i accumulated in float64, returned as float32 (the same arithmetic as TensorSpace)."""
-        import torch
+        """sum_i c_i t_i accumulated in float64, returned as float32: the arithmetic of
+        :class:`~dist_unlearn.linalg.TensorSpace`
+        (:func:`~dist_unlearn.linalg.tensor_space.lincomb_tensor`)."""
+        from dist_unlearn.linalg.tensor_space import lincomb_tensor
 
-        acc = torch.zeros(self.local_len, dtype=torch.float64, device=self.device)
-        for c, t in zip(coeffs, tensors, strict=True):
-            acc.add_(t.double(), alpha=float(c))
-        return acc.float()
+        return lincomb_tensor([float(c) for c in coeffs], tensors).float()
 
     def _dots_local(self, x, ys: list[Any]) -> list[float]:
-        """[x . y for y in ys] over all ranks: local float64 dots and one all-reduce."""
+        """[x . y for y in ys] over all ranks, reproducibly (:mod:`~dist_unlearn.linalg.exact_dot`, the
+        arithmetic of :class:`~dist_unlearn.linalg.TensorSpace`): the global max |x_i y_i| of each product by
+        one max all-reduce, then this rank's exact level sums by one sum all-reduce."""
         import torch
+
+        from dist_unlearn.linalg.exact_dot import combine_levels, dot_level_sums, max_abs_product
 
         if not ys:
             return []
-        xd = x.double()
-        t = torch.stack([torch.dot(xd, y.double()) for y in ys])
-        return [float(v) for v in self._allreduce(t)]
+        local_max = [max_abs_product(x, y) for y in ys]
+        maxes = self._allreduce(torch.tensor(local_max, dtype=torch.float64, device=self.device), op="max")
+        sums = torch.stack(
+            [dot_level_sums(x, y, float(m), self.n) for y, m in zip(ys, maxes.cpu(), strict=True)]
+        )
+        sums = self._allreduce(sums.to(self.device)).cpu()
+        return [combine_levels(s) for s in sums]
+
+    def orthonormal_start(self, v0: int, locked: list[int], watch: list[int], out: int) -> tuple[float, list]:
+        """v0 projected twice off the ``locked`` vectors, normalised into ``out``; returns (its norm before
+        normalising, dots of the result with ``watch``). The arithmetic of the op-by-op path of
+        :class:`~dist_unlearn.solvers.LanczosProcess` (copy, dots + lincomb twice, norm, scale)."""
+        import math
+
+        start = self.vecs[v0].clone()
+        basis = [self.vecs[i] for i in locked]
+        for _ in range(2):
+            coeffs = self._dots_local(start, basis)
+            start = self._lincomb_local([1.0, *(-float(c) for c in coeffs)], [start, *basis])
+        sq = self._dots_local(start, [start])[0]
+        norm = math.sqrt(max(sq, 0.0)) if math.isfinite(sq) else sq
+        if not (math.isfinite(norm) and norm > 0.0):
+            return norm, []
+        q = self._lincomb_local([1.0 / norm], [start])
+        self.vecs[out] = q
+        return norm, self._dots_local(q, [self.vecs[i] for i in watch]) if watch else []
 
     def is_finite(self, x: int) -> bool:
         import torch
@@ -166,15 +188,22 @@ class VectorStore:
         }
 
     def random_like(self, out: int, seed: int, kind: str = "normal") -> None:
-        """A random shard (standard normal or Rademacher) drawn from (seed, rank): a random full vector.
-
-        The padding entries (mask False) are zero so the vector has exactly ``n`` real entries.
-        """
+        """This rank's shard of the random vector :meth:`TensorSpace.random_like` draws (standard normal or
+        Rademacher, parameter by parameter from (seed, parameter index): the same vector in-process and for
+        any number of ranks). The padding entries (mask False) are zero."""
         import torch
 
-        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + self.rank)
-        if kind == "rademacher":
-            r = torch.randint(0, 2, (self.local_len,), generator=gen).float() * 2 - 1
+        from dist_unlearn.linalg.tensor_space import random_part
+
+        if self.stage == 3:
+            pieces = []
+            for i, (p, size) in enumerate(zip(self.params, self.sizes, strict=True)):
+                full = torch.zeros(size * self.world_size, dtype=torch.float64)
+                full[: int(p.ds_numel)] = random_part(seed, i, int(p.ds_numel), kind)
+                pieces.append(full[self.rank * size : (self.rank + 1) * size])
+            r = torch.cat(pieces)
         else:
-            r = torch.randn(self.local_len, generator=gen, dtype=torch.float32)
-        self.vecs[out] = (r.to(self.device) * self.mask).contiguous()
+            full = torch.cat([random_part(seed, i, p.numel(), kind) for i, p in enumerate(self.params)])
+            r = torch.zeros(self.local_len, dtype=torch.float64)
+            r[: self.hi - self.lo] = full[self.lo : self.hi]
+        self.vecs[out] = (r.float().to(self.device) * self.mask).contiguous()

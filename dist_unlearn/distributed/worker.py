@@ -28,6 +28,7 @@ import numpy as np
 from dist_unlearn.distributed.fused import FusedLanczos
 from dist_unlearn.distributed.hvp import GradHVP
 from dist_unlearn.distributed.objective import ObjectiveParts
+from dist_unlearn.distributed.sums import Float64Sums
 from dist_unlearn.distributed.vectors import VectorStore
 
 
@@ -37,7 +38,7 @@ class _Timer:
         self.comm = 0.0
 
 
-class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
+class DistWorker(VectorStore, GradHVP, Float64Sums, FusedLanczos, ObjectiveParts):
     """The Ray actor body (``ray.remote``-wrapped by :class:`~dist_unlearn.distributed.group.WorkerGroup`).
 
     Args:
@@ -113,6 +114,8 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
         import deepspeed
         import torch
 
+        spec = {**spec, "model_kwargs": cloudpickle.loads(spec["model_kwargs"])}
+
         # DeepSpeed would JIT-compile its shared-memory CPU all-reduce (tens of seconds per rank); we call
         # torch.distributed directly, so skip it.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -130,12 +133,11 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
         self.collate_fn = cloudpickle.loads(spec["collate_fn"]) if spec.get("collate_fn") else None
         torch.manual_seed(int(spec.get("seed", 0)))
 
-        if model_blob is not None:
-            model = cloudpickle.loads(model_blob)
-        else:
-            from dist_unlearn.models import load_model
+        from dist_unlearn.distributed.loading import build_model
 
-            model = load_model(spec["model_path"], **spec.get("model_kwargs", {}))
+        model = build_model(model_blob, spec)  # ZeRO-3 from a path: partitioned from the start
+        # every parameter already a ZeRO-3 partition (built under deepspeed.zero.Init)?
+        self.partitioned_at_load = all(hasattr(p, "ds_id") for p in model.parameters())
         # the pickled model is not kept on the workers: save_output gets it again from the object store
         self._model_spec = spec
         if loss_blob is not None:
@@ -145,6 +147,10 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
 
             self.loss_fn = default_loss_fn(model)
         model.eval()  # dropout off: the oracle must be deterministic
+        if self.hvp_mode == "exact":  # double backward through attention, as the in-process oracle does
+            from dist_unlearn.curvature.attention import ensure_double_backward_attention
+
+            ensure_double_backward_attention(model)
         model.to(self.device)
         self.param_names = [n for n, p in model.named_parameters() if p.requires_grad]
         params = [p for p in model.parameters() if p.requires_grad]
@@ -157,13 +163,16 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
         optimizer = torch.optim.SGD(params, lr=0.0)  # never stepped: ZeRO needs one to partition grads
         from dist_unlearn.distributed.dsconfig import with_zero3_buffers
 
-        ds_config = with_zero3_buffers(spec["ds_config"], sum(p.numel() for p in params))
+        numel = sum(int(getattr(p, "ds_numel", p.numel())) for p in params)  # partitioned: ds_numel
+        ds_config = with_zero3_buffers(spec["ds_config"], numel)
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.engine = engine
         self.module = engine.module
         self.module.eval()
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self._layout()
+        if self.stage == 3:
+            self._install_z3_hooks()  # float64 gradient sums (distributed.sums)
 
         data = cloudpickle.loads(data_blob)
         parts = data if isinstance(data, dict) else {"retain": data}
@@ -173,8 +182,9 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
         return {
             "num_params": self.n,
             "local_len": self.local_len,
-            "local_rows": len(self.shard_rows),
+            "local_rows": self._mine(self.all_rows),
             "rows": self.num_rows,
+            "partitioned_at_load": self.partitioned_at_load,
         }
 
     def _layout(self) -> None:
@@ -223,7 +233,6 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
         self.num_rows = len(data)
         self.all_rows = np.arange(self.num_rows)
         self.grad_rows = self.hvp_rows = self.all_rows
-        self.shard_rows = self.all_rows[self.rank :: self.world_size]
 
     def resample(self, grad_rows: list[int] | None, hvp_rows: list[int] | None) -> None:
         """Fix the gradient / HVP samples (global row indices, identical on every rank)."""
@@ -286,6 +295,23 @@ class DistWorker(VectorStore, GradHVP, FusedLanczos, ObjectiveParts):
 
         path = str(save_model(model, out_dir))
         return (path, sd) if return_state else path
+
+    def finish(self, out_dir: str | None, model_ref: list | None, final_loss: str | None) -> dict[str, Any]:
+        """The end of a run in one call: the final loss (``final_loss`` "retain": L_r alone; "loss": L on all
+        rows after the stochastic variant's samples), the consolidated weights (rank 0: the state dict, or
+        (path, state dict) when ``out_dir`` is given, see :meth:`save_output`), and this rank's stats."""
+        out: dict[str, Any] = {}
+        if final_loss == "retain":
+            out["loss"] = self.retain_loss()
+        elif final_loss == "loss":
+            self.resample(None, None)
+            out["loss"] = self.loss()
+        if out_dir is not None:
+            out["output"] = self.save_output(out_dir, model_ref, return_state=True)
+        else:
+            out["output"] = self.state_dict_numpy()
+        out["stats"] = self.stats()
+        return out
 
     def stats(self) -> dict[str, Any]:
         import resource

@@ -36,7 +36,7 @@ from dist_unlearn.errors import NumericalError
 from dist_unlearn.linalg import Vector
 from dist_unlearn.methods.base import OuterLoopState, StepCallback
 from dist_unlearn.methods.budget import PassBudget, budget_stop
-from dist_unlearn.methods.first_m import search_first_M, trial_loss
+from dist_unlearn.methods.first_m import search_first_M, try_step
 from dist_unlearn.methods.proposal import InitialM, Resolve, Solve
 from dist_unlearn.methods.step_log import count, progress_bar, record_step, watch_hvps
 from dist_unlearn.options import UnlearnOptions
@@ -47,11 +47,12 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def _evaluate(oracle: CurvatureOracle, good: Any, k: int) -> tuple[float, Vector]:
-    """(L, g) at the current weights; on NaN/inf restore ``good`` (if any) and raise NumericalError."""
+def _evaluate(oracle: CurvatureOracle, good: Any, k: int, ready: Any = None) -> tuple[float, Vector]:
+    """(L, g) at the current weights (``ready``: already evaluated there by the trial call); on NaN/inf
+    restore ``good`` (if any) and raise NumericalError."""
     err: Exception | None = None
     try:
-        loss, g = oracle.loss_and_gradient()
+        loss, g = ready if ready is not None else oracle.loss_and_gradient()
     except NumericalError as e:
         err = e
     else:
@@ -111,6 +112,7 @@ def run_outer_loop(
     good: Any = None  # snapshot of the weights before the last applied update (the last good point)
     cached: tuple[float, Vector] | None = None  # (L, g) kept across a rejection (same weights and sample)
     krylov: Any = None  # the Krylov space of the current point, kept across a rejection
+    ready: tuple[float, Vector] | None = None  # (L, g) the trial call already evaluated at the new point
     state.finished = False
     try:
         while True:
@@ -127,7 +129,8 @@ def run_outer_loop(
             else:
                 if stochastic:
                     oracle.resample(state.seed + k)
-                loss, g = _evaluate(oracle, good, k)
+                loss, g = _evaluate(oracle, good, k, ready)
+                ready = None
             good = None
             gnorm = space.norm(g)
             state.final_loss, state.final_grad_norm = loss, gnorm
@@ -166,18 +169,25 @@ def run_outer_loop(
                 ) from e
             if prop.krylov is not None:
                 krylov = prop.krylov
-            if not space.is_finite(prop.step) or not math.isfinite(prop.step_norm):
+            finite, prepared = math.isfinite(prop.step_norm), None
+            if finite:  # snapshot, apply and (ARC) the trial loss: one round trip on the engine
+                # the engine also evaluates the next gradient where ARC accepts (no stop rule, no new sample)
+                arc = None
+                if adaptive and rule is None and not stochastic:
+                    arc = (loss, -prop.model_value, options.arc_eta1, trial)
+                good, value, finite, prepared = try_step(
+                    oracle, prop.step, with_loss=adaptive and trial is None, arc=arc
+                )
+            if not finite:
                 _release_krylov(krylov)
                 raise NumericalError(
                     f"{method}: the proposed step at outer step {k} has non-finite entries; the weights are "
                     "those of the last good point."
                 )
-            good = oracle.snapshot()
-            oracle.apply_update(prop.step)
             accepted, rho = True, None
             if adaptive:
                 if trial is None:
-                    trial = trial_loss(oracle)
+                    trial = value
                 predicted = -prop.model_value
                 if not predicted > 0:
                     oracle.restore(good)
@@ -221,6 +231,11 @@ def run_outer_loop(
             if cached is None:
                 space.release(g)
                 krylov = _release_krylov(krylov)
+            if prepared is not None:  # (L, g) at the accepted point, for the next outer step
+                if accepted and cached is None:
+                    ready = prepared
+                else:
+                    space.release(prepared[1])
             if accepted:
                 state.max_step_norm = max(state.max_step_norm, float(prop.step_norm))
             record_step(

@@ -44,6 +44,10 @@ from dist_unlearn.solvers.results import LanczosResult
 DEFAULT_BREAKDOWN_TOL = 1e-10
 """beta_k <= tol * ||T||_est counts as an invariant subspace (relative to the largest |alpha|+|beta| seen)."""
 
+LOCKED_SPAN_RTOL = 1e-10
+"""A start vector projected off the locked vectors to below this share of its length was inside their span
+(what is left is rounding noise): the locked block spans the whole space and a new block has nowhere to go."""
+
 
 class LanczosProcess:
     """One Lanczos run, advanced one matvec at a time by :meth:`step` (used by every Krylov solver here).
@@ -58,6 +62,8 @@ class LanczosProcess:
         v0_norm: |v0| when the caller already has it (saves one op).
         locked: vectors (orthonormal) the new basis must stay orthogonal to (restart of a second block).
         what: name of v0 in error messages.
+        watch: vectors whose dots with every basis vector are recorded in :attr:`watched` (row j: q_{j+1};
+            computed inside the fused iteration on a sharded oracle, so they cost no extra round trip).
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class LanczosProcess:
         v0_norm: float | None = None,
         locked: Sequence[Vector] = (),
         what: str = "v0",
+        watch: Sequence[Vector] = (),
     ) -> None:
         self.matvec = matvec
         self.space = space
@@ -83,23 +90,43 @@ class LanczosProcess:
         self.betas: list[float] = []
         self.breakdown = False
         self._tnorm = 0.0
-        start = v0
-        if (
-            self.locked
-        ):  # project v0 off the locked vectors (twice: classical Gram-Schmidt, "twice is enough")
-            start = space.copy(v0)
-            for _ in range(2):
-                coeffs = many_dots(space, start, self.locked)
-                start = subtract(space, start, coeffs, self.locked)
-            v0_norm = None
-        norm = vector_norm(space, start, what) if v0_norm is None else v0_norm
-        if norm == 0.0:
-            raise NumericalError(
-                f"Lanczos start vector {what} is zero (after projection); it must be nonzero."
-            )
-        self.q: Vector = combine(space, [1.0 / norm], [start])
-        if start is not v0:
-            space.release(start)
+        self.watch = list(watch)
+        self.watched: list[list[float]] = []  # row j: dots of q_{j+1} with the watch vectors
+        start_block = getattr(space, "orthonormal_start", None) if self.locked else None
+        if start_block is not None:  # the space does the projection below in one call (a sharded space)
+            q, norm, watched = start_block(v0, self.locked, self.watch)
+            if not math.isfinite(norm):
+                raise NumericalError(f"{what} has non-finite entries (NaN or inf); it must be finite.")
+            if norm == 0.0:
+                raise NumericalError(
+                    f"Lanczos start vector {what} is zero (after projection); it must be nonzero."
+                )
+            self.q: Vector = q
+            if self.watch:
+                self.watched.append([float(x) for x in watched])
+        else:
+            start = v0
+            before = v0_norm
+            if self.locked:  # project v0 off the locked vectors (twice: "twice is enough")
+                before = vector_norm(space, v0, what) if before is None else before
+                start = space.copy(v0)
+                for _ in range(2):
+                    coeffs = many_dots(space, start, self.locked)
+                    start = subtract(space, start, coeffs, self.locked)
+                v0_norm = None
+            norm = vector_norm(space, start, what) if v0_norm is None else v0_norm
+            # what is left of v0 after the projection is rounding noise: the locked vectors span the space
+            if norm == 0.0 or (self.locked and norm <= LOCKED_SPAN_RTOL * before):
+                if start is not v0:
+                    space.release(start)
+                raise NumericalError(
+                    f"Lanczos start vector {what} is zero (after projection); it must be nonzero."
+                )
+            self.q = combine(space, [1.0 / norm], [start])
+            if start is not v0:
+                space.release(start)
+            if self.watch:
+                self.watched.append(many_dots(space, self.q, self.watch))
         self.q_prev: Vector | None = None
         self.basis: list[Vector] | None = [self.q] if self.keep_basis else None
         self.coupling: list[float] = []  # dots of each H q_j with locked[-1] (restart blocks only)
@@ -152,6 +179,8 @@ class LanczosProcess:
             space.release(w)
             return
         space.scale(1.0 / beta, w)
+        if self.watch:
+            self.watched.append(many_dots(space, w, self.watch))
         if not self.keep_basis and self.q_prev is not None:
             space.release(self.q_prev)
         self.q_prev, self.q = q, w
@@ -162,7 +191,7 @@ class LanczosProcess:
         """The same iteration as :meth:`step`, done by the matvec's owner in one call (sharded oracles)."""
         others = (self.locked + self.basis) if self.reorthogonalize else []  # type: ignore[operator]
         beta_prev = self.betas[-1] if self.betas else 0.0
-        r = fused(self.q, self.q_prev, beta_prev, others, self._tnorm, self.breakdown_tol)
+        r = fused(self.q, self.q_prev, beta_prev, others, self._tnorm, self.breakdown_tol, self.watch)
         alpha, beta = float(r["alpha"]), float(r["beta"])
         if not (math.isfinite(alpha) and math.isfinite(beta)):
             raise NumericalError(
@@ -178,6 +207,8 @@ class LanczosProcess:
             self.breakdown = True
             return
         w = r["next"]
+        if self.watch:
+            self.watched.append([float(x) for x in r["watch"]])
         if not self.keep_basis and self.q_prev is not None:
             self.space.release(self.q_prev)
         self.q_prev, self.q = self.q, w
