@@ -11,6 +11,7 @@ import torch
 
 from dist_unlearn.errors import ConfigError, DataError, ModelError, OutputError
 from dist_unlearn.job import parse_job, run_job
+from dist_unlearn.eval.subject_verdict import JOB_STATUSES
 
 QA = "Question: {prompt}\nAnswer:"
 
@@ -343,7 +344,7 @@ def test_in_process_job_writes_a_loadable_model_and_a_complete_audit(lm, tmp_pat
         for key in ("forget_loss", "retain_loss", "holdout_loss", "forget_vs_holdout_auc", "ks_pvalue"):
             assert isinstance(ev[key], float), (when, key)
         assert len(a["evidence"]["per_example_losses"][when]["forget"]) == 3
-    assert a["verdict"]["status"] in ("forgotten", "partially_forgotten", "not_forgotten")
+    assert a["verdict"]["status"] in JOB_STATUSES  # 3 forget rows, a small holdout: "undecided" is valid
     assert a["verdict"]["aggregate"]["thresholds"]["auc_tolerance"] == 0.1
     for key in ("torch", "transformers", "deepspeed", "ray"):
         assert a["provenance"]["versions"][key]

@@ -39,20 +39,21 @@ FIRST_ORDER = ("npo", "grad_diff")
 
 
 def methods() -> dict[str, tuple[str, dict[str, Any]]]:
-    """label -> (registered method, options): the job's default; first-order NPO, GradDiff and match_unseen
-    at their ``unlearn()`` defaults; CureNewton on the match_unseen objective, and with a fresh Krylov solve
-    at every step (no curvature reuse). Each gets the stop rule's rows (:meth:`Case.options`)."""
+    """label -> (registered method, options): the job's default; first-order NPO and GradDiff at their
+    ``unlearn()`` defaults; CureNewton on the default's objective (match_unseen) with the default's stop
+    settings, with its curvature kept across steps and with a fresh Krylov solve at every step. Each gets the
+    stop rule's rows (:meth:`Case.options`)."""
     from dist_unlearn.job.config import DEFAULT_METHOD
 
     default = {k: v for k, v in DEFAULT_METHOD.items() if k != "name"}
-    cure = DEFAULT_METHOD["name"]
+    stop = {k: v for k, v in default.items() if k in ("stop_within", "retain_tolerance")}
+    cure = {**stop, "objective": "match_unseen", "krylov_max_iter": 10}
     return {
-        "default": (cure, default),
+        "default": (DEFAULT_METHOD["name"], default),
         "npo": ("npo", {}),
         "grad_diff": ("grad_diff", {}),
-        "match_unseen": ("match_unseen", {}),
-        "cure_match_unseen": (cure, {**default, "objective": "match_unseen"}),
-        "default_fresh": (cure, {**default, "reuse_curvature": False}),
+        "cure_match_unseen": ("cure_newton", cure),
+        "cure_match_unseen_fresh": ("cure_newton", {**cure, "reuse_curvature": False}),
     }
 
 

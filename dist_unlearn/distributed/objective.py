@@ -1,4 +1,4 @@
-r"""The worker's data parts and the objective it differentiates (the engine side of issue 8).
+r"""The worker's data parts and the objective it differentiates.
 
 A worker holds row shards of up to three data sets, all sharded the same way (rank r takes rows r, r + W, ...
 of each):

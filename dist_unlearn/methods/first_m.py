@@ -1,4 +1,4 @@
-"""The first adaptive step's M: a geometric range of M tried on one Krylov space (issue 7).
+"""The first adaptive step's M: a geometric range of M tried on one Krylov space.
 
 Each candidate is re-solved on the stored space (no HVP) and judged by one loss evaluation, so the first
 step makes real progress instead of the tiny gradient steps a conservative M0 gives.

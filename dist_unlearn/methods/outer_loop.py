@@ -11,14 +11,14 @@ Each outer iteration k at weights w_k:
    rejected when rho_k < eta1 (weights restored from ``oracle.snapshot()``, M grown), M shrunk when
    rho_k >= eta2 (see :mod:`dist_unlearn.methods.cure_newton` for the maths).
 
-Cheap solves (issue 7): after a rejection the point, the sample and hence the Krylov space are unchanged, so
+Cheap solves: after a rejection the point, the sample and hence the Krylov space are unchanged, so
 the new M is solved on the stored tridiagonal T and basis (``resolve``, no HVP). The first adaptive step
 tries a geometric range of M on its Krylov space (``first_M_tries``; one loss evaluation each, no HVP) and
 keeps the one with the largest actual decrease among those with rho >= eta1. The loop also stops when
 |g_k| <= ``grad_rtol`` |g_0| ("converged") or when an accepted step is shorter than ``step_rtol`` times the
 longest accepted one ("stalled": the model stopped changing).
 
-Forgetting stop rule (issue 8): when the oracle carries a ``stop_rule``
+Forgetting stop rule: when the oracle carries a ``stop_rule``
 (:class:`dist_unlearn.stopping.ForgetStopRule`), it judges the weights as given and each step ARC accepted
 by the forget-vs-calibration loss AUC: indistinguishable stops the run ("forgotten"); an overshoot (forget
 rows now fitted worse than unseen data) is rejected like an ARC rejection, with M grown from the step's M
