@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dist_unlearn.errors import ConfigError, DataError, ModelError, OutputError
-from dist_unlearn.job import parse_job, run_job
 from dist_unlearn.eval.subject_verdict import JOB_STATUSES
+from dist_unlearn.job import parse_job, run_job
 
 QA = "Question: {prompt}\nAnswer:"
 
