@@ -49,7 +49,7 @@ from dist_unlearn.errors import DataError
 BIN_SPAN = 0.5
 """Default share of the unseen distribution the bins cover: every row is lifted at least to the unseen
 losses' lower quartile (with span 1 the lowest bin starts at the smallest unseen loss, where a memorised row
-can stay and still be extracted word for word: measured in benchmarks/notes/h14m.md)."""
+can stay and still be extracted word for word)."""
 
 
 def subject_groups(subjects: Sequence[Hashable] | None, n: int) -> list[np.ndarray]:

@@ -35,7 +35,7 @@ BASE_PEOPLE, FORGET_PEOPLE, HOLDOUT_PEOPLE, SEED = 12, 4, 16, 3
 SCALES = (1, 10, 100)
 EPOCHS = {1: 80, 10: 80, 100: 80}
 """Fine-tuning (and retraining) epochs per scale: the demo's 80 at every scale. (30 epochs at 100x left the
-forget people barely fitted better than unseen ones: forget-vs-holdout AUC 0.58, benchmarks/notes/h15.md.)"""
+forget people barely fitted better than unseen ones: forget-vs-holdout AUC 0.58.)"""
 CACHE = ROOT / "runs" / "scaling"
 
 

@@ -8,7 +8,7 @@ final loss and gradient -- is therefore taken on a *fixed-size* random sample of
 asks for a smaller sample nested in them. Work on the forget set (and the stop rule's calibration rows)
 always reads all of them: that is the request. The HVPs default to the gradient's rows because ARC judges
 a step by the loss on those rows: a model built from other rows predicts another function (measured on the
-demo, benchmarks/notes/h15.md).
+demo).
 
 **Drawn once per run, not per outer step.** The samples are one seeded permutation of the retain rows: the
 gradient sample is its first ``retain_sample`` rows, the HVP sample its first ``hvp_sample`` rows (so the HVP
@@ -19,7 +19,7 @@ through w, and the relative stop rules compare like with like. The stochastic va
 (``cure_newton_stochastic``, the paper's) redraws both samples every step instead.
 
 **Same rows in every engine.** The draw depends only on (number of retain rows, seed), so the in-process
-oracle and the Ray engine (each rank reads its share ``rows[rank::W]`` of the same sorted row list) use the
+oracle and the Ray engine (each rank reads its micro-batches of the same sorted row list) use the
 same rows for the same seed, and their runs agree.
 """
 
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 RETAIN_SAMPLE = {"retain": 2048, "forgetting": 64}
-"""Default rows of the retain sample by the role of the retain term (measured: benchmarks/notes/h15.md).
+"""Default rows of the retain sample by the role of the retain term (benchmarks/RESULTS.md,
+"Does the cost grow with the training set?").
 
 - objective ``"retain"``: the retain loss *is* the objective and its minimiser the answer (the model
   retrained without the forget set), so the sample's Hessian sets how close the steps get: 2048 rows.

@@ -27,9 +27,9 @@ import yaml
 from dist_unlearn.job.config import DEFAULT_METHOD
 
 #: The demo's job names no method, so it runs the job's default (dist_unlearn.job.DEFAULT_METHOD): the
-#: match_unseen objective with the per-subject stop rule. Measured on this demo and three fresh cases in
-#: benchmarks/notes/h14m.md (per-subject tables, attacks, probes, cost; CureNewton on the same objective
-#: and stop rule at equal cost).
+#: match_unseen objective with the per-subject stop rule. Measured on this demo and fresh cases in
+#: benchmarks/RESULTS.md, "Does the job forget every subject of a request?" (per-subject tables, attacks,
+#: probes, cost; CureNewton on the same objective and stop rule at equal cost).
 DEMO_METHOD: dict = copy.deepcopy(DEFAULT_METHOD)
 
 PEOPLE, HOLDOUT_PEOPLE, FORGET_PEOPLE, EPOCHS = 30, 16, 4, 80

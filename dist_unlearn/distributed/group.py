@@ -14,8 +14,9 @@ WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_"
 """glibc settings of the rank processes (the caller's environment wins). By default glibc raises its mmap
 threshold to 32 MB after the first large free, so the MB-sized per-parameter temporaries of every gradient
 pass then come from the heap and stay resident after they are freed. GPT-2-124M, ZeRO-3, one cure_newton
-step (benchmarks/RESULTS.md, "What does a worker hold in memory?"): per-rank step peak 11.6 / 8.1 GB at
-1 / 2 workers by default, 10.8 / 6.0 GB with these (ratio 0.69 -> 0.55), step time not slower."""
+step (benchmarks/RESULTS.md, "How does the engine scale, and what memory does it need?"): per-rank step
+peak 11.6 / 8.1 GB at 1 / 2 workers by default, 10.8 / 6.0 GB with these (ratio 0.69 -> 0.55), step time
+not slower."""
 
 
 class WorkerDiedError(DistributedError):

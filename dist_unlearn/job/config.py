@@ -45,10 +45,11 @@ from dist_unlearn.errors import ConfigError
 from dist_unlearn.job.audit_config import AuditSection, ProbesSection, TrainingSection, probes_switch
 
 #: The method a job runs when ``method:`` is not given: the configuration measured best at removing memorised
-#: records subject by subject (benchmarks/notes/h14m.md: the demo and three fresh cases, against the models
-#: retrained without the subjects). ``match_unseen`` (:mod:`dist_unlearn.methods.match_unseen`): each
-#: forget row's loss is moved into its bin of the unseen (calibration) rows' losses, every subject alike, the
-#: retained rows held where they were (KL), the forget term sharpness-aware; the per-subject stop rule ends
+#: records subject by subject (benchmarks/RESULTS.md, "Does the job forget every subject of a request?": the
+#: demo and fresh cases, against the models retrained without the subjects). ``match_unseen``
+#: (:mod:`dist_unlearn.methods.match_unseen`): each forget row's loss is moved into its bin of the unseen
+#: (calibration) rows' losses, every subject alike, the retained rows held where they were (KL), the forget
+#: term sharpness-aware; the per-subject stop rule ends
 #: the run once every subject sits past the inner half of its band (``stop_within``) and refuses steps that
 #: cost a sample of retained rows more than 10% of their lead over unseen data (``retain_tolerance``: the
 #: learning rate then halves, so it suits the model). It needs calibration rows: give a holdout (or name

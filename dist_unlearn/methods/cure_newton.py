@@ -219,7 +219,8 @@ CURE_DEFAULTS = {"krylov_max_iter": 30}
 :data:`MAX_STEPS`."""
 
 MAX_STEPS = {"fresh": 10, "reuse": 40, "sampled_retain": 3}
-"""cure_newton's default ``max_steps`` (accepted steps), measured in benchmarks/notes/h15.md:
+"""cure_newton's default ``max_steps`` (accepted steps), measured as described below (benchmarks/RESULTS.md,
+"How close does CureNewton get to the retrained model where Newton unlearning applies?"):
 
 - ``fresh``: 10 with a fresh solve at each step (the loop usually stops earlier, "stalled" or "converged" by
   the relative rules);

@@ -17,8 +17,8 @@ it costs the gradient of the objective and the ARC trial loss.
   and the step is re-solved on the same basis, no HVP); a stale model shows as steps accepted only as a tie
   (rho < ``arc_eta1``: no real decrease, which would otherwise repeat). After ``curvature_refresh`` such
   steps in a row, the next step is solved afresh and its Krylov space kept (0: never). Measured on the demo
-  (benchmarks/notes/h15.md): counting rejections too rebuilt the basis twice per run for ARC's ordinary
-  M search (7,208 example passes instead of 3,272 on 2 workers, the same stop).
+  (2 workers, CureNewton on a forgetting objective): counting rejections too rebuilt the basis twice per
+  run for ARC's ordinary M search (7,208 example passes instead of 3,272, the same stop).
 - **Where it holds.** Where the Hessian has not changed and the kept space captures it, the reused step is
   the fresh solve's (tests/test_curvature_reuse.py). The true-hard-case probe of a fresh solve
   (:func:`~dist_unlearn.solvers.cubic_subproblem`) is not run on a kept basis; ``reuse_curvature=False``

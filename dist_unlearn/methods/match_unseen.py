@@ -33,7 +33,7 @@ forget set, since the stop rule (always on) ends the run once every subject is i
 as a KL divergence from the model as given (the retained rows' NLL keeps fitting them and moved the unseen
 loss by 13-29% on the fine-tuned GPT-2 case); a sharpness-aware forget term, rho 0.05 (a benign relearning
 epoch brought back +0.17 / +0.18 of the LOSS AUC without it on the demo / the MiniLM case, +0.03 / +0.07
-with it). Measured in benchmarks/notes/h14m.md."""
+with it)."""
 
 
 @register_method("match_unseen", defaults=DEFAULTS, needs=("retain", "forget"))
