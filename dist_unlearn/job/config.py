@@ -55,7 +55,7 @@ from dist_unlearn.job.audit_config import AuditSection, ProbesSection, TrainingS
 #: learning rate then halves, so it suits the model). It needs calibration rows: give a holdout (or name
 #: another method). CureNewton on the same objective and stop rule (``method: {name: cure_newton}``, the
 #: engine's route) cost far more on these cases for no better verdict (the equal-cost comparison is in the
-#: notes).
+#: same section).
 DEFAULT_METHOD: dict[str, Any] = {
     "name": "match_unseen",
     "stop_within": 0.5,
