@@ -10,7 +10,7 @@ estimated as the job does (the audit part's and the calibration part's never-see
 flagged is the empirical false-alarm rate (overall and per test), with a binomial 95% interval.
 
     python benchmarks/audit_calibration.py --out /tmp/audit_calibration --people 200 \
-        --json benchmarks/results/audit_calibration_h14.json
+        --json benchmarks/results/audit_calibration.json
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ and unlearned models (``benchmarks/audit_fresh_case.py``).
 
     python benchmarks/audit_family.py --demo runs/unlearn_demo/inputs --retrained /tmp/h14_ref/retrained \\
         --delivered runs/unlearn_demo/unlearned/model --fresh /tmp/h14_fresh --out /tmp/h14_fam \\
-        --json benchmarks/results/audit_family_h14.json
+        --json benchmarks/results/audit_family.json
 """
 
 from __future__ import annotations

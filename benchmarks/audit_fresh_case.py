@@ -11,7 +11,7 @@ labels too, saved with ``save_pretrained``; the holdout: reviews of other users,
 user would in job.yaml (default: first-order NPO, lr 2e-5, 5 epochs; the job's default CureNewton with
 exact HVPs on all 22.7M parameters did not finish in 25 minutes on the 2 shared cores).
 
-    python benchmarks/audit_fresh_case.py --out /tmp/fresh --json benchmarks/results/audit_fresh_case_h14.json
+    python benchmarks/audit_fresh_case.py --out /tmp/fresh --json benchmarks/results/audit_fresh_case.json
 """
 
 from __future__ import annotations

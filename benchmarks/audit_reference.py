@@ -9,7 +9,7 @@ unlearning job delivered (``--unlearned``). Prints the per-subject tables, attac
 writes one JSON with everything.
 
     python benchmarks/audit_reference.py --inputs runs/unlearn_demo/inputs --out /tmp/audit_reference \\
-        --unlearned runs/unlearn_demo/unlearned/model --json benchmarks/results/audit_reference_h14.json
+        --unlearned runs/unlearn_demo/unlearned/model --json benchmarks/results/audit_reference.json
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ the retrained model as given (:func:`dist_unlearn.job.audit_only.audit_model`). 
 Prints one table per case and writes ``<json>`` with every audit's summary (per-subject rows, attack AUCs,
 extraction, probes, cost against retraining).
 
-    python benchmarks/cases/run_cases.py --cases /tmp/cases --json benchmarks/results/h14m_cases.json
+    python benchmarks/cases/run_cases.py --cases /tmp/cases --json benchmarks/results/cases.json
     python benchmarks/cases/run_cases.py --cases /tmp/cases --case people_qa --route default --route npo
 """
 

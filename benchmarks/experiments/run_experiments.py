@@ -3,10 +3,10 @@
     python benchmarks/experiments/run_experiments.py                      # all of them
     python benchmarks/experiments/run_experiments.py digits_sample digits_class --threads 1
 
-Each name is a config in configs/ (digits_sample, digits_class, digits_sequential, minilm_sentiment,
-minilm_sentiment_class, tofu_gpt2, tofu_gpt2_lora). Outputs go to runs/<name>/ (results.json, report.md,
-models);
-the markdown tables to benchmarks/experiments/tables/<name>.md, the JSON summary next to them.
+Each name is a config in configs/experiments/ (digits_sample, digits_class, digits_sequential,
+minilm_sentiment, minilm_sentiment_class, tofu_gpt2, tofu_gpt2_lora). Outputs go to runs/<name>/
+(results.json, report.md, models); the markdown tables to benchmarks/experiments/tables/<name>.md, the
+JSON summary next to them.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     tables = ROOT / "benchmarks" / "experiments" / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     for name in args.names:
-        cfg_path = ROOT / "configs" / f"{name}.yaml"
+        cfg_path = ROOT / "configs" / "experiments" / f"{name}.yaml"
         cfg = load_config(cfg_path)
         t0 = time.perf_counter()
         results = run_experiment(cfg, out_dir=Path(args.out_root) / name, overwrite=args.overwrite)
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             f"Command: `python benchmarks/experiments/run_experiments.py {name}"
             + (f" --threads {args.threads}" if args.threads else "")
             + f"` (= `dist-unlearn run --config "
-            f"configs/{name}.yaml`). n_train={exp['n_train']}, forgotten={exp['n_forget_total']}, "
-            f"n_test={exp['n_test']}.",
+            f"configs/experiments/{name}.yaml`). n_train={exp['n_train']}, "
+            f"forgotten={exp['n_forget_total']}, n_test={exp['n_test']}.",
             "",
             table(results),
         ]
