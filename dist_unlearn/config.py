@@ -42,7 +42,7 @@ from dist_unlearn.errors import ConfigError, reject_unknown
 CURVATURE_METHODS = ("cure_newton", "cure_newton_stochastic", "damped_newton", "pinv_newton")
 
 
-class _Section(BaseModel):
+class ConfigSection(BaseModel):
     """Base of every section: unknown keys rejected with a suggestion before pydantic sees them."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -59,7 +59,7 @@ class _Section(BaseModel):
         return getattr(cls, "section", cls.__name__)
 
 
-class TaskConfig(_Section):
+class TaskConfig(ConfigSection):
     """Which task and its parameters (validated by the task's own schema, see ``dist_unlearn.tasks``)."""
 
     section: ClassVar[str] = "task"
@@ -67,7 +67,7 @@ class TaskConfig(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class TrainConfig(_Section):
+class TrainConfig(ConfigSection):
     """How the original model (and the retrained oracle) are trained. ``None`` = the task's default."""
 
     section: ClassVar[str] = "train"
@@ -77,7 +77,7 @@ class TrainConfig(_Section):
     weight_decay: float | None = Field(default=None, ge=0)
 
 
-class ForgetConfig(_Section):
+class ForgetConfig(ConfigSection):
     """What to forget: exactly one of ``ids``, ``label``, ``fraction`` or ``ids_file``.
 
     ``label_column`` names the column ``label`` is compared with. With ``group_column``, ``fraction`` draws
@@ -133,7 +133,7 @@ class MethodConfig(BaseModel):
         return self.label or self.name
 
 
-class EvalConfig(_Section):
+class EvalConfig(ConfigSection):
     """Evaluation and outputs."""
 
     section: ClassVar[str] = "eval"
@@ -143,7 +143,7 @@ class EvalConfig(_Section):
     table: bool = True
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(ConfigSection):
     """The whole experiment (top level of the YAML file)."""
 
     section: ClassVar[str] = "top level"

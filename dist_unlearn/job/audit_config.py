@@ -26,10 +26,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dist_unlearn.config import _Section
+from dist_unlearn.config import ConfigSection
 
 
-class AuditSection(_Section):
+class AuditSection(ConfigSection):
     """How the per-subject verdict is decided and which evidence it reads (:mod:`dist_unlearn.eval
     .subject_verdict`)."""
 
@@ -49,7 +49,7 @@ class AuditSection(_Section):
     """Refuse before unlearning when the training rows' loss is not clearly below the holdout's."""
 
 
-class ProbesSection(_Section):
+class ProbesSection(ConfigSection):
     """Robustness probes on a copy of the delivered model (:mod:`dist_unlearn.eval.probes`)."""
 
     section: ClassVar[str] = "probes"
@@ -73,7 +73,7 @@ class ProbesSection(_Section):
         return value
 
 
-class TrainingSection(_Section):
+class TrainingSection(ConfigSection):
     """What the fine-tune that produced the model cost: ``epochs`` over the training rows, or
     ``example_passes`` in all. Retraining without the forget rows then costs ``epochs x retained rows``
     (or ``example_passes x retained / training rows``)."""

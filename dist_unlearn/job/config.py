@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from dist_unlearn.config import MethodConfig, _Section, read_yaml_mapping, validate_mapping
+from dist_unlearn.config import ConfigSection, MethodConfig, read_yaml_mapping, validate_mapping
 from dist_unlearn.errors import ConfigError
 from dist_unlearn.job.audit_config import AuditSection, ProbesSection, TrainingSection, probes_switch
 
@@ -63,7 +63,7 @@ DEFAULT_METHOD: dict[str, Any] = {
 }
 
 
-class DataSection(_Section):
+class DataSection(ConfigSection):
     """The data the model was fine-tuned on, and how its rows become tokens."""
 
     section: ClassVar[str] = "data"
@@ -107,7 +107,7 @@ class DataSection(_Section):
         )
 
 
-class ForgetSection(_Section):
+class ForgetSection(ConfigSection):
     """Exactly one selector of the rows to forget."""
 
     section: ClassVar[str] = "forget"
@@ -127,7 +127,7 @@ class ForgetSection(_Section):
         return {k: getattr(self, k) for k in ("ids", "ids_file", "where") if getattr(self, k) is not None}
 
 
-class HoldoutSplit(_Section):
+class HoldoutSplit(ConfigSection):
     """How the holdout is split between the forgetting stop rule and the audit (:mod:`dist_unlearn.stopping`).
 
     The stop rule watches the forget-vs-calibration loss AUC during the run; the verdict is decided on the
@@ -141,7 +141,7 @@ class HoldoutSplit(_Section):
     """Rows with the same value here (one person's records) go to the same part."""
 
 
-class JobConfig(_Section):
+class JobConfig(ConfigSection):
     """The whole job (top level of job.yaml)."""
 
     section: ClassVar[str] = "top level"
