@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dist_unlearn.data.batches import count_examples
 from dist_unlearn.data.device import model_device, to_device
 from dist_unlearn.errors import ConfigError, DataError, ModelError
 from dist_unlearn.methods import OuterLoopState, StepRecord, curvature_stats, get_method, run_curvature_method
@@ -307,7 +308,7 @@ def _final_retain_metrics(
     try:
         for batch in make_loader(retain, int(opts.batch_size or 64), collate_fn=collate):
             batch = to_device(batch, device)
-            n = _batch_len(batch)
+            n = count_examples(batch)
             loss = loss_fn(model, batch)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             total += n * float(loss.detach())
@@ -319,20 +320,6 @@ def _final_retain_metrics(
         model.train(was_training)
     gnorm = math.sqrt(sum(float(a.double().pow(2).sum()) for a in acc)) / max(count, 1)
     return {"final_loss": total / max(count, 1), "final_grad_norm": gnorm}
-
-
-def _batch_len(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0])
-    if isinstance(batch, dict):
-        for v in batch.values():
-            if isinstance(v, torch.Tensor) and v.dim() > 0:
-                return int(v.shape[0])
-            if isinstance(v, list):
-                return len(v)
-    if isinstance(batch, tuple | list) and batch:
-        return _batch_len(batch[0])
-    return 1
 
 
 def _distance(initial: dict[str, torch.Tensor], model: nn.Module) -> float | None:
