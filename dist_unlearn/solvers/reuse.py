@@ -19,8 +19,10 @@ z = (V^T y_Q, y_r), linear term c = (V^T a, rho) and eigenvalues (theta, sigma_c
 :func:`~dist_unlearn.solvers.cubic.solve_cubic_eig` in float64 (secular equation, hard case of the small
 problem included), and d = Q V z_Q + (z_r / rho) r.
 
-Cost: k + 1 dot products (one ``dots`` op), two linear combinations and a norm per projection -- no
-matvec. Where the Hessian has not changed and the kept space is invariant under it (Lanczos broke down),
+Cost: k dot products (one ``dots`` op) and two linear combinations per projection -- no matvec; rho comes
+from Pythagoras (|g|^2 - |Q^T g|^2, Q orthonormal) unless that difference is within
+:data:`PYTHAGORAS_MIN_SHARE` of |g|^2, where cancellation would spoil it and a norm is computed.
+Where the Hessian has not changed and the kept space is invariant under it (Lanczos broke down),
 B = H on span(Q, r) and the step is the one a fresh solve gives (tests/test_curvature_reuse.py).
 At the basis' own gradient (g = |g_0| q_1) the projection is exact and the solve is
 :func:`~dist_unlearn.solvers.resolve.resolve_cubic`.
@@ -28,6 +30,7 @@ At the basis' own gradient (g = |g_0| q_1) the projection is exact and the solve
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +56,11 @@ from dist_unlearn.solvers.results import CubicResult
 
 COMPLEMENT_RTOL = 1e-10
 """rho <= COMPLEMENT_RTOL |g| counts as g inside the kept space (the complement direction is dropped)."""
+
+PYTHAGORAS_MIN_SHARE = 1e-4
+"""rho^2 = |g|^2 - |Q^T g|^2 is used when it is at least this share of |g|^2: its rounding error (about
+1e-14 |g|^2 with a reorthogonalised basis) is then below 1e-10 of rho^2. Below it, |r| is computed (one more
+round trip on a sharded space)."""
 
 
 def krylov_basis(
@@ -150,7 +158,8 @@ def project(basis: KrylovSpace, g: Vector, complement_curvature: float = 0.0) ->
     Q = basis.basis[: basis.dimension]
     coords = np.asarray(many_dots(space, g, Q), dtype=np.float64)
     r = combine(space, [1.0, *(-coords)], [g, *Q])
-    rnorm = float(space.norm(r))
+    sq = gnorm * gnorm - float(coords @ coords)
+    rnorm = math.sqrt(sq) if sq >= PYTHAGORAS_MIN_SHARE * gnorm * gnorm else float(space.norm(r))
     if not rnorm > COMPLEMENT_RTOL * gnorm:
         space.release(r)
         r, rnorm = None, 0.0
