@@ -18,3 +18,15 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """An embedded Ray with 2 CPUs for one test module's worker groups, shut down after the module (tests
+    stop every Ray process they start)."""
+    import ray
+
+    torch.set_num_threads(1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

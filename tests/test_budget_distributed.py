@@ -24,14 +24,6 @@ def loss_fn(model, batch):
     return torch.nn.functional.cross_entropy(model(x), y)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_cap_holds_on_two_workers(ray_local):
     import dist_unlearn

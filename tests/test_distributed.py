@@ -47,14 +47,6 @@ def rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def start(stage: int, hvp: str, hidden: int = 7, batch_size: int | None = 8):
     from dist_unlearn.distributed import build_group
 

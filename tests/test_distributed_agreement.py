@@ -16,7 +16,6 @@ import sys
 
 import cloudpickle
 import pytest
-import torch
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
@@ -25,14 +24,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 ROUND_TRIPS_PER_ITERATION = 1.5
 AGREEMENT = 1e-3
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 _CASES: dict[str, object] = {}

@@ -41,14 +41,6 @@ def flat(v) -> torch.Tensor:
     return torch.cat([t.reshape(-1).double() for t in v])
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.parametrize("stage,hvp", [(2, "exact"), (3, "fd")])
 def test_fused_lanczos_one_round_trip_same_scalars_and_cost(ray_local, stage, hvp):
     from dist_unlearn.distributed import build_group

@@ -29,14 +29,6 @@ def plain_factory():
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
 

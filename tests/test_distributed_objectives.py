@@ -51,14 +51,6 @@ def rel_update(a, b, m0) -> float:
     return float((d_a - d_b).norm() / d_b.norm())
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _in_process(model, retain, forget, opts: dict):
     from dist_unlearn.curvature.objective import build_oracle
     from dist_unlearn.methods import OuterLoopState, run_curvature_method
