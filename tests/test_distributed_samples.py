@@ -13,7 +13,7 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 
-from test_distributed_objectives import loss_fn, make_problem, ray_local, rel_update  # noqa: E402, F401
+from test_distributed_objectives import loss_fn, make_problem, rel_update  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
