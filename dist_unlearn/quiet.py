@@ -34,10 +34,25 @@ QUIET_LOGGERS: dict[str, int] = {
     "deepspeed": logging.ERROR,
 }
 """Loggers raised to a level: Ray's token-authentication notice (the embedded cluster's dashboard is off) and
-its "Started a local Ray instance" info, DeepSpeed's start-up infos."""
+its "Started a local Ray instance" info, DeepSpeed's start-up infos and its "Setting accelerator to CPU"
+warning. A level alone does not last: DeepSpeed sets its logger's level when it is imported, after this
+module ran, so each logger also gets a :class:`_Below` filter (filters survive ``setLevel``)."""
+
+
+class _Below(logging.Filter):
+    """Drops records below a level, whatever level the logger's owner sets later."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
 
 _set_by_us: dict[str, str] = {}
 _levels: dict[str, int] = {}
+_filters: dict[str, _Below] = {}
 
 
 def quiet_libraries(verbose: bool = False) -> None:
@@ -53,6 +68,9 @@ def quiet_libraries(verbose: bool = False) -> None:
         for name, level in list(_levels.items()):
             logging.getLogger(name).setLevel(level)
             del _levels[name]
+        for name, below in list(_filters.items()):
+            logging.getLogger(name).removeFilter(below)
+            del _filters[name]
         _apply_to_imported(quiet=False)
         return
     for key, value in LIBRARY_ENV.items():
@@ -63,6 +81,9 @@ def quiet_libraries(verbose: bool = False) -> None:
         logger = logging.getLogger(name)
         _levels.setdefault(name, logger.level)
         logger.setLevel(level)
+        if name not in _filters:
+            _filters[name] = _Below(level)
+            logger.addFilter(_filters[name])
     _apply_to_imported(quiet=True)
 
 

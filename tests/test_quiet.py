@@ -38,6 +38,24 @@ def test_quiet_sets_the_switches_and_verbose_undoes_only_its_own(monkeypatch):
     assert logging.getLogger("ray._private.authentication").level != logging.ERROR
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_deepspeed_accelerator_warning_stays_quiet_after_deepspeed_sets_its_own_level(verbose):
+    """DeepSpeed sets its logger's level when it is imported (after quiet_libraries ran) and warns
+    "Setting accelerator to CPU" when DS_ACCELERATOR is unset: silent by default, back with verbose."""
+    code = (
+        "from dist_unlearn.quiet import quiet_libraries\n"
+        "quiet_libraries()\n"
+        f"quiet_libraries(verbose={verbose})\n"
+        "import deepspeed\n"
+        "from deepspeed.accelerator import get_accelerator\n"
+        "get_accelerator()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert ("Setting accelerator" in out.stdout + out.stderr) is verbose
+
+
 @pytest.fixture(scope="module")
 def job_yaml(tmp_path_factory):
     from dist_unlearn.demo.people import build_demo
