@@ -103,14 +103,15 @@ class Case:
         """Evidence on the forget / retained-sample / audit rows, the per-subject and aggregate verdicts."""
         from dist_unlearn.eval.subjects import subject_scores
         from dist_unlearn.eval.verdict import decide
-        from dist_unlearn.job.evidence import evidence
+        from dist_unlearn.job.evidence import evidence_record, measure_model
 
         sets = {
             "forget": self.rows["forget"],
             "retain": self.rows["retain_sample"],
             "holdout": self.rows["audit"],
         }
-        ev = evidence(model, sets, "causal_lm", pad_id=self.pad, batch_size=16)
+        ev = evidence_record(measure_model(model, sets, "causal_lm", tokenizer=self.tok, pad_id=self.pad,
+                                           batch_size=16))  # fmt: skip
         scores = subject_scores(ev["losses"]["forget"], self.subjects["forget"], ev["losses"]["holdout"],
                                 unseen_subjects=self.subjects["audit"])  # fmt: skip
         statuses = {s.subject: s.status for s in scores}
