@@ -17,6 +17,9 @@ extraction, probes, cost against retraining).
 
     python benchmarks/cases/run_cases.py --cases /tmp/cases --json benchmarks/results/cases.json
     python benchmarks/cases/run_cases.py --cases /tmp/cases --case people_qa --route default --route npo
+    python benchmarks/cases/run_cases.py --cases /tmp/cases --case lora_people --no-reference \
+        --method 'rho0={"name": "match_unseen", "stop_within": 0.5, "retain_tolerance": 0.1, "sam_rho": 0}' \
+        --json /tmp/levers.json         # a lever of the default, without re-auditing the references
 """
 
 from __future__ import annotations
@@ -126,13 +129,22 @@ HEADER = (
 )
 
 
-def run_case(folder: Path, routes: list[str], scratch: Path, workers: int | None) -> dict[str, Any]:
+def run_case(
+    folder: Path,
+    routes: list[str],
+    scratch: Path,
+    workers: int | None,
+    extra: dict[str, dict[str, Any]] | None = None,
+    reference: bool = True,
+) -> dict[str, Any]:
+    """Audit the case's original and retrained models (``reference``), then run each route and each named
+    method of ``extra`` (name -> method dict, e.g. one lever of the default changed)."""
     from dist_unlearn.job import run_job
     from dist_unlearn.job.audit_only import audit_model
 
     quiet = lambda m: None  # noqa: E731
     results: dict[str, Any] = {"case": json.loads((folder / "case.json").read_text())}
-    for which in ("model", "retrained"):
+    for which in ("model", "retrained") if reference else ():
         t0 = time.perf_counter()
         res = audit_model(job_for(folder, scratch / f"audit_{which}", None, which), overwrite=True, log=quiet)
         results["original" if which == "model" else "retrained"] = record(
@@ -154,7 +166,23 @@ def run_case(folder: Path, routes: list[str], scratch: Path, workers: int | None
         t0 = time.perf_counter()
         res = run_job(job, overwrite=True, log=quiet)
         results[route] = record(route, res, time.perf_counter() - t0)
+    for name, method in (extra or {}).items():
+        t0 = time.perf_counter()
+        res = run_job(job_for(folder, scratch / name, copy.deepcopy(method)), overwrite=True, log=quiet)
+        results[name] = record(name, res, time.perf_counter() - t0) | {"method_given": method}
     return results
+
+
+def named_method(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME=JSON`` (a ``--method`` argument) -> (NAME, the method dict)."""
+    name, sep, body = text.partition("=")
+    try:
+        method = json.loads(body) if sep else None
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"--method {text!r}: the part after = is not JSON ({err})") from None
+    if not name or not isinstance(method, dict) or "name" not in method:
+        raise argparse.ArgumentTypeError(f'--method {text!r}: give NAME={{"name": "match_unseen", ...}}')
+    return name, method
 
 
 def main() -> None:
@@ -162,17 +190,27 @@ def main() -> None:
     ap.add_argument("--cases", type=Path, required=True, help="folder holding the case folders")
     ap.add_argument("--case", action="append", help="case folder name (default: every case found)")
     ap.add_argument("--route", action="append", choices=sorted(ROUTES), help="default: every route")
+    ap.add_argument(
+        "--method",
+        action="append",
+        type=named_method,
+        default=[],
+        metavar="NAME=JSON",
+        help="also run this method dict under NAME (e.g. the default with one lever changed)",
+    )
+    ap.add_argument("--no-reference", action="store_true", help="skip auditing the original / retrained")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/run_cases"))
     ap.add_argument("--workers", type=int, default=None, help="run the curvature routes on Ray workers")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
     names = args.case or sorted(p.parent.name for p in args.cases.glob("*/case.json"))
-    routes = args.route or list(ROUTES)
+    routes = args.route or ([] if args.method else list(ROUTES))
     out = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for name in names:
         print(f"\n##### {name}\n{HEADER}", flush=True)
-        got = run_case(args.cases / name, routes, args.scratch / name, args.workers)
+        got = run_case(args.cases / name, routes, args.scratch / name, args.workers, dict(args.method),
+                       reference=not args.no_reference)  # fmt: skip
         out.setdefault(name, {}).update(got)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1, default=str))
