@@ -351,6 +351,10 @@ def resolution(record: dict[str, Any]) -> dict[str, Any]:
 def _describe(r: dict[str, Any]) -> str:
     parts = []
     for t in r["flagged_by"]:
+        if t == "verbatim":  # dist_unlearn.eval.verbatim: rows said word for word, not a quantile
+            v = r["verbatim"]
+            parts.append(f"{v['count']} of {v['of']} rows answered word for word, p={v['p_value']:.3g}")
+            continue
         s = r["tests"][t]
         parts.append(
             f"{TEST_TITLES.get(t, t)} q={s['quantile']:.2f} outside [{s['band'][0]:.2f}, {s['band'][1]:.2f}]"

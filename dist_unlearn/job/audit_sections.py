@@ -67,11 +67,16 @@ def _extraction_lines(ver: dict[str, Any]) -> list[str]:
         for r in ver["subjects"]
         if r.get("extraction")
     )
-    return [
+    lines = [
         "",
         f"What the model says (greedy answers, exact / ROUGE-L recall of the true answer): {per}; people it "
         f"never saw: {unseen['exact']:.2f} / {unseen['rouge_l']:.2f}.",
     ]
+    verbatim = ver.get("verbatim")
+    if verbatim:
+        ids = ", ".join(str(i) for i in verbatim.get("ids", verbatim["rows"]))
+        lines += ["", verbatim["sentence"] + (f" Their ids: {ids}." if ids else "")]
+    return lines
 
 
 def subjects_md(a: dict[str, Any]) -> list[str]:

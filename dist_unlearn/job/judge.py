@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from dist_unlearn.eval.attacks import statistic_auc
-from dist_unlearn.eval.subject_verdict import AuditSettings, judge_subjects
+from dist_unlearn.eval.subject_verdict import AuditSettings, job_status, judge_subjects
+from dist_unlearn.eval.verbatim import apply_verbatim, verbatim_record
 from dist_unlearn.eval.verdict import decide
 from dist_unlearn.job.evidence import Measurement
 
@@ -158,6 +159,14 @@ def job_verdict(
                 },
             }
     add_rates(verdict, after, forget_subjects)
+    if "forget" in after.extraction and "holdout" in after.extraction:
+        forget_exact, unseen_exact = after.extraction["forget"].exact, after.extraction["holdout"].exact
+        check = verbatim_record(forget_exact, forget_subjects, unseen_exact, settings.alpha)
+        verdict["verbatim"] = check
+        if apply_verbatim(verdict, check):
+            verdict["status"], verdict["sentence"] = job_status(verdict)
+        if check["count"]:
+            verdict["sentence"] += " " + check["sentence"]
     verdict["aggregate"] = aggregate
     verdict["changed"] = aggregate["changed"]
     if aggregate["changed"] is False:
@@ -167,9 +176,10 @@ def job_verdict(
 
 
 def verdict_of(job: Any) -> dict[str, Any]:
-    """:func:`job_verdict` of a job's state (:class:`~dist_unlearn.job.recipe.JobState`) after measuring."""
+    """:func:`job_verdict` of a job's state (:class:`~dist_unlearn.job.recipe.JobState`) after measuring; the
+    verbatim rows named by their ids (as in ``forget_ids.txt``)."""
     audit = job.cfg.audit
-    return job_verdict(
+    verdict = job_verdict(
         job.measured.get("before"),
         job.measured["after"],
         job.before,
@@ -179,3 +189,6 @@ def verdict_of(job: Any) -> dict[str, Any]:
         AuditSettings(alpha=audit.alpha, family=audit.family, min_halfwidth=audit.min_halfwidth),
         job.subjects.of_holdout(job.split.calibration) if job.split is not None else None,
     )
+    if verdict.get("verbatim"):
+        verdict["verbatim"]["ids"] = [job.selection.ids[i] for i in verdict["verbatim"]["rows"]]
+    return verdict
