@@ -82,6 +82,8 @@ class Rank:
             "seed": args.seed,
             "collate_fn": None,
             "fd_eps": None,
+            "model_path": None,  # the live module below (cloudpickled), as startup.build_group ships one
+            "model_kwargs": cloudpickle.dumps({}),
         }
         self.w.setup(
             "127.0.0.1",
