@@ -496,16 +496,18 @@ def test_lora_adapter_job_changes_only_the_adapter_and_saves_a_peft_adapter(lm, 
 # ------------------------------------------------------------------------------------------- slow
 @pytest.mark.slow
 def test_demo_scale_job_moves_memorised_rows_from_not_forgotten_to_forgotten(tmp_path):
-    """The demo's setting: 30 people memorised (train loss ~0.01), 3 forgotten with the demo's method."""
-    from dist_unlearn.demo.__main__ import DEMO_METHOD, EPOCHS, FORGET_PEOPLE, HOLDOUT_PEOPLE, PEOPLE
+    """The demo's job as `make demo` runs it (30 people memorised, train loss ~0.01; its 4 people forgotten
+    with the job's default method, subjects by person, the holdout split by person), in-process."""
+    from dist_unlearn.demo.__main__ import EPOCHS, FORGET_PEOPLE, HOLDOUT_PEOPLE, PEOPLE, demo_job
     from dist_unlearn.demo.people import build_demo
 
-    paths = build_demo(
-        tmp_path / "in", n_people=PEOPLE, n_holdout=HOLDOUT_PEOPLE, n_forget=FORGET_PEOPLE, epochs=EPOCHS
-    )
-    res = run_job(_job(paths, tmp_path / "out", method=DEMO_METHOD), log=_quiet)
+    inputs = tmp_path / "in"
+    build_demo(inputs, n_people=PEOPLE, n_holdout=HOLDOUT_PEOPLE, n_forget=FORGET_PEOPLE, epochs=EPOCHS)
+    res = run_job(demo_job(inputs, tmp_path / "out"), log=_quiet)
     assert res.verdict["before_status"] == "not_forgotten"
-    assert res.verdict["status"] == "forgotten", res.audit["evidence"]
+    assert res.verdict["status"] == "forgotten", res.verdict["sentence"]
+    assert {r["status"] for r in res.verdict["subjects"]} == {"forgotten"}
+    assert res.audit["cost_against_retraining"]["percent_of_retraining"] <= 25
     assert abs(res.audit["checks"]["holdout_loss_change"]) <= 0.10
 
 

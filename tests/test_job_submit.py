@@ -73,8 +73,9 @@ def test_ray_job_submit_with_more_workers_than_the_cluster_fails_early_and_write
     ray_head,  # noqa: F811
     tmp_path,
 ):
-    """The loopback head has 2 CPUs: --workers 3 is refused by the job (joined to the cluster) before the
-    model is loaded, naming the cluster's size, and no output folder appears."""
+    """The loopback head has 2 CPUs: --workers 3 for a method that runs on the workers (CureNewton; a
+    first-order method runs in the job's process and says so) is refused by the job (joined to the cluster)
+    before the model is loaded, naming the cluster's size, and no output folder appears."""
     from dist_unlearn.demo.people import build_demo
 
     address, env = ray_head
@@ -86,6 +87,7 @@ def test_ray_job_submit_with_more_workers_than_the_cluster_fails_early_and_write
         "data": {"path": "train.jsonl", "prompt_column": "question", "response_column": "answer"},
         "holdout": "holdout.jsonl",
         "forget": {"ids_file": "forget_ids.txt"},
+        "method": {"name": "cure_newton"},
         "output_dir": str(out),
     }
     (job_dir / "job.yaml").write_text(yaml.safe_dump(job))

@@ -293,3 +293,24 @@ def test_retain_kl_term_is_zero_with_zero_gradient_at_the_start():
     with torch.no_grad():
         model[0].weight.add_(0.1)
     assert float(kl(retain.tensors)) > 1e-4  # a moved model pays
+
+
+def test_sharpness_aware_term_with_no_gradient_still_backpropagates():
+    """Every forget row already in its bin: the forget term and its gradient are 0. The sharpness-aware
+    wrapper spent the term's graph on its own gradient; what it returns must still take the caller's
+    backward (with zero gradients), next to a retain term that has some."""
+    import torch
+    from torch import nn
+
+    from dist_unlearn.cost import CostCounter
+    from dist_unlearn.methods.match_unseen import sharpness_aware
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    flat = sharpness_aware(model, lambda b: 0.0 * model(b[0]).sum(), 0.05, CostCounter())
+    value = flat((x,)) + model(x).pow(2).mean()
+    value.backward()
+    expected = [torch.autograd.grad(model(x).pow(2).mean(), p)[0] for p in model.parameters()]
+    for p, g in zip(model.parameters(), expected, strict=True):
+        assert torch.allclose(p.grad, g)

@@ -135,8 +135,13 @@ def sharpness_aware(model: nn.Module, term: Any, rho: float, cost: CostCounter):
         value = term(batch)
         grads = torch.autograd.grad(value, params, allow_unused=True)
         norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None))
-        if not torch.isfinite(norm) or norm == 0:
-            return value
+        if not torch.isfinite(norm) or norm == 0:  # no ascent direction (every row in its bin), or no number
+            # value's graph is spent by autograd.grad: its gradient (zero, or non-finite for the loop to
+            # report) goes on through a surrogate, so the caller's backward works like the term's own
+            pairs = zip(grads, params, strict=True)
+            same = [torch.zeros_like(p) if g is None else g.detach() for g, p in pairs]
+            surrogate = sum((g * p).sum() for g, p in zip(same, params, strict=True))
+            return value.detach() + surrogate - surrogate.detach()
         eps = [None if g is None else (rho / norm).to(g.dtype) * g for g in grads]
         kept = [p.detach().clone() for p in params]  # restored exactly (w + e - e is not w in floating point)
         with torch.no_grad():
