@@ -161,6 +161,11 @@ class UnlearnOptions(BaseModel):
     """match_unseen: the central share of the calibration losses' distribution the forget rows' bins cover
     (:mod:`dist_unlearn.targets`); below 1 no row is left in the tails. None: 0.5
     (:data:`dist_unlearn.targets.BIN_SPAN`)."""
+    stop_verbatim: bool = False
+    """match_unseen: the extraction condition -- do not stop while more forget rows are answered word for
+    word by greedy decoding than the calibration rows' rate allows, and push the weakest answer token of each
+    such row below its runner-up (:mod:`dist_unlearn.answer_leads`; causal LMs, decided from the stop
+    check's own forward passes, so it costs no extra pass). False: losses only."""
     retain_tolerance: float | None = Field(default=None, gt=0)
     """With ``calibration``: refuse a step after which a fixed sample of retained rows lost more than this
     share of its lead over the calibration rows (mean loss r > r_0 + tol (c_0 - r_0)); the step is shortened
@@ -376,6 +381,7 @@ _READERS: dict[str, tuple[str, ...] | str] = {
     "bin_span": (*CURVATURE, "match_unseen"),
     "retain_loss": ("match_unseen",),
     "unseen_hold": ("match_unseen",),
+    "stop_verbatim": ("match_unseen",),
     "sam_rho": ("match_unseen",),
     "stop_every": FORGETTING,
     **{

@@ -29,6 +29,9 @@ class LocalMembershipLosses:
         batch_size: rows per forward pass.
         collate_fn: list of rows -> batch.
         cost: a :class:`~dist_unlearn.cost.CostCounter` the forward passes are counted in (``loss``).
+        verbatim: also record, from the same forward passes, which rows greedy decoding would answer word
+            for word (:mod:`dist_unlearn.answer_leads`; causal LMs only): :attr:`verbatim` maps the role of
+            the last evaluation of each set to a boolean array.
     """
 
     def __init__(
@@ -41,18 +44,24 @@ class LocalMembershipLosses:
         batch_size: int = 64,
         collate_fn: Any = None,
         cost: Any = None,
+        verbatim: bool = False,
     ) -> None:
+        from dist_unlearn.answer_leads import end_token, supports_leads
         from dist_unlearn.cost import CostCounter
 
         self.model, self.loss_fn, self.batch_size = model, loss_fn, int(batch_size)
         self.sets = (forget, calibration)
         self.collate_fn = collate_fn
         self.cost = cost if cost is not None else CostCounter()
+        self.track_verbatim = bool(verbatim) and supports_leads(loss_fn)
+        self.skip_token = end_token(model) if self.track_verbatim else None
+        self.verbatim: dict[str, np.ndarray] = {}
 
     def losses_of(self, data: Any, role: str) -> np.ndarray:
         """Per-example losses of ``data`` at the current weights (float64), counted as ``loss`` work."""
         import torch
 
+        from dist_unlearn.answer_leads import losses_and_leads
         from dist_unlearn.data import make_loader
         from dist_unlearn.data.device import model_device, to_device
         from dist_unlearn.models.losses import per_example_losses
@@ -60,18 +69,30 @@ class LocalMembershipLosses:
         device = model_device(self.model)
         was_training = self.model.training
         self.model.eval()
-        out = []
+        out, leads = [], []
         try:
             with torch.no_grad():
                 for batch in make_loader(data, self.batch_size, collate_fn=self.collate_fn):
-                    out.append(
-                        per_example_losses(self.loss_fn, self.model, to_device(batch, device)).double().cpu()
-                    )
+                    batch = to_device(batch, device)
+                    if self.track_verbatim:  # the greedy-answer test rides on the loss's forward pass
+                        loss, lead = losses_and_leads(self.loss_fn, self.model, batch, self.skip_token)
+                        leads.append(lead.double().cpu())
+                    else:
+                        loss = per_example_losses(self.loss_fn, self.model, batch)
+                    out.append(loss.double().cpu())
         finally:
             self.model.train(was_training)
         losses = torch.cat(out).numpy() if out else np.zeros(0)
+        if self.track_verbatim:
+            self.verbatim[role] = (torch.cat(leads).numpy() > 0) if leads else np.zeros(0, dtype=bool)
         self.cost.add("loss", losses.size, role=role)
         return losses
+
+    def verbatim_flags(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(forget, calibration) rows said verbatim at the last evaluation; None when not tracked."""
+        if not self.track_verbatim or not {"forget", "calibration"} <= self.verbatim.keys():
+            return None
+        return self.verbatim["forget"], self.verbatim["calibration"]
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray]:
         return self.losses_of(self.sets[0], "forget"), self.losses_of(self.sets[1], "calibration")
@@ -189,8 +210,9 @@ def local_stop_rule(
     retain: Any = None,
 ) -> ForgetStopRule:
     """The in-process rule of ``options`` (``calibration``, ``stop_auc_band``, ``forget_subjects``,
-    ``calibration_subjects``) over the live model; with ``targets`` (the ``match_unseen`` bins) they are set
-    by the check of the weights as given and re-derived at every check whose step stands."""
+    ``calibration_subjects``, ``stop_verbatim``) over the live model; with ``targets`` (the ``match_unseen``
+    bins) they are set by the check of the weights as given and re-derived at every check whose step stands,
+    and with ``stop_verbatim`` the rows greedy decoding still answers word for word are marked on them."""
     losses = LocalMembershipLosses(
         model,
         loss_fn,
@@ -199,8 +221,13 @@ def local_stop_rule(
         batch_size=batch_size,
         collate_fn=options.collate_fn,
         cost=cost,
+        verbatim=bool(getattr(options, "stop_verbatim", False)),
     )
     rule = rule_for(losses, options, targets)
+    if losses.track_verbatim:
+        rule.verbatim = losses.verbatim_flags
+        if targets is not None and hasattr(targets, "mark"):
+            rule.listeners.append(lambda forget, calib: targets.mark(verbatim_to_push(rule, losses)))
     if options.retain_tolerance is not None and retain is not None:
         from dist_unlearn.forgetting import retain_sample
 
@@ -209,6 +236,17 @@ def local_stop_rule(
             lambda: losses.losses_of(sample, "retain"), options.retain_tolerance, options.unseen_tolerance
         )
     return rule
+
+
+def verbatim_to_push(rule: ForgetStopRule, losses: LocalMembershipLosses) -> np.ndarray | None:
+    """The forget rows the ``match_unseen`` objective should push off their verbatim answers: those said
+    verbatim at the last check, when only they kept the run from stopping (every subject's losses already
+    look unseen; earlier the bins alone lift most of them, and an extra term would only disturb the
+    retained rows); else None."""
+    last = getattr(rule, "last_verbatim", None)
+    if not last or not last.get("blocks_stop"):
+        return None
+    return losses.verbatim_flags()[0]
 
 
 GUARD_SAMPLE = 64

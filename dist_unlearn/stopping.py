@@ -68,6 +68,9 @@ class StopCheck:
             ``halfwidth`` (h_S) and ``status`` (forgotten / recognisable / conspicuous).
         recognisable, conspicuous: the subjects with that status (per-subject criterion).
         damage: the guard's record when it refused the step (the retained rows lost too much), else None.
+        verbatim: with the extraction condition: forget rows greedy decoding answers word for word
+            (``forget``, their indices ``rows``), the calibration rows' rate at the weights as given
+            (``unseen_rate``) and the forget rows that rate allows (``allowed``); else None.
     """
 
     step: int
@@ -80,6 +83,7 @@ class StopCheck:
     recognisable: list[Any] = field(default_factory=list)
     conspicuous: list[Any] = field(default_factory=list)
     damage: dict[str, Any] | None = None
+    verbatim: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +119,11 @@ class ForgetStopRule:
             overshoot is still a subject past the whole band on the other side.
         guard: ``guard(forget losses, calibration losses)`` -> None, or a record of damage to what must be
             kept (:class:`~dist_unlearn.stop_setup.RetainGuard`): the step is then refused like an overshoot.
+        verbatim: ``verbatim()`` -> (forget rows, calibration rows) greedy decoding answers word for word at
+            the last evaluation (boolean arrays; :mod:`dist_unlearn.answer_leads`), or None. Given, a "stop"
+            becomes "continue" while more forget rows are verbatim than the calibration rows' rate at the
+            weights as given allows (:func:`~dist_unlearn.answer_leads.verbatim_allowance`): a subject whose
+            losses look unseen but whose answers are still extracted word for word is not forgotten.
     """
 
     def __init__(
@@ -128,6 +137,7 @@ class ForgetStopRule:
         listeners: Sequence[Listener] = (),
         stop_within: float = 1.0,
         guard: Callable[[np.ndarray, np.ndarray], dict[str, Any] | None] | None = None,
+        verbatim: Callable[[], tuple[np.ndarray, np.ndarray] | None] | None = None,
     ) -> None:
         from dist_unlearn.eval.subjects import SubjectBand
 
@@ -144,6 +154,9 @@ class ForgetStopRule:
             raise ConfigError(f"stop_within={stop_within!r} must be in (0, 1].")
         self.stop_within = float(stop_within)
         self.guard = guard
+        self.verbatim = verbatim
+        self.unseen_verbatim_rate: float | None = None
+        self.last_verbatim: dict[str, Any] | None = None
 
     @property
     def per_subject(self) -> bool:
@@ -222,13 +235,48 @@ class ForgetStopRule:
         damage = self.guard(forget, calib) if self.guard is not None else None
         if damage is not None and step >= 0:
             check.decision, check.damage = "overshoot", damage
+        self._extraction(check)
         if check.decision != "overshoot" or step < 0:
             for listener in self.listeners:
                 listener(forget, calib)
         return check
 
+    def _extraction(self, check: StopCheck) -> None:
+        """The extraction condition (``verbatim``): record it, and turn a "stop" into "continue" while too
+        many forget rows are said verbatim. The calibration rows' rate is taken at the first check (the
+        weights as given), the model's level on people it never saw."""
+        flags = self.verbatim() if self.verbatim is not None else None
+        if flags is None:
+            return
+        from dist_unlearn.answer_leads import verbatim_allowance
+
+        forget, calib = (np.asarray(x, dtype=bool).reshape(-1) for x in flags)
+        if self.unseen_verbatim_rate is None:
+            self.unseen_verbatim_rate = float(calib.mean()) if calib.size else 0.0
+        allowed = verbatim_allowance(forget.size, self.unseen_verbatim_rate)
+        check.verbatim = {
+            "forget": int(forget.sum()),
+            "rows": [int(i) for i in np.flatnonzero(forget)],
+            "calibration": int(calib.sum()),
+            "unseen_rate": self.unseen_verbatim_rate,
+            "allowed": allowed,
+        }
+        check.verbatim["blocks_stop"] = check.decision == "stop" and int(forget.sum()) > allowed
+        if check.verbatim["blocks_stop"]:
+            check.decision = "continue"
+        self.last_verbatim = check.verbatim
+
     def describe(self) -> dict[str, Any]:
         """The thresholds in force (for stats and audits)."""
+        out = self._describe_losses()
+        if self.verbatim is not None:
+            out["extraction"] = (
+                "and no more forget rows answered word for word by greedy decoding than "
+                "floor(n_forget x the calibration rows' verbatim rate at the weights as given)"
+            )
+        return out
+
+    def _describe_losses(self) -> dict[str, Any]:
         if self.per_subject:
             b = self.subject_band
             return {

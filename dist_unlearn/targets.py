@@ -116,6 +116,10 @@ class ForgetTargets:
             of ``table[:, 2] * (1/2) d^2`` is F; losses take means over their rows). Empty until the first
             :meth:`update`.
         updates: how many times the bins were set.
+        scale: m, the median unseen loss of the last update.
+        marked: bool tensor (n_forget,) of the rows answered verbatim at the last check (:meth:`mark`), or
+            None.
+        skip_token: the token left out of the answers' leads (the end-of-text token; set by the method).
     """
 
     def __init__(self, subjects: Sequence[Hashable] | None = None, span: float | None = None) -> None:
@@ -123,13 +127,26 @@ class ForgetTargets:
         self.span = float(span if span is not None else BIN_SPAN)
         self.table = torch.zeros(0, 3, dtype=torch.float64)
         self.updates = 0
+        self.scale = 1.0
+        self.marked: torch.Tensor | None = None
+        self.skip_token: int | None = None
 
     def update(self, forget_losses: np.ndarray, unseen_losses: np.ndarray) -> None:
         """Recompute the bins from per-example losses at the current weights (module docstring)."""
         lo, hi, weight = unseen_bins(forget_losses, unseen_losses, self.subjects, self.span)
         scale = max(float(np.median(np.asarray(unseen_losses, dtype=np.float64))), 1e-6)
         self.table = torch.from_numpy(np.stack([lo, hi, weight * lo.size / scale**2], axis=1))
+        self.scale = scale
         self.updates += 1
+
+    def mark(self, verbatim: np.ndarray | None) -> None:
+        """Mark the forget rows greedy decoding still answers word for word (a boolean per row, from the
+        last stop check that stood); the ``match_unseen`` objective adds a lead term for them
+        (:func:`dist_unlearn.answer_leads.lead_penalty`). None or no row: no term."""
+        if verbatim is None or not np.any(verbatim):
+            self.marked = None
+            return
+        self.marked = torch.from_numpy(np.asarray(verbatim, dtype=bool).reshape(-1).copy())
 
     def set_table(self, table: Any) -> None:
         """Take bins computed elsewhere (the driver sends them to Ray workers)."""

@@ -288,6 +288,9 @@ class BinForgetLoss:
     ``targets.table[i] = (lo_i, hi_i, c_i)`` (:class:`dist_unlearn.targets.ForgetTargets`, read at each call,
     so the bins a stop rule updates take effect at the next evaluation); the mean over all forget rows is
     F = sum_i v_i (1/2) d_i^2. Rows with index -1 are padding (the engine's ZeRO-3 chunks): left out.
+    Rows ``targets.marked`` (answered word for word at the last stop check) add
+    w v_i n_forget (1/2) max(lead_i + margin, 0)^2, lead_i their weakest answer token's lead over its
+    runner-up (:mod:`dist_unlearn.answer_leads`; w = ``LEAD_WEIGHT``).
     """
 
     def __init__(self, loss_fn: Any, targets: Any):
@@ -297,13 +300,27 @@ class BinForgetLoss:
         from dist_unlearn.targets import bin_penalty
 
         inner, idx = batch
-        losses = per_example_losses(self.loss_fn, model, inner)
-        valid = (idx >= 0).to(losses.device)
         table = self.targets.table
         if table.shape[0] == 0:
             raise RuntimeError("match_unseen: the forget rows' bins were never set (ForgetTargets.update).")
+        marked = getattr(self.targets, "marked", None)
+        hit = None if marked is None else marked[idx.clamp_min(0).cpu()] & (idx.cpu() >= 0)
+        leads = None
+        if hit is not None and bool(hit.any()):
+            from dist_unlearn.answer_leads import losses_and_leads
+
+            losses, leads = losses_and_leads(self.loss_fn, model, inner, self.targets.skip_token)
+        else:
+            losses = per_example_losses(self.loss_fn, model, inner)
+        valid = (idx >= 0).to(losses.device)
         rows = table[idx.clamp_min(0).to(table.device)].to(device=losses.device, dtype=losses.dtype)
         terms = rows[:, 2] * bin_penalty(losses, rows[:, 0], rows[:, 1])
+        if leads is not None:  # rows still said verbatim: push their weakest answer token below its rival
+            from dist_unlearn.answer_leads import LEAD_WEIGHT, lead_penalty
+
+            weight = LEAD_WEIGHT * rows[:, 2] * float(self.targets.scale) ** 2  # w v_i n: subjects alike
+            lead_terms = weight * lead_penalty(leads.to(losses.dtype))
+            terms = terms + torch.where(hit.to(losses.device), lead_terms, torch.zeros_like(lead_terms))
         if bool(valid.all()):
             return terms.mean()
         terms = torch.where(valid, terms, torch.zeros_like(terms))

@@ -10,7 +10,11 @@ d_i the distance of forget row i's loss to its bin of the calibration rows' loss
 (every subject alike; :mod:`dist_unlearn.targets`). The mean over a forget batch is an unbiased estimate of
 F = sum_i v_i (1/2) d_i^2. The bins come from the stop rule's evaluations (it is always on: the method needs
 ``calibration=``), re-derived at every check whose weights stand, so they follow the unseen losses as the
-model changes; the run stops when every subject is inside its band.
+model changes; the run stops when every subject is inside its band. With ``stop_verbatim`` (the job's
+default) it also does not stop while more forget rows are answered word for word by greedy decoding than
+the calibration rows' rate allows, and each such row's weakest answer token is pushed below its runner-up
+(:mod:`dist_unlearn.answer_leads`): a row's mean loss can sit among unseen losses while its fact tokens stay
+the model's top choice.
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ def match_unseen(
         )
     alpha, gamma = options.forget_weight, options.retain_weight
     targets = ForgetTargets(options.forget_subjects, options.bin_span)
+    if options.stop_verbatim:
+        from dist_unlearn.answer_leads import end_token
+
+        targets.skip_token = end_token(model)
     cost = CostCounter()
     stop = first_order_stop(model, loss_fn, forget, options, cost, targets=targets, retain=retain)
     rows = IndexedRows(forget, options.collate_fn)
