@@ -100,15 +100,18 @@ CASES = {
 """The models of the curve: the first and third chose the rule's constant, the other two check it."""
 
 
-def exact_hvp64(model, loss_fn, batch, v):
-    """H v of the float64 copy of ``model`` by double backward (v: per-parameter tensors)."""
+def _float64(model, batch):
+    """(float64 copy of ``model``, its trainable parameters, ``batch`` with floating tensors in float64)."""
     m64 = copy.deepcopy(model).double()
     params = [p for p in m64.parameters() if p.requires_grad]
-    b64 = (
-        tuple(t.double() if t.is_floating_point() else t for t in batch)
-        if isinstance(batch, tuple)
-        else batch
-    )
+    if isinstance(batch, tuple):
+        batch = tuple(t.double() if t.is_floating_point() else t for t in batch)
+    return m64, params, batch
+
+
+def exact_hvp64(model, loss_fn, batch, v):
+    """H v of the float64 copy of ``model`` by double backward (v: per-parameter tensors)."""
+    m64, params, b64 = _float64(model, batch)
     loss = loss_fn(m64, b64)
     grads = torch.autograd.grad(loss, params, create_graph=True)
     gv = sum((g * x.double()).sum() for g, x in zip(grads, v, strict=True))
@@ -116,13 +119,7 @@ def exact_hvp64(model, loss_fn, batch, v):
 
 
 def gradient64(model, loss_fn, batch):
-    m64 = copy.deepcopy(model).double()
-    params = [p for p in m64.parameters() if p.requires_grad]
-    b64 = (
-        tuple(t.double() if t.is_floating_point() else t for t in batch)
-        if isinstance(batch, tuple)
-        else batch
-    )
+    m64, params, b64 = _float64(model, batch)
     return [g.detach() for g in torch.autograd.grad(loss_fn(m64, b64), params)]
 
 
