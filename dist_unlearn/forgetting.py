@@ -29,28 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from dist_unlearn.data.split import sample_of
 from dist_unlearn.eval.mia import loss_mia_auc
 
 RETAIN_SAMPLE = 256
 """Retained rows the evidence is measured on (fixed, seeded: the cost does not grow with the data)."""
 FITTED_QUANTILE = 0.95
 """The retained rows' loss quantile (before the run) up to which a forget row counts as still fitted."""
-
-
-def sample_rows(n: int, k: int, seed: int) -> list[int]:
-    """At most ``k`` of ``n`` row numbers, sorted, drawn with ``seed`` (all rows when n <= k)."""
-    if n <= k:
-        return list(range(n))
-    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, k, replace=False))
-
-
-def retain_sample(retain: Any, k: int, seed: int) -> Any:
-    """A fixed, seeded sample of at most ``k`` rows of ``retain`` (Dataset, DataLoader, datasets.Dataset)."""
-    from torch.utils.data import DataLoader, Subset
-
-    inner = retain.dataset if isinstance(retain, DataLoader) else retain
-    rows = sample_rows(len(inner), k, seed)
-    return inner.select(rows) if hasattr(inner, "select") else Subset(inner, rows)
 
 
 class MovementEvidence:
@@ -69,7 +54,7 @@ class MovementEvidence:
                  collate_fn: Any, seed: int, cost: Any) -> None:  # fmt: skip
         from dist_unlearn.stop_setup import LocalMembershipLosses
 
-        sample = retain_sample(retain, RETAIN_SAMPLE, seed)
+        sample = sample_of(retain, RETAIN_SAMPLE, seed)
         self.evaluate = LocalMembershipLosses(
             model, loss_fn, forget, sample, batch_size=batch_size, collate_fn=collate_fn, cost=cost
         )

@@ -229,9 +229,9 @@ def local_stop_rule(
         if targets is not None and hasattr(targets, "mark"):
             rule.listeners.append(lambda forget, calib: targets.mark(verbatim_to_push(rule, losses)))
     if options.retain_tolerance is not None and retain is not None:
-        from dist_unlearn.forgetting import retain_sample
+        from dist_unlearn.data.split import sample_of
 
-        sample = retain_sample(retain, GUARD_SAMPLE, options.seed)  # the engine draws the same rows
+        sample = sample_of(retain, GUARD_SAMPLE, options.seed)  # the engine draws the same rows
         rule.guard = RetainGuard(
             lambda: losses.losses_of(sample, "retain"), options.retain_tolerance, options.unseen_tolerance
         )

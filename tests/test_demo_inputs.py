@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from dist_unlearn.demo.names import make_people
+from dist_unlearn.data.names import make_people
 
 BUILD = """
 import hashlib, json, sys, torch

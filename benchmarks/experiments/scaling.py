@@ -63,8 +63,8 @@ class Case:
     def __init__(self, scale: int) -> None:
         import datasets
 
+        from dist_unlearn.data.split import sample_rows
         from dist_unlearn.job.holdout import split_holdout
-        from dist_unlearn.job.recipe import seeded_sample
 
         self.folder = build_scale(scale)
         self.scale = scale
@@ -81,7 +81,7 @@ class Case:
         audit = [holdout[i] for i in split.audit]
         parts = {"forget": forget, "retain": retain, "calibration": cal, "audit": audit}
         self.rows = {k: token_rows(v, self.tok) for k, v in parts.items()}
-        self.rows["retain_sample"] = self.rows["retain"].select(seeded_sample(len(retain), 256, 0))
+        self.rows["retain_sample"] = self.rows["retain"].select(sample_rows(len(retain), 256, 0))
         self.subjects = {k: [r["person"] for r in parts[k]] for k in ("forget", "calibration", "audit")}
         self.pad = int(self.tok.pad_token_id)
         self.before = self.judge(self.model("model"))

@@ -133,3 +133,21 @@ def split_forget(
     forget_set = set(forget_idx)
     retain_idx = [i for i in range(n) if i not in forget_set]
     return RetainForget(ds.select(retain_idx), ds.select(forget_idx), retain_idx, forget_idx)
+
+
+def sample_rows(n: int, k: int, seed: int) -> list[int]:
+    """At most ``k`` of ``n`` row numbers, sorted, drawn without replacement with ``seed`` (all rows when
+    n <= k): the fixed samples of retained rows the job's evidence, its format check and the stop rule's
+    retain guard read."""
+    if n <= k:
+        return list(range(n))
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def sample_of(data: Any, k: int, seed: int) -> Any:
+    """A fixed, seeded sample of at most ``k`` rows of ``data`` (Dataset, DataLoader, datasets.Dataset)."""
+    from torch.utils.data import DataLoader, Subset
+
+    inner = data.dataset if isinstance(data, DataLoader) else data
+    rows = sample_rows(len(inner), k, seed)
+    return inner.select(rows) if hasattr(inner, "select") else Subset(inner, rows)

@@ -1,6 +1,6 @@
 """The demo's ingredients: fictitious people, their Q/A records, a tokenizer and a fine-tuned small GPT-2.
 
-Everything is generated here (:mod:`dist_unlearn.demo.names`: the package's own word lists and numpy's
+Everything is generated here (:mod:`dist_unlearn.data.names`: the package's own word lists and numpy's
 seeded generator, the same on every machine) and trained from a config: nothing is downloaded. The
 result is what a user of the ``unlearn`` job has: a ``save_pretrained`` folder with the tokenizer, the
 training data file (``train.jsonl``), data the model never saw (``holdout.jsonl``), and the ids of the rows
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dist_unlearn.demo.names import make_people
+from dist_unlearn.data.names import make_people
 
 #: (question, answer) templates over a person's facts; the answer carries the fact to memorise
 TEMPLATES = [

@@ -270,7 +270,7 @@ def start_group(
 def retain_guard(run: EngineRun, oracle: Any, retain: Any) -> Any:
     """The stop rule's retain guard over the workers' losses of a fixed sample of retained rows; one guard
     for the whole run (its baseline, the weights as given, outlives a restart), bound to this attempt."""
-    from dist_unlearn.forgetting import sample_rows
+    from dist_unlearn.data.split import sample_rows
     from dist_unlearn.stop_setup import GUARD_SAMPLE, RetainGuard
 
     rows = sample_rows(len(dataset_of(retain)), GUARD_SAMPLE, run.opts.seed)

@@ -72,15 +72,15 @@ def check_format(job: Any) -> dict[str, Any] | None:
     Raises:
         DataError: the training rows are not fitted clearly better than the holdout's.
     """
+    from dist_unlearn.data.split import sample_rows
     from dist_unlearn.job.evidence import per_example
-    from dist_unlearn.job.recipe import seeded_sample
 
     cfg, rows = job.cfg, job.rows
     if not cfg.audit.format_check or rows.get("holdout") is None:
         return None
     retain, holdout = rows["retain"], rows["holdout"]
-    train_rows = retain.select(seeded_sample(len(retain), SAMPLE, cfg.seed))
-    held_rows = holdout.select(seeded_sample(len(holdout), SAMPLE, cfg.seed))
+    train_rows = retain.select(sample_rows(len(retain), SAMPLE, cfg.seed))
+    held_rows = holdout.select(sample_rows(len(holdout), SAMPLE, cfg.seed))
     kw = {"pad_id": job.pad_id, "batch_size": cfg.eval_batch_size}
     record = judge_format(
         per_example(job.model, train_rows, job.src.task, **kw)[0],

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
+from dist_unlearn.data.split import sample_rows
 from dist_unlearn.errors import NumericalError
 from dist_unlearn.job.config import JobConfig, as_job
 from dist_unlearn.job.model import ModelSource
@@ -240,17 +240,10 @@ def load_rows(job: JobState) -> None:
     job.rows = {
         "forget": rows.select(job.selection.indices),
         "retain": retain,
-        "retain_sample": retain.select(seeded_sample(len(retain), cfg.retain_sample, cfg.seed)),
+        "retain_sample": retain.select(sample_rows(len(retain), cfg.retain_sample, cfg.seed)),
         "holdout": holdout,
         "calibration": calibration,
     }
-
-
-def seeded_sample(n: int, k: int, seed: int) -> list[int]:
-    """``k`` of ``range(n)`` drawn without replacement (sorted), all of them when ``n <= k``."""
-    if n <= k:
-        return list(range(n))
-    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
 def check_encoding(job: JobState) -> None:

@@ -1,5 +1,5 @@
 """TOFU-style LLM unlearning on fictitious authors (Maini et al., 2024), generated offline from the package's
-own word lists (:mod:`dist_unlearn.demo.names`) and numpy's seeded generator: the same data on every machine.
+own word lists (:mod:`dist_unlearn.data.names`) and numpy's seeded generator: the same data on every machine.
 
 Each author (name, birth year and place, genre, parents' jobs, two book titles, an award) yields
 ``questions_per_author`` question/answer pairs; every answer also has a paraphrase and ``n_perturbed``
@@ -83,8 +83,8 @@ Storm Tide Tower Voyage Winter Witness
 
 def make_authors(n: int, seed: int) -> list[dict[str, str]]:
     """``n`` fictitious author profiles, the same for a given ``seed`` on every machine (word lists of
-    :mod:`dist_unlearn.demo.names`, numpy's seeded generator)."""
-    from dist_unlearn.demo.names import CITIES, COMPANY_WORDS, JOBS, make_people
+    :mod:`dist_unlearn.data.names`, numpy's seeded generator)."""
+    from dist_unlearn.data.names import CITIES, COMPANY_WORDS, JOBS, make_people
 
     rng = np.random.default_rng(seed + 7)
 
