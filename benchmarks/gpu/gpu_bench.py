@@ -65,7 +65,7 @@ class Rank:
         import cloudpickle
 
         from dist_unlearn.bench.models import lm_loss  # noqa: F401  (pickled by reference)
-        from dist_unlearn.distributed.dsconfig import make_ds_config
+        from dist_unlearn.distributed.startup import worker_spec
         from dist_unlearn.distributed.worker import DistWorker
 
         model, loss_fn, data = build(args.dry_run, attn, args.rows, args.seq, args.seed)
@@ -74,17 +74,7 @@ class Rank:
         self.use_gpu = use_gpu
         t0 = time.perf_counter()
         self.w = DistWorker(0, 1, use_gpu=use_gpu, num_threads=4 if use_gpu else 1)
-        spec = {
-            "zero_stage": stage,
-            "hvp": hvp,
-            "ds_config": make_ds_config(stage),
-            "batch_size": args.batch,
-            "seed": args.seed,
-            "collate_fn": None,
-            "fd_eps": None,
-            "model_path": None,  # the live module below (cloudpickled), as startup.build_group ships one
-            "model_kwargs": cloudpickle.dumps({}),
-        }
+        spec = worker_spec(zero_stage=stage, hvp=hvp, batch_size=args.batch, seed=args.seed)
         self.w.setup(
             "127.0.0.1",
             free_port(),

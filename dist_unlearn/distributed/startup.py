@@ -35,6 +35,47 @@ def ensure_ray(num_cpus: int, num_gpus: int = 0) -> bool:
     return True
 
 
+def worker_spec(
+    *,
+    zero_stage: int,
+    hvp: str,
+    deepspeed_config: dict | str | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    collate_fn: Any = None,
+    model_path: str | None = None,
+    model_kwargs: dict | None = None,
+    fd_eps: float | None = None,
+    objective: str = "retain",
+    gradient: str = "full",
+    forget_weight: float = 1.0,
+    beta: float = 0.1,
+) -> dict[str, Any]:
+    """What :meth:`DistWorker.setup <dist_unlearn.distributed.worker.DistWorker.setup>` reads besides the
+    model, loss and data blobs: the engine's groups and the GPU benchmark's single rank build it here, so a
+    key the workers start reading reaches both. ``model_path`` None: the model comes as a pickled module."""
+    import cloudpickle
+
+    spec = {
+        "zero_stage": zero_stage,
+        "hvp": hvp_mode(hvp, zero_stage),
+        "ds_config": make_ds_config(zero_stage, deepspeed_config),
+        "batch_size": batch_size,
+        "seed": seed,
+        "collate_fn": cloudpickle.dumps(collate_fn) if collate_fn is not None else None,
+        "model_path": model_path,
+        # by value (a factory defined in the caller's script must reach the workers): decoded in setup
+        "model_kwargs": cloudpickle.dumps(dict(model_kwargs or {})),
+        "fd_eps": fd_eps,
+        "objective": objective,
+        "gradient": gradient,
+        "forget_weight": float(forget_weight),
+        "beta": float(beta),
+    }
+    spec["zero_stage"] = spec["ds_config"]["zero_optimization"]["stage"]
+    return spec
+
+
 def build_group(
     num_workers: int,
     model: Any,
@@ -94,23 +135,11 @@ def build_group(
         model_blob, model_path = None, str(model)
     else:
         raise ModelError(f"model is a {type(model).__name__}; give an nn.Module or a model name/path.")
-    spec = {
-        "zero_stage": zero_stage,
-        "hvp": hvp_mode(hvp, zero_stage),
-        "ds_config": make_ds_config(zero_stage, deepspeed_config),
-        "batch_size": batch_size,
-        "seed": seed,
-        "collate_fn": cloudpickle.dumps(collate_fn) if collate_fn is not None else None,
-        "model_path": model_path,
-        # by value (a factory defined in the caller's script must reach the workers): decoded in setup
-        "model_kwargs": cloudpickle.dumps(dict(model_kwargs or {})),
-        "fd_eps": fd_eps,
-        "objective": objective,
-        "gradient": gradient,
-        "forget_weight": float(forget_weight),
-        "beta": float(beta),
-    }
-    spec["zero_stage"] = spec["ds_config"]["zero_optimization"]["stage"]
+    spec = worker_spec(
+        zero_stage=zero_stage, hvp=hvp, deepspeed_config=deepspeed_config, batch_size=batch_size, seed=seed,
+        collate_fn=collate_fn, model_path=model_path, model_kwargs=model_kwargs, fd_eps=fd_eps,
+        objective=objective, gradient=gradient, forget_weight=forget_weight, beta=beta,
+    )  # fmt: skip
     loss_blob = cloudpickle.dumps(loss_fn) if loss_fn is not None else None
     parts = {"retain": retain, "forget": dataset_of(forget), "calibration": dataset_of(calibration)}
     group = WorkerGroup(num_workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker)
