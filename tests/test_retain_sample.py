@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
+from test_cost_methods import Counting, ce
 from torch.utils.data import TensorDataset
 
 from dist_unlearn.api import unlearn
 from dist_unlearn.curvature.sample import default_retain_sample, draw_retain_sample
 
 
-def ce(model, batch):
-    x, y = batch
-    return F.cross_entropy(model(x), y)
-
-
-class Counting(nn.Module):
-    """A tiny MLP that records how many examples its forward saw (with and without autograd)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
-        self.seen = {"grad": 0, "no_grad": 0}
-
-    def forward(self, x):
-        self.seen["grad" if torch.is_grad_enabled() else "no_grad"] += x.shape[0]
-        return self.net(x)
+def counting() -> Counting:
+    """The counting MLP with the same initial weights every time (two runs compared must start alike)."""
+    torch.manual_seed(0)
+    return Counting()
 
 
 def data(n_retain: int, n_forget: int = 10, seed: int = 0):
@@ -63,7 +49,7 @@ def test_the_per_step_work_does_not_grow_with_the_training_set(objective, n_smal
     runs = {}
     for n in (n_small, 10 * n_small):
         retain, forget = data(n)
-        model = Counting()
+        model = counting()
         runs[n] = (unlearn(model, ce, retain, forget, method="cure_newton", **opts), model)
     (small, m_small), (large, m_large) = runs[n_small], runs[10 * n_small]
     size = default_retain_sample(objective)
@@ -84,7 +70,7 @@ def test_the_cost_split_by_role_matches_a_hand_count():
     n_r, n_f, n_c, m = 50, 6, 9, 8
     retain, forget = data(n_r, n_f)
     calibration, _ = data(n_c, 0, seed=5)
-    model = Counting()
+    model = counting()
     res = unlearn(
         model, ce, retain, forget, method="cure_newton", objective="npo", forget_weight=0.2, M=1.0,
         max_steps=1, krylov_max_iter=3, retain_sample=m, calibration=calibration, stop_auc_band=0.01,
