@@ -35,19 +35,6 @@ sys.path.append(str(ROOT / "benchmarks"))
 BOUND = 1e-4
 
 
-def hard_problem(n: int, seed: int, mult: int, rest: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    ev = np.sort(rng.uniform(rest[0], rest[1], n))
-    ev[:mult] = -3.0
-    h = (q * ev) @ q.T
-    g = 0.01 * rng.standard_normal(n)
-    u = q[:, :mult]
-    for _ in range(2):  # exactly orthogonal to the leftmost eigenspace (to rounding)
-        g = g - u @ (u.T @ g)
-    return 0.5 * (h + h.T), g
-
-
 def hard_family():
     for n in (20, 60, 100, 200, 400):
         for M in (0.1, 1.0, 10.0, 100.0):
@@ -59,11 +46,11 @@ def hard_family():
 
 def measure_hard() -> list[dict]:
     from dist_unlearn.solvers import cubic_subproblem
-    from tests.test_solvers_reference import dense_cubic, model, torch_matvec
+    from tests.test_solvers_reference import dense_cubic, exact_hard_case, model, torch_matvec
 
     rows = []
     for spec, _ in hard_family():
-        h, g = hard_problem(spec["n"], spec["seed"], spec["mult"], tuple(spec["rest"]))
+        h, g = exact_hard_case(spec["n"], spec["seed"], spec["mult"], tuple(spec["rest"]))
         res = cubic_subproblem(torch_matvec(h), torch.from_numpy(g), spec["M"])
         d_ref, lam_ref, hard = dense_cubic(h, g, spec["M"])
         m_ref = model(h, g, spec["M"], d_ref)

@@ -95,6 +95,20 @@ def random_problem(kind: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray
     return H, g
 
 
+def exact_hard_case(n: int, seed: int, mult: int, rest: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """A true hard case: H with leftmost eigenvalue -3 (multiplicity ``mult``), the rest uniform in ``rest``,
+    random eigenvectors; g exactly orthogonal (to rounding) to the leftmost eigenspace."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    ev = np.sort(rng.uniform(rest[0], rest[1], n))
+    ev[:mult] = -3.0
+    H = (Q * ev) @ Q.T
+    g = 0.01 * rng.standard_normal(n)
+    for _ in range(2):
+        g = g - Q[:, :mult] @ (Q[:, :mult].T @ g)
+    return 0.5 * (H + H.T), g
+
+
 def torch_matvec(H: np.ndarray):
     Ht = torch.from_numpy(H)
     return lambda v: Ht @ v
