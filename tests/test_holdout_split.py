@@ -69,19 +69,26 @@ def lm(tmp_path_factory):
     )  # fmt: skip
 
 
-def test_job_with_forgetting_objective_splits_holdout_and_audits_on_the_rest(lm, tmp_path):
-    from dist_unlearn.job import run_job
-
-    cfg = {
+def lm_job(lm, out, method: dict, **extra) -> dict:
+    """The tiny LM's job (its data, holdout and forget ids) with ``method`` and any ``extra`` keys."""
+    return {
         "model": str(lm["model"]),
         "data": {"path": str(lm["train"]), "prompt_column": "question", "response_column": "answer",
                  "prompt_template": "Question: {prompt}\nAnswer:"},
         "holdout": str(lm["holdout"]),
-        "holdout_split": {"calibration_fraction": 0.5, "group_column": "person"},
         "forget": {"ids_file": str(lm["forget_ids"])},
-        "method": {"name": "cure_newton", "objective": "npo", "max_steps": 2, "krylov_max_iter": 5},
-        "output_dir": str(tmp_path / "out"),
+        "method": method,
+        "output_dir": str(out),
+        **extra,
     }  # fmt: skip
+
+
+def test_job_with_forgetting_objective_splits_holdout_and_audits_on_the_rest(lm, tmp_path):
+    from dist_unlearn.job import run_job
+
+    method = {"name": "cure_newton", "objective": "npo", "max_steps": 2, "krylov_max_iter": 5}
+    halves = {"calibration_fraction": 0.5, "group_column": "person"}
+    cfg = lm_job(lm, tmp_path / "out", method, holdout_split=halves)
     res = run_job(cfg, log=lambda m: None)
     audit = json.loads((tmp_path / "out" / "audit.json").read_text())
     split = audit["request"]["holdout"]["split"]
@@ -102,15 +109,7 @@ def test_job_with_forgetting_objective_splits_holdout_and_audits_on_the_rest(lm,
 def test_job_without_a_stop_rule_keeps_every_holdout_row_for_the_audit(lm, tmp_path):
     from dist_unlearn.job import run_job
 
-    cfg = {
-        "model": str(lm["model"]),
-        "data": {"path": str(lm["train"]), "prompt_column": "question", "response_column": "answer",
-                 "prompt_template": "Question: {prompt}\nAnswer:"},
-        "holdout": str(lm["holdout"]),
-        "forget": {"ids_file": str(lm["forget_ids"])},
-        "method": {"name": "retrain", "epochs": 1},
-        "output_dir": str(tmp_path / "out"),
-    }  # fmt: skip
+    cfg = lm_job(lm, tmp_path / "out", {"name": "retrain", "epochs": 1})
     res = run_job(cfg, log=lambda m: None)
     split = res.audit["request"]["holdout"]["split"]
     assert not split["stop_rule"] and split["audit_rows"] == 12 and "takes no stop rule" in split["why"]
@@ -123,15 +122,8 @@ def test_curvature_job_without_an_objective_takes_the_per_subject_route(lm, tmp_
     the stop rule (before: the retain objective, which cannot move memorised rows, and no stop rule)."""
     from dist_unlearn.job import run_job
 
-    cfg = {
-        "model": str(lm["model"]),
-        "data": {"path": str(lm["train"]), "prompt_column": "question", "response_column": "answer",
-                 "prompt_template": "Question: {prompt}\nAnswer:"},
-        "holdout": str(lm["holdout"]),
-        "forget": {"ids_file": str(lm["forget_ids"])},
-        "method": {"name": "cure_newton", "max_steps": 1, "krylov_max_iter": 3, "eig_iterations": 3},
-        "output_dir": str(tmp_path / "out"),
-    }  # fmt: skip
+    method = {"name": "cure_newton", "max_steps": 1, "krylov_max_iter": 3, "eig_iterations": 3}
+    cfg = lm_job(lm, tmp_path / "out", method)
     res = run_job(cfg, log=lambda m: None)
     split = res.audit["request"]["holdout"]["split"]
     assert split["stop_rule"] and split["calibration_rows"] > 0
