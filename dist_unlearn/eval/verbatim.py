@@ -22,7 +22,6 @@ forgotten), and the verdict's sentence says how many there are.
 
 from __future__ import annotations
 
-from math import comb
 from typing import Any
 
 import numpy as np
@@ -33,9 +32,9 @@ def fisher_greater(k: int, n: int, m: int, big_n: int) -> float:
     docstring): P(X >= k) for X hypergeometric with K = k + m successes among n + big_n, n drawn."""
     if k <= 0:
         return 1.0
-    total, successes = n + big_n, k + m
-    tail = sum(comb(successes, x) * comb(total - successes, n - x) for x in range(k, min(successes, n) + 1))
-    return float(tail / comb(total, n))
+    from scipy.stats import hypergeom  # scipy.stats takes seconds to import: only when a row is verbatim
+
+    return float(hypergeom.sf(k - 1, n + big_n, k + m, n))
 
 
 def verbatim_record(
