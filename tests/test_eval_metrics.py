@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import mmap
 import time
 
 import numpy as np
@@ -247,11 +248,14 @@ def test_parameter_distance_and_mismatch():
 
 def test_measure_resources_sees_time_and_memory():
     with measure_resources(interval=0.005) as usage:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-        # freed before the block ends: only the sampling thread can see it, so give it 100 intervals (on a
-        # loaded machine a 10-interval window went by without the thread being scheduled)
+        # 64 MiB of fresh pages from the kernel, every page touched: a numpy array could be served from heap
+        # memory an earlier test freed and left resident, and then the process's RSS would not move at all
+        block = mmap.mmap(-1, 64 * 2**20)
+        for i in range(0, len(block), mmap.PAGESIZE):
+            block[i] = 1
+        # freed before the block ends: only the sampling thread can see it, so give it 100 intervals
         time.sleep(0.5)
-        del block
+        block.close()
     assert usage.wall_time_s >= 0.5
     assert usage.peak_rss_increase_bytes >= 48 * 2**20
     assert usage.peak_rss_bytes >= usage.rss_start_bytes
